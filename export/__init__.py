@@ -1,0 +1,1 @@
+"""ONNX export and Triton model-repository generation (installed as ``sidyp_prod.export``)."""

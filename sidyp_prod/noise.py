@@ -1,0 +1,73 @@
+"""Noise marking from training dynamics: centroid distances, scores, and the noise ratio rho."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def centroid_distances(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Euclidean distance of every row to every class centroid of the labelled rows, (N, C).
+
+    Centroids are the mean feature of the rows whose given label is that class (labels < 0 are
+    unlabelled and do not contribute). A class with no rows gets an infinite distance.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    distances = np.full((len(features), n_classes), np.inf)
+    for c in range(n_classes):
+        members = labels == c
+        if members.any():
+            centroid = features[members].mean(axis=0)
+            distances[:, c] = np.linalg.norm(features - centroid, axis=1)
+    return distances
+
+
+def noise_scores(own_distances: np.ndarray) -> np.ndarray:
+    """Score per row from (epochs, N) own-label centroid distances: mean + std over epochs."""
+    return own_distances.mean(axis=0) + own_distances.std(axis=0)
+
+
+def estimate_noise_ratio(scores: np.ndarray, iterations: int = 200, clip=(0.05, 0.9)) -> float:
+    """Estimate the noisy fraction with a two-component 1-D Gaussian mixture on the scores.
+
+    Clean rows sit near their label's centroid and noisy rows far from it, so the scores are
+    bimodal; the weight of the far component is the noise ratio (as DivideMix does with losses).
+    Fitted by EM from a split at the median; the result is clipped to ``clip``.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 4 or np.ptp(x) == 0:
+        return float(clip[0])
+    x = (x - x.mean()) / x.std()
+    low = x <= np.median(x)
+    mu = np.array([x[low].mean(), x[~low].mean()])
+    var = np.array([x[low].var(), x[~low].var()]) + 1e-3
+    pi = np.array([0.5, 0.5])
+    for _ in range(iterations):
+        log_p = -0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * np.log(2 * np.pi * var) + np.log(pi)
+        log_p -= log_p.max(axis=1, keepdims=True)
+        resp = np.exp(log_p)
+        resp /= resp.sum(axis=1, keepdims=True)
+        nk = resp.sum(axis=0) + 1e-9
+        mu_new = (resp * x[:, None]).sum(axis=0) / nk
+        var = (resp * (x[:, None] - mu_new) ** 2).sum(axis=0) / nk + 1e-3
+        pi = nk / nk.sum()
+        if np.allclose(mu_new, mu, atol=1e-7):
+            mu = mu_new
+            break
+        mu = mu_new
+    noisy_component = int(np.argmax(mu))
+    return float(np.clip(pi[noisy_component], *clip))
+
+
+def mark_noisy(scores: np.ndarray, ratio: float, labelled: np.ndarray) -> np.ndarray:
+    """Boolean mask: the ``ratio`` fraction of labelled rows with the highest scores are noisy.
+
+    Unlabelled rows have no given label to trust and are always marked noisy (not clean).
+    """
+    noisy = ~labelled.copy()
+    idx = np.flatnonzero(labelled)
+    n_noisy = round(ratio * len(idx))
+    if n_noisy > 0:
+        order = idx[np.argsort(-scores[idx], kind="stable")]
+        noisy[order[:n_noisy]] = True
+    return noisy

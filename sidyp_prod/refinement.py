@@ -1,0 +1,184 @@
+"""Refining a batch of rows: dynamic prior, iterative refinement, marginalised prediction.
+
+Pure numpy over a :class:`~sidyp_prod.backends.ModelBackend`; nothing here knows which runtime
+computes the encoder or the denoiser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends.base import EncodedBatch, ModelBackend
+from .diffusion import ReverseSchedule, reverse_process, row_noise, simplex, softmax
+from .neighbors import NeighborIndex
+from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    n_classes: int
+    scale: float
+    schedule: ReverseSchedule
+    refine_samples: int
+    knn_k: int
+    tau_certain: float
+    tau_dominant: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, config: Any, n_classes: int) -> RefineSettings:
+        return cls(
+            n_classes=n_classes,
+            scale=config.simplex_scale,
+            schedule=ReverseSchedule.build(
+                config.diffusion_steps, config.inference_steps, config.timestep_mapping
+            ),
+            refine_samples=config.refine_samples,
+            knn_k=config.knn_k,
+            tau_certain=config.tau_certain,
+            tau_dominant=config.tau_dominant,
+            seed=config.seed,
+        )
+
+
+@dataclass
+class BatchRefinement:
+    """Distributions over the C classes for each of B rows (branches already averaged)."""
+
+    classifier: np.ndarray  # p(y_given | x), the classifier branches
+    conditional: np.ndarray  # p(y | y_given, x): the denoiser told the row's own given label
+    marginal: np.ndarray  # p(y | x) = sum over y' of p(y | y', x) p(y' | x)
+    candidates: np.ndarray  # the refined candidate weights (the dynamic prior after refinement)
+    prior_kind: np.ndarray  # (M, B) certain / dominant / uncertain per branch
+
+    def distribution(self, source: str) -> np.ndarray:
+        return {
+            "marginal": self.marginal,
+            "given": self.conditional,
+            "candidates": self.candidates,
+        }[source]
+
+
+def prior_from_neighbors(
+    embedding: np.ndarray, indexes: Sequence[NeighborIndex], settings: RefineSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per branch, the kNN vote of that branch's clean-marked reference rows -> (weights, kind)."""
+    weights, kinds = [], []
+    for index in indexes:
+        distances, labels = index.search(embedding, settings.knn_k)
+        p = knn_vote(distances, labels, settings.n_classes)
+        w, kind = candidates(p, settings.tau_certain, settings.tau_dominant)
+        weights.append(w)
+        kinds.append(kind)
+    return np.stack(weights), np.stack(kinds)
+
+
+def given_label_vectors(given: np.ndarray, n_classes: int, scale: float) -> np.ndarray:
+    """The denoiser's label input: the simplex of the given label, zeros where there is none."""
+    return simplex(given, n_classes, scale)
+
+
+def refine_batch(
+    backend: ModelBackend,
+    encoded: EncodedBatch,
+    prior_weights: np.ndarray,
+    prior_kind: np.ndarray,
+    given: np.ndarray,
+    keys: Sequence[int],
+    settings: RefineSettings,
+    update_prior: bool = True,
+) -> BatchRefinement:
+    """Refine B rows.
+
+    ``given`` holds each row's given-label index (-1: the LLM refused). ``keys`` seed each row's
+    random draws so that a row's result does not depend on the batch it is in. With
+    ``update_prior`` the non-certain rows' candidate weights get n_s iterative-refinement updates
+    from reverse processes conditioned on the given label (as in training); without it the
+    weights are reported as they are (e.g. already refined during training).
+    """
+    m, b, c = encoded.probs.shape
+    n_s, steps = settings.refine_samples, settings.schedule.steps
+    noise = row_noise(settings.seed, keys, (n_s + c, steps, m, c))  # (B, n_s + C, T, M, C)
+
+    def chains(chain_noise: np.ndarray, y_given: np.ndarray) -> np.ndarray:
+        """Reverse processes, chain_noise (B, K, T, M, C) with y_given (B, K, C) -> (M, B, K, C)."""
+        k = chain_noise.shape[1]
+        x_noise = chain_noise.transpose(2, 3, 0, 1, 4).reshape(steps, m, b * k, c)
+        dynamics = np.repeat(encoded.dynamics, k, axis=1)
+        y = y_given.reshape(b * k, c)
+        logits = reverse_process(
+            lambda x, t: backend.denoise(x, t[0], dynamics, y),
+            x_noise,
+            settings.schedule,
+            settings.scale,
+        )
+        return logits.reshape(m, b, k, c)
+
+    # p(y | given, x) and the iterative refinement of the candidate weights share the chains.
+    y_own = given_label_vectors(given, c, settings.scale)
+    own_logits = chains(noise[:, :n_s], np.repeat(y_own[:, None], n_s, axis=1))
+    conditional = softmax(own_logits).mean(axis=(0, 2))
+    weights = np.array(prior_weights, dtype=np.float32, copy=True)
+    if update_prior:
+        for branch in range(m):
+            open_rows = prior_kind[branch] != CERTAIN
+            for s in range(n_s):
+                predicted = own_logits[branch, :, s].argmax(-1)
+                weights[branch, open_rows] = refine_weights(
+                    weights[branch, open_rows], predicted[open_rows], n_s
+                )
+
+    # p(y | x): one reverse process per possible given label, weighted by the classifier.
+    y_each = np.broadcast_to(simplex(np.arange(c), c, settings.scale), (b, c, c))
+    each_logits = chains(noise[:, n_s:], y_each)  # (M, B, C given, C)
+    marginal = (softmax(each_logits) * encoded.probs[..., None]).sum(axis=2).mean(axis=0)
+
+    return BatchRefinement(
+        classifier=encoded.probs.mean(axis=0),
+        conditional=conditional,
+        marginal=marginal,
+        candidates=weights.mean(axis=0),
+        prior_kind=prior_kind,
+    )
+
+
+def output_fields(
+    refinement: BatchRefinement, given: np.ndarray, labels: Sequence[str], source: str
+) -> list[dict[str, Any]]:
+    """The fields each output row gains, in cleanlab's vocabulary."""
+    dist = refinement.distribution(source)
+    if source == "given":
+        # A row without a given label has nothing to condition on: use p(y | x).
+        dist = np.where((given < 0)[:, None], refinement.marginal, dist)
+    predicted = dist.argmax(axis=1)
+    rows = []
+    for i in range(len(given)):
+        g = int(given[i])
+        has_given = g >= 0
+        cand = refinement.candidates[i]
+        rows.append(
+            {
+                "given_label": labels[g] if has_given else None,
+                "predicted_label": labels[int(predicted[i])],
+                "label_score": round(float(dist[i, g]), 6) if has_given else None,
+                "is_label_issue": bool(has_given and predicted[i] != g),
+                "confidence": round(float(dist[i, predicted[i]]), 6),
+                "candidates": {
+                    labels[j]: round(float(cand[j]), 6)
+                    for j in np.argsort(-cand, kind="stable")
+                    if cand[j] > 0
+                },
+            }
+        )
+    return rows
+
+
+def kind_counts(prior_kind: np.ndarray) -> dict[str, int]:
+    """Rows per prior kind, by majority over branches (ties go to the more certain kind)."""
+    counts = np.stack([(prior_kind == k).sum(axis=0) for k in range(len(KIND_NAMES))], axis=1)
+    majority = counts.argmax(axis=1)
+    return {name: int((majority == k).sum()) for k, name in enumerate(KIND_NAMES)}

@@ -1,0 +1,550 @@
+"""Training in PyTorch: Stage I (classifier ensemble and its training dynamics), noise marking,
+the dynamic prior, and Stage II (the simplex-diffusion denoiser with iterative refinement).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backends.base import EncodedBatch
+from .config import SiDyPConfig
+from .diffusion import cosine_alpha_bar, reverse_process, simplex, text_key
+from .encoder import PretrainedEncoder, configure_tokenizer, tokenize
+from .models import (
+    EMA,
+    BertShape,
+    DenoiserEnsemble,
+    LayerStack,
+    SiDyPEncoder,
+    Trunk,
+    additive_attention_mask,
+    load_bert_weights,
+    mean_pool,
+)
+from .neighbors import NeighborIndex
+from .noise import centroid_distances, estimate_noise_ratio, mark_noisy, noise_scores
+from .prior import CERTAIN
+from .refinement import RefineSettings, prior_from_neighbors, refine_batch
+
+
+@dataclass
+class TrainingResult:
+    encoder: SiDyPEncoder
+    denoiser: DenoiserEnsemble
+    embeddings: np.ndarray  # (N, H) sentence embeddings: the reference set
+    given: np.ndarray  # (N,) given-label indices of the reference set, -1 where refused
+    clean: np.ndarray  # (M, N) bool clean marks
+    centroids: np.ndarray  # (M, S, C, H) class centroids of each recorded snapshot
+    noise_ratio: float
+    noise_ratio_estimated: bool
+    encoded: EncodedBatch  # the training rows' encoder outputs
+    prior_weights: np.ndarray  # (M, N, C) the dynamic prior after training
+    prior_kind: np.ndarray  # (M, N)
+    snapshot_epochs: list[int]
+    best_diffusion_epoch: int
+    timings: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def snapshot_epochs(epochs: int, snapshots: int) -> list[int]:
+    """Evenly spaced 0-based epochs to record, always ending with the last epoch."""
+    picks = np.round(np.linspace(epochs / snapshots, epochs, snapshots)).astype(int) - 1
+    return sorted(set(picks.tolist()))
+
+
+def linear_warmup_schedule(
+    optimizer: torch.optim.Optimizer, total: int, warmup: int, cosine: bool = False
+) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        if cosine:
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class _TrunkCache:
+    """The frozen trunk's hidden states of every row, computed once (the trunk never trains)."""
+
+    def __init__(self, hidden: list[torch.Tensor]):
+        self.hidden = hidden
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = [self.hidden[r].shape[0] for r in rows]
+        n, d = max(lengths), self.hidden[rows[0]].shape[1]
+        h = torch.zeros(len(rows), n, d)
+        mask = torch.zeros(len(rows), n, dtype=torch.long)
+        for i, r in enumerate(rows):
+            h[i, : lengths[i]] = self.hidden[r]
+            mask[i, : lengths[i]] = 1
+        return h, mask
+
+
+def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+@torch.inference_mode()
+def _encode_trunk(
+    texts: list[str], pretrained: PretrainedEncoder, config: SiDyPConfig, progress: bool
+) -> tuple[Trunk, LayerStack, _TrunkCache, np.ndarray]:
+    shape = BertShape.from_config(pretrained.config)
+    trunk = Trunk(shape, shape.num_hidden_layers - config.trainable_layers).eval()
+    top = LayerStack(shape, config.trainable_layers).eval()
+    load_bert_weights(trunk, top, {k: torch.from_numpy(v) for k, v in pretrained.weights.items()})
+    tokenizer = configure_tokenizer(pretrained.tokenizer, config.max_length)
+    hidden: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    embeddings = np.zeros((len(texts), shape.hidden_size), dtype=np.float32)
+    # Length-sorted batches waste little compute on padding.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    bar = tqdm(total=len(texts), desc="encode", unit="rows", disable=not progress)
+    for rows in _batches(order, config.encode_batch_size):
+        ids, mask = tokenize(tokenizer, [texts[r] for r in rows])
+        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+        h = trunk(ids_t, mask_t)
+        sentence = mean_pool(top(h, additive_attention_mask(mask_t)), mask_t)
+        embeddings[rows] = F.normalize(sentence, dim=-1).numpy()
+        for i, r in enumerate(rows):
+            hidden[r] = h[i, : int(mask[i].sum())].clone()
+        bar.update(len(rows))
+    bar.close()
+    return trunk, top, _TrunkCache(hidden), embeddings
+
+
+class _Branch(nn.Module):
+    def __init__(self, top: LayerStack, shape: BertShape, n_classes: int, dropout: float):
+        super().__init__()
+        self.stack = LayerStack(shape, len(top.layers), dropout)
+        self.stack.load_state_dict(top.state_dict())
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(shape.hidden_size, n_classes)
+
+    def features(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return mean_pool(self.stack(h, additive_attention_mask(mask)), mask)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(h, mask)))
+
+
+def coregularization(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over branches of KL(mean of the branches' probabilities || branch probabilities)."""
+    mean = probs.mean(0, keepdim=True)
+    log_ratio = torch.log(mean.clamp_min(1e-8)) - torch.log(probs.clamp_min(1e-8))
+    return (mean * log_ratio).sum(-1).mean()
+
+
+@dataclass
+class _StageOne:
+    branches: list[_Branch]
+    own_distances: np.ndarray  # (E, M, N) distance to the own label's centroid, every epoch
+    dynamics: np.ndarray  # (M, N, S*H) pooled features of the recorded snapshots
+    probs: np.ndarray  # (M, N, C) the final classifiers' probabilities
+    snapshot_states: list[list[dict]]  # per branch, the top layers' weights at each snapshot
+    centroids: np.ndarray  # (M, S, C, H)
+    history: list[dict[str, float]]
+
+
+def _stage_one(
+    cache: _TrunkCache,
+    top: LayerStack,
+    shape: BertShape,
+    given: np.ndarray,
+    n_classes: int,
+    config: SiDyPConfig,
+    rng: np.random.Generator,
+    progress: bool,
+) -> _StageOne:
+    """Fine-tune M branches together and record their training dynamics."""
+    n = len(given)
+    labelled = np.flatnonzero(given >= 0)
+    branches = [
+        _Branch(top, shape, n_classes, config.classifier_dropout) for _ in range(config.branches)
+    ]
+    params = [
+        {"params": [p for b in branches for p in b.stack.parameters()], "lr": config.classifier_lr},
+        {"params": [p for b in branches for p in b.head.parameters()], "lr": config.head_lr},
+    ]
+    optimizer = torch.optim.Adam(params)
+    steps_per_epoch = math.ceil(len(labelled) / config.classifier_batch_size)
+    total = steps_per_epoch * config.classifier_epochs
+    scheduler = linear_warmup_schedule(optimizer, total, int(config.warmup_fraction * total))
+    coreg_epochs = math.ceil(config.coreg_warmup_fraction * config.classifier_epochs)
+    recorded = snapshot_epochs(config.classifier_epochs, config.snapshots)
+    own_distances = np.zeros((config.classifier_epochs, config.branches, n))
+    snapshot_features: list[np.ndarray] = []
+    snapshot_states: list[list[dict]] = [[] for _ in branches]
+    centroids = np.zeros((config.branches, len(recorded), n_classes, shape.hidden_size))
+    history = []
+    labels_t = torch.from_numpy(given)
+    bar = tqdm(
+        total=total * len(branches) * config.classifier_batch_size,
+        desc="stage I",
+        unit="rows",
+        disable=not progress,
+    )
+    for epoch in range(config.classifier_epochs):
+        alpha = 0.0 if epoch < coreg_epochs else config.coreg_alpha
+        for b in branches:
+            b.train()
+        losses = []
+        for rows in _batches(rng.permutation(labelled), config.classifier_batch_size):
+            h, mask = cache.batch(rows)
+            logits = torch.stack([b(h, mask) for b in branches])
+            target = labels_t[rows]
+            ce = torch.stack([F.cross_entropy(lg, target) for lg in logits]).mean()
+            loss = ce + alpha * coregularization(logits.softmax(-1)) if len(branches) > 1 else ce
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.update(len(rows) * len(branches))
+        features, probs = _branch_outputs(branches, cache, config.encode_batch_size)
+        for m, feats in enumerate(features):
+            dist = centroid_distances(feats, given, n_classes)
+            own = dist[np.arange(n), np.clip(given, 0, None)]
+            own_distances[epoch, m] = np.where(given >= 0, own, np.nan)
+        if epoch in recorded:
+            s = recorded.index(epoch)
+            snapshot_features.append(np.stack(features))
+            for m, b in enumerate(branches):
+                snapshot_states[m].append(copy.deepcopy(b.stack.state_dict()))
+                for c in range(n_classes):
+                    members = given == c
+                    if members.any():
+                        centroids[m, s, c] = features[m][members].mean(axis=0)
+        history.append({"stage": 1, "epoch": epoch, "loss": float(np.mean(losses))})
+    bar.close()
+    dynamics = np.concatenate(snapshot_features, axis=-1).astype(np.float32)  # (M, N, S*H)
+    return _StageOne(branches, own_distances, dynamics, probs, snapshot_states, centroids, history)
+
+
+@torch.inference_mode()
+def _branch_outputs(
+    branches: list[_Branch], cache: _TrunkCache, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every row's pooled features (M, N, H) and classifier probabilities (M, N, C)."""
+    n = len(cache.hidden)
+    features = np.zeros((len(branches), n, branches[0].head.in_features), dtype=np.float32)
+    probs = np.zeros((len(branches), n, branches[0].head.out_features), dtype=np.float32)
+    order = np.argsort([h.shape[0] for h in cache.hidden], kind="stable")
+    for b in branches:
+        b.eval()
+    for rows in _batches(order, batch_size):
+        h, mask = cache.batch(rows)
+        for m, b in enumerate(branches):
+            pooled = b.features(h, mask)
+            features[m, rows] = pooled.numpy()
+            probs[m, rows] = b.head(pooled).softmax(-1).numpy()
+    return features, probs
+
+
+class _DenoiserBackend:
+    """Lets the backend-agnostic refinement core call the denoiser while it trains."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @torch.inference_mode()
+    def denoise(self, x_t, t, dynamics, y_given):
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model(
+            *(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_t, t, dynamics, y_given))
+        )
+        self.model.train(was_training)
+        return out.numpy()
+
+
+def _stage_two(
+    encoded: EncodedBatch,
+    given: np.ndarray,
+    keys: list[int],
+    prior_weights: np.ndarray,
+    prior_kind: np.ndarray,
+    n_classes: int,
+    config: SiDyPConfig,
+    rng: np.random.Generator,
+    progress: bool,
+) -> tuple[DenoiserEnsemble, np.ndarray, int, list[dict[str, float]]]:
+    """Train the denoisers with iterative refinement; return the best one, the refined weights,
+    the chosen epoch and the loss history."""
+    m, n, feature_dim = encoded.dynamics.shape
+    settings = RefineSettings.from_config(config, n_classes)
+    model = DenoiserEnsemble(
+        m, n_classes, feature_dim, config.denoiser_width, config.diffusion_steps
+    )
+    ema = EMA(model, config.ema_decay)
+    backend = _DenoiserBackend(model)
+    eval_backend = _DenoiserBackend(ema.shadow if config.use_ema else model)
+
+    n_hold = round(config.holdout_fraction * n) if n >= 20 else 0
+    permutation = rng.permutation(n)
+    holdout, train_rows = np.sort(permutation[:n_hold]), np.sort(permutation[n_hold:])
+    # The holdout is scored against its own kNN-prior labels (majority over branches): no gold.
+    prior_labels = _majority(prior_weights[:, holdout].argmax(-1), n_classes)
+
+    steps_per_epoch = math.ceil(len(train_rows) / config.diffusion_batch_size)
+    total = steps_per_epoch * config.diffusion_epochs
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.diffusion_lr)
+    scheduler = linear_warmup_schedule(optimizer, total, max(1, total // 10), cosine=True)
+    alpha_bar = torch.from_numpy(cosine_alpha_bar(config.diffusion_steps)).float()
+    warmup_epochs = math.ceil(config.diffusion_warmup_fraction * config.diffusion_epochs)
+    weights = prior_weights.copy()
+    dynamics = torch.from_numpy(encoded.dynamics)
+    y_vectors = torch.from_numpy(simplex(given, n_classes, config.simplex_scale))
+    scale = config.simplex_scale
+    best_state, best_score, best_epoch = copy.deepcopy(eval_backend.model.state_dict()), -1.0, -1
+    history = []
+    for epoch in tqdm(
+        range(config.diffusion_epochs), desc="stage II", unit="epoch", disable=not progress
+    ):
+        warm = epoch < warmup_epochs
+        if not warm:
+            weights[:, train_rows] = _refine_prior(
+                backend,
+                encoded,
+                weights[:, train_rows],
+                prior_kind[:, train_rows],
+                given,
+                train_rows,
+                settings,
+                rng,
+            )
+        targets = _draw_targets(weights, prior_kind, rng)  # (M, N)
+        target_weight = np.take_along_axis(weights, targets[..., None], axis=-1)[..., 0]
+        include = (prior_kind == CERTAIN) if warm else np.ones_like(prior_kind, dtype=bool)
+        model.train()
+        losses = []
+        for rows in _batches(rng.permutation(train_rows), config.diffusion_batch_size):
+            if len(rows) < 2:  # BatchNorm needs two rows
+                continue
+            t = torch.from_numpy(rng.integers(0, config.diffusion_steps, len(rows)))
+            eps = torch.from_numpy(rng.standard_normal((len(rows), n_classes)).astype(np.float32))
+            x0 = torch.from_numpy(simplex(targets[:, rows], n_classes, scale))
+            ab = alpha_bar[t][None, :, None]
+            x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * scale * eps[None]
+            logits = model(x_t, t, dynamics[:, rows], y_vectors[rows])
+            ce = F.cross_entropy(
+                logits.reshape(-1, n_classes),
+                torch.from_numpy(targets[:, rows]).reshape(-1),
+                reduction="none",
+            ).reshape(m, len(rows))
+            w = torch.from_numpy((target_weight[:, rows] * include[:, rows]).astype(np.float32))
+            count = torch.from_numpy(include[:, rows].sum(1).clip(min=1).astype(np.float32))
+            loss = ((ce * w).sum(1) / count).mean()
+            if m > 1:
+                loss = loss + config.coreg_lambda * coregularization(logits.softmax(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update(model)
+            losses.append(float(loss.detach()))
+        score = _holdout_accuracy(
+            eval_backend,
+            encoded,
+            weights,
+            prior_kind,
+            given,
+            keys,
+            holdout,
+            prior_labels,
+            settings,
+            config.label_source,
+        )
+        history.append(
+            {
+                "stage": 2,
+                "epoch": epoch,
+                "loss": float(np.mean(losses or [0.0])),
+                "holdout_prior_accuracy": score,
+            }
+        )
+        if score >= best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(eval_backend.model.state_dict())
+    model.load_state_dict(best_state)
+    return model.eval(), weights, best_epoch, history
+
+
+def _majority(votes: np.ndarray, n_classes: int) -> np.ndarray:
+    """(M, R) class votes -> (R,) majority class (ties: the lowest class index)."""
+    counts = np.stack([(votes == c).sum(0) for c in range(n_classes)], axis=1)
+    return counts.argmax(axis=1)
+
+
+def _draw_targets(weights: np.ndarray, kind: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Certain rows train toward their label; the others draw a target from their weights."""
+    cumulative = weights.cumsum(-1)
+    u = rng.random(weights.shape[:-1])[..., None]
+    drawn = (u > cumulative).sum(-1).clip(max=weights.shape[-1] - 1)
+    return np.where(kind == CERTAIN, weights.argmax(-1), drawn).astype(np.int64)
+
+
+def _refine_prior(
+    backend: _DenoiserBackend,
+    encoded: EncodedBatch,
+    weights: np.ndarray,
+    kind: np.ndarray,
+    given: np.ndarray,
+    rows: np.ndarray,
+    settings: RefineSettings,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """n_s reverse processes per non-certain row; candidates they predict gain weight."""
+    from .prior import refine_weights
+
+    m, _, c = weights.shape
+    weights = weights.copy()
+    open_rows = np.flatnonzero((kind != CERTAIN).any(axis=0))
+    if len(open_rows) == 0:
+        return weights
+    sub = rows[open_rows]
+    n_s, r = settings.refine_samples, len(sub)
+    dynamics = np.repeat(encoded.dynamics[:, sub], n_s, axis=1)
+    y = np.repeat(simplex(given[sub], c, settings.scale), n_s, axis=0)
+    noise = rng.standard_normal((settings.schedule.steps, m, r * n_s, c)).astype(np.float32)
+    logits = reverse_process(
+        lambda x, t: backend.denoise(x, t[0], dynamics, y), noise, settings.schedule, settings.scale
+    )
+    predicted = logits.argmax(-1).reshape(m, r, n_s)
+    for branch in range(m):
+        branch_open = kind[branch, open_rows] != CERTAIN
+        idx = open_rows[branch_open]
+        for s in range(n_s):
+            weights[branch, idx] = refine_weights(
+                weights[branch, idx], predicted[branch, branch_open, s], n_s
+            )
+    return weights
+
+
+def _holdout_accuracy(
+    backend: _DenoiserBackend,
+    encoded: EncodedBatch,
+    weights: np.ndarray,
+    kind: np.ndarray,
+    given: np.ndarray,
+    keys: list[int],
+    holdout: np.ndarray,
+    prior_labels: np.ndarray,
+    settings: RefineSettings,
+    source: str,
+) -> float:
+    if len(holdout) == 0:
+        return 0.0
+    sub = EncodedBatch(
+        encoded.probs[:, holdout], encoded.dynamics[:, holdout], encoded.embedding[holdout]
+    )
+    refined = refine_batch(
+        backend,
+        sub,
+        weights[:, holdout],
+        kind[:, holdout],
+        given[holdout],
+        [keys[i] for i in holdout],
+        settings,
+        update_prior=True,
+    )
+    dist = refined.distribution(source)
+    return float((dist.argmax(1) == prior_labels).mean())
+
+
+def train_sidyp(
+    texts: list[str],
+    given: np.ndarray,
+    n_classes: int,
+    pretrained: PretrainedEncoder,
+    config: SiDyPConfig,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> TrainingResult:
+    """Run every training stage on (text, given label) pairs; ``given`` is -1 where refused."""
+    config.validate()
+    given = np.asarray(given, dtype=np.int64)
+    if (given >= 0).sum() < 2:
+        raise ValueError("need at least two labelled rows to train")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    timings: dict[str, float] = {}
+    shape = BertShape.from_config(pretrained.config)
+
+    start = time.perf_counter()
+    trunk, top, cache, embeddings = _encode_trunk(texts, pretrained, config, progress)
+    timings["encode"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    stage_one = _stage_one(cache, top, shape, given, n_classes, config, rng, progress)
+    timings["stage_one"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    labelled = given >= 0
+    scores = [noise_scores(stage_one.own_distances[:, m]) for m in range(config.branches)]
+    estimated = config.noise_ratio is None
+    ratio = (
+        float(np.mean([estimate_noise_ratio(s[labelled]) for s in scores]))
+        if estimated
+        else float(config.noise_ratio)
+    )
+    clean = np.stack([~mark_noisy(np.nan_to_num(s), ratio, labelled) for s in scores])
+    settings = RefineSettings.from_config(config, n_classes)
+    indexes = [NeighborIndex(embeddings[c], given[c]) for c in clean]
+    prior_weights, prior_kind = prior_from_neighbors(embeddings, indexes, settings)
+    timings["prior"] = time.perf_counter() - start
+    if log:
+        log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")
+
+    start = time.perf_counter()
+    encoded = EncodedBatch(stage_one.probs, stage_one.dynamics, embeddings)
+    keys = [text_key(t) for t in texts]
+    denoiser, refined_weights, best_epoch, history2 = _stage_two(
+        encoded, given, keys, prior_weights, prior_kind, n_classes, config, rng, progress
+    )
+    timings["stage_two"] = time.perf_counter() - start
+
+    encoder = SiDyPEncoder(
+        shape,
+        config.trainable_layers,
+        config.branches,
+        len(stage_one.snapshot_states[0]),
+        n_classes,
+    )
+    encoder.trunk.load_state_dict(trunk.state_dict())
+    encoder.sentence_top.load_state_dict(top.state_dict())
+    for m, branch in enumerate(stage_one.branches):
+        for s, state in enumerate(stage_one.snapshot_states[m]):
+            encoder.snapshots[m][s].load_state_dict(state)
+        encoder.heads[m].load_state_dict(branch.head.state_dict())
+    return TrainingResult(
+        encoder=encoder.eval(),
+        denoiser=denoiser,
+        embeddings=embeddings,
+        given=given,
+        clean=clean,
+        centroids=stage_one.centroids.astype(np.float32),
+        noise_ratio=ratio,
+        noise_ratio_estimated=estimated,
+        encoded=encoded,
+        prior_weights=refined_weights,
+        prior_kind=prior_kind,
+        snapshot_epochs=snapshot_epochs(config.classifier_epochs, config.snapshots),
+        best_diffusion_epoch=best_epoch,
+        timings=timings,
+        history=stage_one.history + history2,
+    )

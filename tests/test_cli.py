@@ -1,0 +1,95 @@
+"""The CLI parses and hands over: help texts, exit codes, and the three commands end to end."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from sidyp_prod.cli.main import app
+
+from synthetic import make_rows, write_jsonl
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train", "refine", "evaluate"):
+        assert command in result.output
+
+
+def test_train_help_lists_every_hyper_parameter():
+    from dataclasses import fields
+
+    from sidyp_prod.config import SiDyPConfig
+
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250", "TERM": "dumb"})
+    assert result.exit_code == 0
+    for f in fields(SiDyPConfig):
+        assert "--" + f.name.replace("_", "-") in result.output, f.name
+
+
+def test_train_refine_evaluate(tiny_encoder, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(120, seed=4))
+    result = runner.invoke(app, [
+        "train", str(corpus), "--out", str(tmp_path / "bundle"), "--encoder", str(tiny_encoder),
+        "--classifier-epochs", "2", "--snapshots", "1", "--diffusion-epochs", "2",
+        "--denoiser-width", "16", "--max-length", "32", "--quiet", "--json",
+        "--refined-out", str(tmp_path / "refined.jsonl"),
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["rows"] == 120 and summary["classes"] == 4
+
+    result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "bundle"),
+                                 "--out", str(tmp_path / "out.jsonl"), "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["refined"] == 120
+
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "out.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert 0.0 <= json.loads(result.output)["refined_accuracy"] <= 1.0
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "out.jsonl")])
+    assert "accuracy" in result.output.lower()
+
+    # Refine to stdout: only JSONL on stdout.
+    result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "bundle"),
+                                 "--out", "-", "--quiet"])
+    assert result.exit_code == 0
+    assert len([json.loads(line) for line in result.stdout.splitlines()]) == 120
+
+
+def test_strict_bad_input_exits_2_naming_file_line_and_field(trained, tmp_path):
+    bundle, _, _ = trained
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"text": "song", "label": "music"}\n{"text": 5}\n')
+    result = runner.invoke(app, ["refine", str(corpus), "--model", str(bundle),
+                                 "--out", str(tmp_path / "o.jsonl"), "--strict", "--quiet"])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.output and "text" in result.output
+
+
+def test_missing_bundle_exits_2(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(3))
+    result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "nope"),
+                                 "--out", str(tmp_path / "o.jsonl"), "--quiet"])
+    assert result.exit_code == 2
+    assert "nope" in result.output
+
+
+def test_evaluate_without_gold_exits_2(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"given_label": "a", "predicted_label": "a", "confidence": 1.0}))
+    result = runner.invoke(app, ["evaluate", str(path)])
+    assert result.exit_code == 2
+    assert "gold" in result.output
+
+
+def test_invalid_hyper_parameter_exits_2(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(10))
+    result = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path / "b"),
+                                 "--snapshots", "99", "--quiet"])
+    assert result.exit_code == 2
+    assert "snapshots" in result.output

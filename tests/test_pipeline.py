@@ -1,0 +1,158 @@
+"""End to end: train on a synthetic corpus with planted noise, refine, and check the result."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from sidyp_prod import api
+from sidyp_prod.bundle import BundleError
+from sidyp_prod.corpus import InputError
+
+from conftest import tiny_config
+from synthetic import make_rows, write_jsonl
+
+NEW_FIELDS = ("given_label", "predicted_label", "label_score", "is_label_issue", "confidence",
+              "candidates")
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def strip_gold(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "gold_label"} for r in rows]
+
+
+def test_transductive_refinement_beats_the_given_labels(trained):
+    _, refined, summary = trained
+    report = api.evaluate(refined)
+    assert report.n_rows == summary.rows == 800
+    assert report.refined_accuracy >= report.given_accuracy + 0.08, report.to_text()
+    assert report.fixed > 2 * report.broken
+
+
+def test_inductive_refinement_beats_the_given_labels(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    summary = api.refine(fresh_corpus, bundle, tmp_path / "out.jsonl")
+    assert summary.refined == 400 and summary.rejected == 0
+    report = api.evaluate(tmp_path / "out.jsonl")
+    assert report.refined_accuracy >= report.given_accuracy + 0.08, report.to_text()
+
+
+def test_output_rows_keep_input_fields_and_order(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    api.refine(fresh_corpus, bundle, tmp_path / "out.jsonl", chunk_size=37)
+    inputs, outputs = read(fresh_corpus), read(tmp_path / "out.jsonl")
+    assert [o["id"] for o in outputs] == [i["id"] for i in inputs]
+    for i, o in zip(inputs, outputs, strict=True):
+        assert {k: o[k] for k in i} == i
+        assert all(f in o for f in NEW_FIELDS)
+        assert o["given_label"] == i["label"]
+        assert 0.0 <= o["confidence"] <= 1.0
+        assert abs(sum(o["candidates"].values()) - 1.0) < 1e-3
+        if i["label"] is None:  # refused by the LLM: unlabeled, nothing to score
+            assert o["label_score"] is None and o["is_label_issue"] is False
+        else:
+            assert o["is_label_issue"] == (o["predicted_label"] != i["label"])
+
+
+def test_chunking_does_not_change_the_output(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    api.refine(fresh_corpus, bundle, tmp_path / "a.jsonl", chunk_size=1000)
+    api.refine(fresh_corpus, bundle, tmp_path / "b.jsonl", chunk_size=13)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_same_seed_same_bundle_and_output(trained, tiny_encoder, train_corpus, tmp_path):
+    _, refined, _ = trained
+    api.train(train_corpus, tmp_path / "again", tiny_config(), encoder=str(tiny_encoder),
+              refined_out=tmp_path / "again.jsonl")
+    assert (tmp_path / "again.jsonl").read_bytes() == refined.read_bytes()
+
+
+def test_gold_labels_never_influence_refinement(trained, tiny_encoder, train_corpus, tmp_path):
+    _, refined, _ = trained
+    rows = read(train_corpus)
+    labels = sorted({r["gold_label"] for r in rows})
+    scrambled = [{**r, "gold_label": random.Random(i).choice(labels)} for i, r in enumerate(rows)]
+    removed = strip_gold(rows)
+    for name, variant in (("scrambled", scrambled), ("removed", removed)):
+        corpus = write_jsonl(tmp_path / f"{name}.jsonl", variant)
+        api.train(corpus, tmp_path / f"{name}-bundle", tiny_config(), encoder=str(tiny_encoder),
+                  refined_out=tmp_path / f"{name}-refined.jsonl")
+        assert strip_gold(read(tmp_path / f"{name}-refined.jsonl")) == strip_gold(read(refined))
+
+
+def test_bad_rows_go_to_rejects_and_nothing_is_lost(trained, tmp_path):
+    bundle, _, _ = trained
+    good = [json.dumps(r) for r in make_rows(60, seed=3)]
+    bad = [
+        "{not json",
+        "[1, 2]",
+        json.dumps({"id": "x", "label": "music"}),
+        json.dumps({"text": "   ", "label": "music"}),
+        json.dumps({"text": "song band", "label": "astronomy"}),
+        json.dumps({"text": 12, "label": "music"}),
+    ]
+    lines = good[:20] + bad[:3] + good[20:40] + bad[3:] + good[40:]
+    corpus = tmp_path / "mixed.jsonl"
+    corpus.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "caf\xe9"}\n')
+    summary = api.refine(corpus, bundle, tmp_path / "out.jsonl")
+    rejects = read(tmp_path / "out.rejects.jsonl")
+    outputs = read(tmp_path / "out.jsonl")
+    assert summary.read == len(lines) + 1 == len(outputs) + len(rejects)
+    assert len(outputs) == 60 and len(rejects) == 7
+    assert [r["line"] for r in rejects] == [21, 22, 23, 44, 45, 46, 67]
+    assert {r["field"] for r in rejects} >= {"text", "label", None}
+
+
+def test_strict_mode_fails_on_the_first_bad_row(trained, tmp_path):
+    bundle, _, _ = trained
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text(json.dumps({"text": "song", "label": "music"}) + "\n" + '{"label": 1}\n')
+    with pytest.raises(InputError, match=r"bad\.jsonl:2.*text"):
+        api.refine(corpus, bundle, tmp_path / "out.jsonl", strict=True)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_tampered_bundle_is_refused(trained, fresh_corpus, tmp_path):
+    import shutil
+
+    bundle, _, _ = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    weights = copy / "denoiser.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"denoiser\.safetensors"):
+        api.refine(fresh_corpus, copy, tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_bundle_records_every_hyper_parameter(trained):
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.config import SiDyPConfig
+
+    bundle, _, summary = trained
+    manifest = load_bundle(bundle).manifest
+    assert SiDyPConfig.from_dict(manifest["config"]) == tiny_config()
+    assert manifest["labels"] == ["cooking", "music", "sports", "travel"]
+    assert set(manifest["files"]) >= {"encoder.safetensors", "denoiser.safetensors",
+                                      "reference.safetensors", "tokenizer.json"}
+    assert manifest["training"]["noise_ratio"] == pytest.approx(summary.noise_ratio)
+
+
+def test_explicit_label_set_keeps_rare_classes(tiny_encoder, tmp_path):
+    rows = make_rows(120, seed=5)
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    labels = ["cooking", "music", "sports", "travel", "weather"]
+    api.train(corpus, tmp_path / "b", tiny_config(classifier_epochs=2, diffusion_epochs=3),
+              encoder=str(tiny_encoder), labels=labels)
+    from sidyp_prod.bundle import load_bundle
+
+    assert load_bundle(tmp_path / "b").manifest["labels"] == labels
