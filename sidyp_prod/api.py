@@ -31,6 +31,7 @@ from .encoder import DEFAULT_ENCODER, load_pretrained, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .model_io import LoadedModel, load_model, save_trained
 from .refinement import (
+    BatchRefinement,
     RefineSettings,
     kind_counts,
     output_fields,
@@ -57,9 +58,12 @@ class TrainSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
     rejects: str | None = None
+    # Every distribution for every trained row, for benchmarks and callers that want more than
+    # the refined labels; not part of the printed or JSON summary.
+    refinement: BatchRefinement | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "refinement"}
 
     def to_text(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.prior_kinds.items())
@@ -161,24 +165,27 @@ def train(
     # The training rows' encoder outputs are already known: only the denoiser runs.
     transductive = TorchBackend(None, result.denoiser, "cpu")
     keys = [text_key(t) for t in texts]
-    predictions: list[dict[str, Any]] = []
+    parts = []
     for batch in _chunks(np.arange(len(rows)), 256):
         encoded = EncodedBatch(
             result.encoded.probs[:, batch],
             result.encoded.dynamics[:, batch],
             result.encoded.embedding[batch],
         )
-        refined = refine_batch(
-            transductive,
-            encoded,
-            result.prior_weights[:, batch],
-            result.prior_kind[:, batch],
-            given[batch],
-            [keys[i] for i in batch],
-            settings,
-            update_prior=False,
+        parts.append(
+            refine_batch(
+                transductive,
+                encoded,
+                result.prior_weights[:, batch],
+                result.prior_kind[:, batch],
+                given[batch],
+                [keys[i] for i in batch],
+                settings,
+                update_prior=False,
+            )
         )
-        predictions.extend(output_fields(refined, given[batch], label_set, config.label_source))
+    refinement = BatchRefinement.concatenate(parts)
+    predictions = output_fields(refinement, given, label_set, config.label_source)
     result.timings["predict"] = time.perf_counter() - start
 
     summary = TrainSummary(
@@ -195,6 +202,7 @@ def train(
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
+        refinement=refinement,
     )
     training_record = {**summary.to_dict(), "history": result.history}
     save_trained(

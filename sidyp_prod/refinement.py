@@ -55,6 +55,14 @@ class BatchRefinement:
     candidates: np.ndarray  # the refined candidate weights (the dynamic prior after refinement)
     prior_kind: np.ndarray  # (M, B) certain / dominant / uncertain per branch
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[BatchRefinement]) -> BatchRefinement:
+        def cat(name: str, axis: int = 0) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts], axis=axis)
+
+        return cls(cat("classifier"), cat("conditional"), cat("marginal"), cat("candidates"),
+                   cat("prior_kind", axis=1))
+
     def distribution(self, source: str) -> np.ndarray:
         return {
             "marginal": self.marginal,
