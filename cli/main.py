@@ -77,6 +77,9 @@ def train(
     rejects: Rejects = None,
     strict: Strict = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    export: Annotated[
+        bool, typer.Option(help="Also export the ONNX graphs into the bundle.")
+    ] = True,
     branches: Annotated[int, typer.Option(help="Classifier branches M.")] = D.branches,
     classifier_epochs: Annotated[int, typer.Option(help="Stage I epochs.")] = D.classifier_epochs,
     snapshots: Annotated[
@@ -168,16 +171,21 @@ def train(
 
 @app.command()
 def refine(
-    corpus: Annotated[Path, typer.Argument(help="JSONL corpus to refine.")],
+    corpus: Annotated[Path, typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too).")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output JSONL ('-' = stdout).")],
-    backend: Annotated[str, typer.Option(help="Runtime back end.")] = "torch",
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout.")
+    ],
+    backend: Annotated[
+        str, typer.Option(help="Runtime: 'onnx' (ONNX Runtime) or 'torch'.")
+    ] = "onnx",
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
     rejects: Rejects = None,
     strict: Strict = False,
     chunk_size: Annotated[int, typer.Option(help="Rows per streamed chunk.")] = 1024,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run.")] = False,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -185,6 +193,7 @@ def refine(
     from sidyp_prod import api
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError
+    from sidyp_prod.stream import ResumeError
 
     try:
         summary = api.refine(
@@ -196,12 +205,41 @@ def refine(
             rejects=rejects,
             strict=strict,
             chunk_size=chunk_size,
+            resume=resume,
             progress=not quiet and out != "-",
         )
-    except (InputError, BundleError, ValueError, FileNotFoundError) as exc:
+    except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     if out != "-":
         _report(summary, as_json)
+    elif as_json:
+        typer.echo(json.dumps(summary.to_dict()), err=True)
+
+
+@app.command()
+def export(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
+    atol: Annotated[float, typer.Option(help="Largest accepted |onnx - torch| difference.")] = 1e-4,
+    validate: Annotated[bool, typer.Option(help="Compare against PyTorch after export.")] = True,
+) -> None:
+    """Export the encoder and denoiser to ONNX into the bundle, and validate them."""
+    from sidyp_prod.bundle import BundleError
+    from sidyp_prod.export.onnx import export_onnx, validate_onnx
+
+    try:
+        exported = export_onnx(bundle)
+    except (BundleError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    graphs = exported.manifest["onnx"]
+    typer.echo(
+        f"wrote {graphs['encoder']['file']} and {graphs['denoiser']['file']} "
+        f"(opset {graphs['opset']}) into {bundle}"
+    )
+    if validate:
+        report = validate_onnx(bundle, atol=atol)
+        typer.echo(report.to_text())
+        if not report.ok:
+            _fail(f"ONNX outputs differ from PyTorch by more than {atol:g}", code=1)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .backends import load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .backends.torch_backend import TorchBackend
-from .bundle import load_bundle
+from .bundle import file_digest, load_bundle
 from .config import SiDyPConfig
 from .corpus import (
     AtomicWriter,
@@ -29,6 +29,7 @@ from .corpus import (
 from .diffusion import text_key
 from .encoder import DEFAULT_ENCODER, load_pretrained, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
+from .formats import jsonl_to_parquet
 from .model_io import LoadedModel, load_model, save_trained
 from .refinement import (
     BatchRefinement,
@@ -38,6 +39,7 @@ from .refinement import (
     prior_from_neighbors,
     refine_batch,
 )
+from .stream import ResumableOutput, StdoutOutput
 from .training import train_sidyp
 
 DEFAULT_FIELDS = FieldNames()
@@ -139,12 +141,14 @@ def train(
     strict: bool = False,
     refined_out: str | Path | None = None,
     overwrite: bool = False,
+    export: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> TrainSummary:
     """Train SiDyP on a JSONL corpus of (text, LLM label) rows and save a model bundle at ``out``.
 
     ``refined_out`` also writes the corpus's own refined labels (transductive relabeling).
+    ``export`` also writes the ONNX graphs into the bundle (what ``refine`` runs by default).
     """
     config = config or SiDyPConfig()
     config.validate()
@@ -205,16 +209,12 @@ def train(
         refinement=refinement,
     )
     training_record = {**summary.to_dict(), "history": result.history}
-    save_trained(
-        out,
-        result,
-        label_set,
-        config,
-        pretrained,
-        encoder or DEFAULT_ENCODER,
-        training_record,
-        overwrite=overwrite,
-    )
+    save_trained(out, result, label_set, config, pretrained, encoder or DEFAULT_ENCODER,
+                 training_record, overwrite=overwrite)
+    if export:
+        from .export.onnx import export_onnx
+
+        export_onnx(out)
     if refined_out:
         with AtomicWriter(refined_out) as writer:
             for row, extra in zip(rows, predictions, strict=True):
@@ -266,58 +266,86 @@ def refine(
     model: str | Path,
     out: str | Path,
     *,
-    backend: str = "torch",
+    backend: str = "onnx",
     fields: FieldNames = DEFAULT_FIELDS,
     rejects: str | Path | None = None,
     strict: bool = False,
     chunk_size: int = 1024,
+    resume: bool = False,
     progress: bool = False,
 ) -> RefineSummary:
-    """Refine a JSONL corpus with a trained bundle in streamed chunks; ``out='-'``: stdout."""
-    loaded = load_model(load_bundle(model))
-    runtime = load_backend(loaded.bundle, backend)
+    """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
+
+    ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
+    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    bundle = load_bundle(model)
+    loaded = load_model(bundle)
+    runtime = load_backend(bundle, backend)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
-    total = count_lines(corpus)
-    read = refined = rejected = changed = 0
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc="refine", unit="rows", disable=not progress)
-    with AtomicWriter(out) as writer, AtomicWriter(rejects_path) as reject_writer:
-        pending: list[Row] = []
+    identity = {
+        "corpus": _file_identity(corpus),
+        "bundle": file_digest(bundle),
+        "backend": backend,
+        "chunk_size": chunk_size,
+        "fields": asdict(fields),
+        "rejects": str(Path(rejects_path).absolute()),
+    }
+    sink: ResumableOutput | StdoutOutput
+    if str(out) == "-":
+        if resume:
+            raise ValueError("--resume needs an output file, not stdout")
+        sink = StdoutOutput(rejects_path)
+    else:
+        sink = ResumableOutput(Path(out), rejects_path, identity, resume)
+    done_lines = sink.progress.lines
+    start, refined_before = time.perf_counter(), sink.progress.refined
+    bar = tqdm(total=count_lines(corpus), initial=done_lines, desc="refine", unit="rows",
+               disable=not progress)
+    rows: list[Row] = []
+    rejected: list[dict] = []
+    line = done_lines
 
-        def flush() -> None:
-            nonlocal refined, changed
-            for record in refine_rows(pending, loaded, runtime):
-                writer.write_json(record)
-                changed += bool(record["is_label_issue"])
-            refined += len(pending)
-            bar.update(len(pending))
-            pending.clear()
+    def flush() -> None:
+        sink.write_chunk(refine_rows(rows, loaded, runtime), rejected, line)
+        bar.update(len(rows) + len(rejected))
+        rows.clear()
+        rejected.clear()
 
+    try:
         for item in iter_corpus(corpus, fields, loaded.labels, strict=strict):
-            read += 1
-            if isinstance(item, Reject):
-                reject_writer.write_json(item.to_json())
-                rejected += 1
-                bar.update(1)
+            if item.line_no <= done_lines:
                 continue
-            pending.append(item)
-            if len(pending) >= chunk_size:
+            line = item.line_no
+            if isinstance(item, Reject):
+                rejected.append(item.to_json())
+            else:
+                rows.append(item)
+            if len(rows) >= chunk_size:
                 flush()
-        if pending:
+        if rows or rejected:
             flush()
-    bar.close()
-    if not rejected:
-        rejects_path.unlink(missing_ok=True)
+        sink.finish(convert=jsonl_to_parquet if str(out).endswith(".parquet") else None)
+    except BaseException:
+        sink.close()
+        raise
+    finally:
+        bar.close()
+    p = sink.progress
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return RefineSummary(
-        str(out),
-        read,
-        refined,
-        rejected,
-        changed,
-        refined / elapsed,
-        str(rejects_path) if rejected else None,
-    )
+    return RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
+                         (p.refined - refined_before) / elapsed,
+                         str(rejects_path) if p.rejected else None)
+
+
+def _file_identity(path: str | Path) -> dict[str, Any]:
+    """What must not change between a run and its resumption."""
+    if str(path) == "-":
+        return {"path": "-"}
+    stat = Path(path).stat()
+    return {"path": str(Path(path).absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def evaluate(

@@ -336,3 +336,32 @@ def file_digest(bundle: Bundle) -> str:
     for name in sorted(bundle.files):
         digest.update(name.encode("utf-8") + b"\0" + bundle.files[name]["sha256"].encode() + b"\n")
     return digest.hexdigest()
+
+
+def add_to_bundle(
+    bundle: Bundle,
+    files: Mapping[str, str | Path | bytes],
+    manifest_updates: Mapping[str, Any] | None = None,
+) -> Bundle:
+    """Add (or replace) files in an existing bundle and record them in its manifest.
+
+    The files are written first and the manifest is replaced atomically last, so a crash leaves
+    the old, still valid bundle (plus unlisted files that the next call overwrites).
+    """
+    directory = bundle.directory
+    names = [_check_name(directory, name) for name in files]
+    _write_contents(directory, directory, {}, files)
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.update(manifest_updates or {})
+    entries = dict(manifest.get("files", {}))
+    for name in names:
+        entries[name] = {
+            "sha256": sha256_file(directory / name),
+            "bytes": (directory / name).stat().st_size,
+        }
+    manifest["files"] = dict(sorted(entries.items()))
+    tmp = directory / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    _fsync(tmp)
+    os.replace(tmp, directory / MANIFEST)
+    return load_bundle(directory, verify=False)

@@ -327,6 +327,17 @@ def label_set_from_rows(rows: Iterable[Row | Reject]) -> list[str]:
     return sorted({row.label for row in rows if isinstance(row, Row) and row.label is not None})
 
 
+def json_line(obj: dict[str, Any]) -> str:
+    """One compact JSON line, ensure_ascii=False, keys in insertion order."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates (valid as JSON \\u escapes in the input) cannot be encoded raw.
+        text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
+    return text + "\n"
+
+
 class AtomicWriter:
     """Context manager writing a text file atomically: writes to '<final>.partial-<pid>' in the
     same directory, flushes+fsyncs and os.replace()s onto the final path only on commit() / clean
@@ -366,13 +377,8 @@ class AtomicWriter:
         self._fh.write(text)
 
     def write_json(self, obj: dict[str, Any]) -> None:
-        """Write one compact JSON line (ensure_ascii=False, keys in insertion order)."""
-        try:
-            self.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
-        except UnicodeEncodeError:
-            # Lone surrogates (valid as JSON \u escapes in the input) cannot be encoded raw;
-            # TextIOWrapper encodes before buffering, so nothing of the failed line was written.
-            self.write(json.dumps(obj, ensure_ascii=True, separators=(",", ":")) + "\n")
+        """Write one compact JSON line (see :func:`json_line`)."""
+        self.write(json_line(obj))
 
     def commit(self) -> None:
         """Flush, fsync and move the temp file onto the final path (idempotent)."""

@@ -9,20 +9,28 @@ from .base import EncodedBatch, ModelBackend
 if TYPE_CHECKING:
     from ..bundle import Bundle
 
-BACKENDS = ("torch",)
+BACKENDS = ("onnx", "torch")
 
 
-def load_backend(bundle: Bundle, name: str = "torch", device: str | None = None) -> ModelBackend:
-    """Build the named back end for a loaded bundle."""
+def load_backend(bundle: Bundle, name: str = "onnx", device: str | None = None) -> ModelBackend:
+    """Build the named back end for a loaded bundle.
+
+    ``onnx``: ONNX Runtime on the bundle's exported graphs (CUDA provider when available);
+    ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda".
+    """
+    if name == "onnx":
+        from .onnx_backend import OnnxBackend
+
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        return OnnxBackend.from_bundle(bundle, providers)
     if name == "torch":
         import torch
 
         from ..model_io import load_torch_models
         from .torch_backend import TorchBackend
 
-        encoder, denoiser = load_torch_models(bundle)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return TorchBackend(encoder, denoiser, device)
+        return TorchBackend(*load_torch_models(bundle), device=device)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

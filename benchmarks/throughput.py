@@ -1,0 +1,127 @@
+"""Throughput and memory of ``refine``: ONNX back end vs torch back end vs a bare encoder pass.
+
+All three run in one process on the same bundle (default encoder) and the same synthetic rows of
+realistic length, so the ratios are comparable even on a noisy machine. ``--rss`` also measures
+the peak RSS of ``sidyp-prod refine`` (a fresh process each) at two corpus sizes.
+
+    python benchmarks/throughput.py [--model BUNDLE] [--rows 2000] [--rss 10000 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sidyp_prod import api
+from sidyp_prod.bundle import load_bundle
+from sidyp_prod.encoder import tokenize
+from sidyp_prod.model_io import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = (
+    "the company said on monday that its quarterly profit rose as demand for cloud services grew "
+    "while the team won the final after a late goal and scientists reported a new species of "
+    "frog found in the rain forest near the river where officials announced plans for a bridge "
+    "to ease traffic during the holiday season after heavy rain flooded several roads"
+).split()
+
+
+def synthetic_corpus(path: Path, rows: int, labels: list[str], seed: int = 0) -> Path:
+    """Rows of 15-40 words (SemEval sentences average 21), with LLM labels from the label set."""
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(rows):
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 40)))
+            f.write(json.dumps({"id": i, "text": text, "label": rng.choice(labels)}) + "\n")
+    return path
+
+
+def bare_encoder_rows_per_second(bundle_dir: Path, corpus: Path) -> float:
+    """Tokenize and run only the exported encoder graph in ONNX Runtime, same batches."""
+    from sidyp_prod.backends.onnx_backend import OnnxBackend
+
+    bundle = load_bundle(bundle_dir)
+    model = load_model(bundle)
+    backend = OnnxBackend.from_bundle(bundle)
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    start = time.perf_counter()
+    size = model.config.encode_batch_size
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for s in range(0, len(texts), size):
+        ids, mask = tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]])
+        backend.encode(ids, mask)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def peak_rss_mib(bundle_dir: Path, corpus: Path, out: Path) -> tuple[float, float]:
+    """Peak RSS (MiB) and rows/s of `sidyp-prod refine` in a fresh process."""
+    code = (
+        "import resource, sys, time; from sidyp_prod import api; t = time.perf_counter(); "
+        "s = api.refine(sys.argv[1], sys.argv[2], sys.argv[3]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+        "s.refined / (time.perf_counter() - t))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(corpus), str(bundle_dir), str(out)],
+                            check=True, capture_output=True, text=True)
+    rss, rate = result.stdout.split()
+    return float(rss), float(rate)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="bundle (default: train one on the example)")
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rss", type=int, nargs=2, metavar=("SMALL", "LARGE"))
+    parser.add_argument("--work", type=Path, default=Path("runs/throughput"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundle = args.model
+    if bundle is None:
+        bundle = args.work / "bundle"
+        api.train(ROOT / "examples" / "news.jsonl", bundle, overwrite=True)
+    labels = load_bundle(bundle).manifest["labels"]
+    corpus = synthetic_corpus(args.work / "rows.jsonl", args.rows, labels)
+
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                   f"{platform.python_version()}",
+        "rows": args.rows,
+    }
+    bare = bare_encoder_rows_per_second(bundle, corpus)
+    onnx = api.refine(corpus, bundle, args.work / "onnx.jsonl", backend="onnx").rows_per_second
+    torch_rate = api.refine(corpus, bundle, args.work / "torch.jsonl",
+                            backend="torch").rows_per_second
+    results.update({
+        "bare_onnx_encoder_rows_per_s": round(bare, 1),
+        "refine_onnx_rows_per_s": round(onnx, 1),
+        "refine_torch_rows_per_s": round(torch_rate, 1),
+        "onnx_over_torch": round(onnx / torch_rate, 2),
+        "onnx_refine_over_bare_encoder": round(onnx / bare, 2),
+    })
+    if args.rss:
+        for n in args.rss:
+            rows = synthetic_corpus(args.work / f"rss-{n}.jsonl", n, labels, seed=n)
+            rss, rate = peak_rss_mib(bundle, rows, args.work / f"rss-{n}.out.jsonl")
+            results[f"peak_rss_mib_{n}"] = round(rss, 1)
+            results[f"rows_per_s_{n}"] = round(rate, 1)
+        small, large = args.rss
+        results["rss_ratio"] = round(
+            results[f"peak_rss_mib_{large}"] / results[f"peak_rss_mib_{small}"], 3
+        )
+    results["self_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(results, indent=1))
+    (args.work / "throughput.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""ONNX Runtime back end: the exported encoder and denoiser graphs, CUDA when available."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .base import EncodedBatch
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+
+
+def default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxBackend:
+    def __init__(self, encoder_path: str, denoiser_path: str,
+                 providers: Sequence[str] | None = None, threads: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = list(providers or default_providers())
+        self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
+        self.denoiser = ort.InferenceSession(denoiser_path, options, providers=providers)
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, providers: Sequence[str] | None = None) -> OnnxBackend:
+        from ..bundle import BundleError
+
+        graphs = bundle.manifest.get("onnx")
+        if not graphs:
+            raise BundleError(
+                f"bundle {bundle.directory}: no ONNX models; run `sidyp-prod export "
+                f"{bundle.directory}` first (or use --backend torch)"
+            )
+        return cls(str(bundle.path(graphs["encoder"]["file"])),
+                   str(bundle.path(graphs["denoiser"]["file"])), providers)
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
+        probs, dynamics, embedding = self.encoder.run(
+            None, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+        return EncodedBatch(probs, dynamics, embedding)
+
+    def denoise(
+        self, x_t: np.ndarray, t: np.ndarray, dynamics: np.ndarray, y_given: np.ndarray
+    ) -> np.ndarray:
+        (logits,) = self.denoiser.run(None, {
+            "x_t": np.ascontiguousarray(x_t, dtype=np.float32),
+            "t": np.ascontiguousarray(t, dtype=np.int64),
+            "dynamics": np.ascontiguousarray(dynamics, dtype=np.float32),
+            "y_given": np.ascontiguousarray(y_given, dtype=np.float32),
+        })
+        return logits

@@ -1,0 +1,152 @@
+"""Resumable, crash-safe output for streamed refinement.
+
+Rows are appended to ``OUT.partial`` (and rejects to ``REJECTS.partial``); after every chunk both
+are flushed and fsynced and a small journal (``OUT.journal.json``) records how many input lines
+are done and how many bytes each partial file holds. A killed run resumes from the journal: the
+partial files are cut back to the recorded sizes and the input is skipped to the recorded line,
+so the finished output is byte-identical to an uninterrupted run. Only a finished run renames the
+partial file to the final path; an unfinished output never looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .corpus import json_line
+
+JOURNAL_VERSION = 1
+
+
+class ResumeError(RuntimeError):
+    """The journal is missing or belongs to another run."""
+
+
+@dataclass
+class Progress:
+    lines: int = 0  # input lines consumed (rows written + rows rejected)
+    refined: int = 0
+    rejected: int = 0
+    changed: int = 0
+    output_bytes: int = 0
+    rejects_bytes: int = 0
+
+
+def _fsync_write(handle: IO[bytes]) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+class ResumableOutput:
+    """JSONL output (and rejects) written chunk by chunk with a progress journal."""
+
+    def __init__(self, out: Path, rejects: Path, identity: dict[str, Any], resume: bool):
+        self.out, self.rejects = out, rejects
+        self.partial = out.with_name(out.name + ".partial")
+        self.rejects_partial = rejects.with_name(rejects.name + ".partial")
+        self.journal = out.with_name(out.name + ".journal.json")
+        self.identity = identity
+        self.progress = Progress()
+        if resume:
+            self.progress = self._load_journal()
+        mode = "r+b" if resume else "wb"
+        self._out = open(self.partial, mode)  # noqa: SIM115 - closed in finish()/close()
+        self._rejects = open(self.rejects_partial, mode)  # noqa: SIM115
+        if resume:
+            # Drop whatever a killed run wrote after its last completed chunk.
+            for handle, size in ((self._out, self.progress.output_bytes),
+                                 (self._rejects, self.progress.rejects_bytes)):
+                handle.truncate(size)
+                handle.seek(size)
+
+    def _load_journal(self) -> Progress:
+        if not self.journal.is_file():
+            raise ResumeError(f"{self.out}: nothing to resume (no {self.journal.name})")
+        state = json.loads(self.journal.read_text())
+        if state.get("identity") != self.identity:
+            raise ResumeError(
+                f"{self.out}: the unfinished run used other inputs or settings; "
+                "start again without --resume"
+            )
+        for path, key in ((self.partial, "output_bytes"), (self.rejects_partial, "rejects_bytes")):
+            if not path.is_file() or path.stat().st_size < state["progress"][key]:
+                raise ResumeError(f"{path}: shorter than its journal says; cannot resume")
+        return Progress(**state["progress"])
+
+    def write_chunk(self, records: Iterable[dict], rejects: Iterable[dict], lines: int) -> None:
+        """Append one chunk's rows and rejects, make them durable, then advance the journal."""
+        for record in records:
+            self._out.write(json_line(record).encode("utf-8"))
+            self.progress.refined += 1
+            self.progress.changed += bool(record.get("is_label_issue"))
+        for reject in rejects:
+            self._rejects.write(json_line(reject).encode("utf-8"))
+            self.progress.rejected += 1
+        _fsync_write(self._out)
+        _fsync_write(self._rejects)
+        self.progress.lines = lines
+        self.progress.output_bytes = self._out.tell()
+        self.progress.rejects_bytes = self._rejects.tell()
+        state = {"version": JOURNAL_VERSION, "identity": self.identity,
+                 "progress": asdict(self.progress)}
+        tmp = self.journal.with_name(self.journal.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.journal)
+
+    def finish(self, convert: Any = None) -> None:
+        """Move the finished files into place (``convert(partial, final)`` for other formats)."""
+        self._out.close()
+        self._rejects.close()
+        if convert is None:
+            os.replace(self.partial, self.out)
+        else:
+            convert(self.partial, self.out)
+            self.partial.unlink()
+        if self.progress.rejected:
+            os.replace(self.rejects_partial, self.rejects)
+        else:
+            self.rejects_partial.unlink()
+        self.journal.unlink()
+
+    def close(self) -> None:
+        """Stop without finishing: the partial files and the journal stay for --resume."""
+        self._out.close()
+        self._rejects.close()
+
+
+class StdoutOutput:
+    """Rows to standard output as they are refined; rejects still go to a file."""
+
+    def __init__(self, rejects: Path):
+        import sys
+
+        self.progress = Progress()
+        self.rejects = rejects
+        self._stdout = sys.stdout
+        self._rejects = open(rejects.with_name(rejects.name + ".partial"), "wb")  # noqa: SIM115
+
+    def write_chunk(self, records: Iterable[dict], rejects: Iterable[dict], lines: int) -> None:
+        for record in records:
+            self._stdout.write(json_line(record))
+            self.progress.refined += 1
+            self.progress.changed += bool(record.get("is_label_issue"))
+        for reject in rejects:
+            self._rejects.write(json_line(reject).encode("utf-8"))
+            self.progress.rejected += 1
+        self._stdout.flush()
+        self.progress.lines = lines
+
+    def finish(self, convert: Any = None) -> None:
+        partial = Path(self._rejects.name)
+        self._rejects.close()
+        if self.progress.rejected:
+            os.replace(partial, self.rejects)
+        else:
+            partial.unlink()
+
+    def close(self) -> None:
+        self._rejects.close()

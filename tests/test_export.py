@@ -1,0 +1,78 @@
+"""ONNX export: parity with PyTorch, the manifest record, and the ONNX Runtime back end."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+from typer.testing import CliRunner
+
+from sidyp_prod import api
+from sidyp_prod.bundle import load_bundle
+from sidyp_prod.cli.main import app
+from sidyp_prod.export.onnx import (
+    DENOISER_INPUTS,
+    DENOISER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUTS,
+    validate_onnx,
+)
+
+
+def test_export_is_recorded_with_hashes_names_and_shapes(trained):
+    bundle, _, _ = trained
+    manifest = load_bundle(bundle).manifest  # verifies every hash, the ONNX files included
+    graphs = manifest["onnx"]
+    for part, inputs, outputs in (("encoder", ENCODER_INPUTS, ENCODER_OUTPUTS),
+                                  ("denoiser", DENOISER_INPUTS, DENOISER_OUTPUTS)):
+        assert graphs[part]["file"] in manifest["files"]
+        model = onnx.load(bundle / graphs[part]["file"])
+        onnx.checker.check_model(model)
+        assert [i.name for i in model.graph.input] == list(inputs)
+        assert [o.name for o in model.graph.output] == list(outputs)
+        assert list(graphs[part]["inputs"]) == list(inputs)
+        assert list(graphs[part]["outputs"]) == list(outputs)
+
+
+def test_onnx_matches_torch_within_tolerance(trained):
+    bundle, _, _ = trained
+    report = validate_onnx(bundle, texts=["song band melody", "oven", "the flight to the island"])
+    assert report.ok, report.to_text()
+    assert set(report.max_abs_diff) == {"encoder.probs", "encoder.dynamics", "encoder.embedding",
+                                        "denoiser.logits"}
+
+
+def test_onnx_and_torch_backends_give_the_same_refined_labels(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    api.refine(fresh_corpus, bundle, tmp_path / "onnx.jsonl", backend="onnx")
+    api.refine(fresh_corpus, bundle, tmp_path / "torch.jsonl", backend="torch")
+
+    def labels(path):
+        return [json.loads(line)["predicted_label"] for line in path.read_text().splitlines()]
+
+    assert labels(tmp_path / "onnx.jsonl") == labels(tmp_path / "torch.jsonl")
+
+
+def test_export_command_reports_differences(trained, tmp_path):
+    import shutil
+
+    bundle, _, _ = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    result = CliRunner().invoke(app, ["export", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "encoder.embedding" in result.output and "denoiser.logits" in result.output
+    load_bundle(copy)
+
+
+def test_refine_without_onnx_models_says_how_to_get_them(tiny_encoder, tmp_path):
+    from conftest import tiny_config
+    from synthetic import make_rows, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(60))
+    api.train(corpus, tmp_path / "b", tiny_config(classifier_epochs=2, diffusion_epochs=2),
+              encoder=str(tiny_encoder), export=False)
+    result = CliRunner().invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "b"),
+                                      "--out", str(tmp_path / "o.jsonl"), "--quiet"])
+    assert result.exit_code == 2
+    assert "sidyp-prod export" in result.output
