@@ -58,7 +58,8 @@ def score(pred: np.ndarray, gold: np.ndarray, given: np.ndarray) -> dict:
     }
 
 
-def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiDyPConfig) -> dict:
+def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiDyPConfig,
+             baselines: bool = True) -> dict:
     rows = read_jsonl(corpus)
     parsed = [r for r in iter_corpus(corpus) if hasattr(r, "text")]
     labels = label_set_from_rows(parsed)
@@ -68,15 +69,15 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     texts = [r.text for r in parsed]
     result: dict = {"seed": seed, "rows": len(rows)}
 
-    start = time.perf_counter()
-    plain_probs = api_cross_fit(texts, given, len(labels), config)
-    result["seconds_plain_classifier"] = time.perf_counter() - start
-    plain = plain_probs.argmax(1)
     result["llm"] = score(given, gold, given)
-    result["plain_classifier"] = score(plain, gold, given)
-    relabeled = cleanlab_relabel(plain_probs, given)
-    if relabeled is not None:
-        result["cleanlab"] = score(relabeled, gold, given)
+    if baselines:
+        start = time.perf_counter()
+        plain_probs = api_cross_fit(texts, given, len(labels), config)
+        result["seconds_plain_classifier"] = time.perf_counter() - start
+        result["plain_classifier"] = score(plain_probs.argmax(1), gold, given)
+        relabeled = cleanlab_relabel(plain_probs, given)
+        if relabeled is not None:
+            result["cleanlab"] = score(relabeled, gold, given)
 
     bundle, refined = out / f"bundle-{seed}", out / f"refined-{seed}.jsonl"
     start = time.perf_counter()
@@ -129,6 +130,8 @@ def main() -> None:
     parser.add_argument("--valid", type=Path, default=SHARED / "valid.jsonl")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--skip-baselines", action="store_true",
+                        help="only SiDyP (for ablations)")
     parser.add_argument("--config", type=json.loads, default={},
                         help='hyper-parameter overrides as JSON, e.g. \'{"branches": 3}\'')
     args = parser.parse_args()
@@ -136,8 +139,9 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         config = SiDyPConfig(**{**args.config, "seed": seed})
-        results.append(run_seed(args.corpus, args.valid if args.valid.exists() else None, seed,
-                                args.out, config))
+        valid = args.valid if args.valid.exists() else None
+        results.append(run_seed(args.corpus, valid, seed, args.out, config,
+                                baselines=not args.skip_baselines))
         print(json.dumps(results[-1], indent=1), flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     report = {"machine": machine,

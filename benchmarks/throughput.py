@@ -22,10 +22,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch
+
 from sidyp_prod import api
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.encoder import tokenize
-from sidyp_prod.model_io import load_model
+from sidyp_prod.model_io import load_model, load_torch_models
+from sidyp_prod.models import additive_attention_mask, mean_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -46,21 +49,49 @@ def synthetic_corpus(path: Path, rows: int, labels: list[str], seed: int = 0) ->
     return path
 
 
-def bare_encoder_rows_per_second(bundle_dir: Path, corpus: Path) -> float:
-    """Tokenize and run only the exported encoder graph in ONNX Runtime, same batches."""
-    from sidyp_prod.backends.onnx_backend import OnnxBackend
+class _SentenceEncoder(torch.nn.Module):
+    """The plain pretrained encoder (all layers, mean pooling): one ordinary encoder pass."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        e = self.encoder
+        hidden = e.sentence_top(e.trunk(input_ids, attention_mask),
+                                additive_attention_mask(attention_mask))
+        return mean_pool(hidden, attention_mask)
+
+
+def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[str, float]:
+    """Tokenize and run only an encoder graph in ONNX Runtime, in refine's batches: the bundle's
+    full encoder graph, and a plain single pass of the pretrained encoder."""
+    import onnxruntime as ort
 
     bundle = load_bundle(bundle_dir)
     model = load_model(bundle)
-    backend = OnnxBackend.from_bundle(bundle)
+    encoder, _ = load_torch_models(bundle)
+    plain = work / "plain-encoder.onnx"
+    ids = torch.ones(2, 8, dtype=torch.long)
+    axes = {"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}}
+    torch.onnx.export(_SentenceEncoder(encoder).eval(), (ids, ids), str(plain), dynamo=False,
+                      input_names=["input_ids", "attention_mask"], dynamic_axes=axes,
+                      opset_version=17)
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
-    start = time.perf_counter()
     size = model.config.encode_batch_size
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for s in range(0, len(texts), size):
-        ids, mask = tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]])
-        backend.encode(ids, mask)
-    return len(texts) / (time.perf_counter() - start)
+    batches = [tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]])
+               for s in range(0, len(texts), size)]
+    rates = {}
+    graphs = {"plain_encoder_pass": plain,
+              "bundle_encoder_graph": bundle.path(bundle.manifest["onnx"]["encoder"]["file"])}
+    for name, path in graphs.items():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        start = time.perf_counter()
+        for ids_b, mask_b in batches:
+            session.run(None, {"input_ids": ids_b, "attention_mask": mask_b})
+        rates[name] = len(texts) / (time.perf_counter() - start)
+    return rates
 
 
 def peak_rss_mib(bundle_dir: Path, corpus: Path, out: Path) -> tuple[float, float]:
@@ -97,16 +128,21 @@ def main() -> None:
                    f"{platform.python_version()}",
         "rows": args.rows,
     }
-    bare = bare_encoder_rows_per_second(bundle, corpus)
-    onnx = api.refine(corpus, bundle, args.work / "onnx.jsonl", backend="onnx").rows_per_second
-    torch_rate = api.refine(corpus, bundle, args.work / "torch.jsonl",
-                            backend="torch").rows_per_second
+    encoders = encoder_rows_per_second(bundle, corpus, args.work)
+    rates = {}
+    for name, kwargs in (("onnx_fp32", {"backend": "onnx"}),
+                         ("onnx_int8", {"backend": "onnx", "precision": "int8"}),
+                         ("torch", {"backend": "torch"})):
+        rates[name] = api.refine(corpus, bundle, args.work / f"{name}.jsonl",
+                                 **kwargs).rows_per_second
+    plain = encoders["plain_encoder_pass"]
+    results.update({f"bare_{k}_rows_per_s": round(v, 1) for k, v in encoders.items()})
+    results.update({f"refine_{k}_rows_per_s": round(v, 1) for k, v in rates.items()})
     results.update({
-        "bare_onnx_encoder_rows_per_s": round(bare, 1),
-        "refine_onnx_rows_per_s": round(onnx, 1),
-        "refine_torch_rows_per_s": round(torch_rate, 1),
-        "onnx_over_torch": round(onnx / torch_rate, 2),
-        "onnx_refine_over_bare_encoder": round(onnx / bare, 2),
+        "refine_onnx_fp32_over_torch": round(rates["onnx_fp32"] / rates["torch"], 2),
+        "refine_onnx_int8_over_torch": round(rates["onnx_int8"] / rates["torch"], 2),
+        "refine_onnx_fp32_over_plain_encoder_pass": round(rates["onnx_fp32"] / plain, 2),
+        "refine_onnx_int8_over_plain_encoder_pass": round(rates["onnx_int8"] / plain, 2),
     })
     if args.rss:
         for n in args.rss:

@@ -8,6 +8,7 @@ the largest absolute difference of every output.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from sidyp_prod.bundle import Bundle, add_to_bundle, load_bundle
 from sidyp_prod.model_io import load_model, load_torch_models
 
 ENCODER_ONNX = "encoder.onnx"
+ENCODER_INT8_ONNX = "encoder.int8.onnx"
 DENOISER_ONNX = "denoiser.onnx"
 OPSET = 17
 
@@ -71,9 +73,31 @@ def denoiser_onnx_bytes(denoiser: torch.nn.Module, branches: int, classes: int, 
     return _to_onnx_bytes(denoiser.eval(), args, DENOISER_INPUTS, DENOISER_OUTPUTS, axes)
 
 
-def export_onnx(bundle_dir: str | Path) -> Bundle:
-    """Write ``encoder.onnx`` and ``denoiser.onnx`` into the bundle and record them (with
-    their hashes, names and shapes) in its manifest."""
+def quantized_int8_bytes(fp32_onnx: bytes) -> bytes:
+    """Dynamic per-channel int8 quantization of the encoder weights (activations stay float).
+
+    On this CPU it ran the encoder ~2.6x faster; per-channel scales kept 97.5% of the refined
+    labels equal to PyTorch's on SemEval (per-tensor: 94.5%). See docs/benchmarks.md."""
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        src.write_bytes(fp32_onnx)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
+        return dst.read_bytes()
+
+
+def export_onnx(bundle_dir: str | Path, int8: bool = True) -> Bundle:
+    """Write ``encoder.onnx``, ``denoiser.onnx`` (and ``encoder.int8.onnx`` with ``int8``) into
+    the bundle and record them (with their hashes, names and shapes) in its manifest."""
     bundle = load_bundle(bundle_dir)
     encoder, denoiser = load_torch_models(bundle)
     manifest = bundle.manifest
@@ -83,11 +107,14 @@ def export_onnx(bundle_dir: str | Path) -> Bundle:
         ENCODER_ONNX: encoder_onnx_bytes(encoder),
         DENOISER_ONNX: denoiser_onnx_bytes(denoiser, branches, classes, features),
     }
+    if int8:
+        files[ENCODER_INT8_ONNX] = quantized_int8_bytes(files[ENCODER_ONNX])
     hidden = manifest["encoder"]["bert"]["hidden_size"]
     graphs = {
         "opset": OPSET,
         "encoder": {
             "file": ENCODER_ONNX,
+            "int8_file": ENCODER_INT8_ONNX if int8 else None,
             "inputs": {"input_ids": ["batch", "tokens", "int64"],
                        "attention_mask": ["batch", "tokens", "int64"]},
             "outputs": {"probs": [branches, "batch", classes, "float32"],
@@ -110,6 +137,7 @@ def export_onnx(bundle_dir: str | Path) -> Bundle:
 class ValidationReport:
     atol: float
     max_abs_diff: dict[str, float] = field(default_factory=dict)
+    informational: dict[str, float] = field(default_factory=dict)  # int8: reported, not gated
 
     @property
     def ok(self) -> bool:
@@ -119,6 +147,8 @@ class ValidationReport:
         lines = [f"{'output':<20}{'max |onnx - torch|':>20}  within atol={self.atol:g}"]
         for name, diff in self.max_abs_diff.items():
             lines.append(f"{name:<20}{diff:>20.3e}  {'yes' if diff <= self.atol else 'NO'}")
+        for name, diff in self.informational.items():
+            lines.append(f"{name:<20}{diff:>20.3e}  (quantized: not gated)")
         return "\n".join(lines)
 
 
@@ -132,7 +162,7 @@ def validate_onnx(
 
     bundle = load_bundle(bundle_dir)
     model = load_model(bundle)
-    onnx = OnnxBackend.from_bundle(bundle, providers=["CPUExecutionProvider"])
+    onnx = OnnxBackend.from_bundle(bundle, providers=["CPUExecutionProvider"], precision="fp32")
     torch_backend = TorchBackend(*load_torch_models(bundle), device="cpu")
     texts = texts or [
         "a short one",
@@ -145,6 +175,13 @@ def validate_onnx(
     for name in ENCODER_OUTPUTS:
         report.max_abs_diff[f"encoder.{name}"] = float(
             np.abs(getattr(ours, name) - getattr(ref, name)).max()
+        )
+    if bundle.manifest["onnx"]["encoder"].get("int8_file"):
+        int8 = OnnxBackend.from_bundle(bundle, ["CPUExecutionProvider"], precision="int8")
+        quantized = int8.encode(ids, mask)
+        report.informational["int8.probs"] = float(np.abs(quantized.probs - ref.probs).max())
+        report.informational["int8.embedding"] = float(
+            np.abs(quantized.embedding - ref.embedding).max()
         )
     rng = np.random.default_rng(0)
     m, b, c = ref.probs.shape

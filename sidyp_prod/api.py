@@ -267,6 +267,7 @@ def refine(
     out: str | Path,
     *,
     backend: str = "onnx",
+    precision: str = "fp32",
     fields: FieldNames = DEFAULT_FIELDS,
     rejects: str | Path | None = None,
     strict: bool = False,
@@ -283,12 +284,13 @@ def refine(
         raise ValueError("chunk_size must be >= 1")
     bundle = load_bundle(model)
     loaded = load_model(bundle)
-    runtime = load_backend(bundle, backend)
+    runtime = load_backend(bundle, backend, precision=precision)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     identity = {
         "corpus": _file_identity(corpus),
         "bundle": file_digest(bundle),
         "backend": backend,
+        "precision": getattr(runtime, "precision", "fp32"),
         "chunk_size": chunk_size,
         "fields": asdict(fields),
         "rejects": str(Path(rejects_path).absolute()),

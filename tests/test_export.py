@@ -26,6 +26,8 @@ def test_export_is_recorded_with_hashes_names_and_shapes(trained):
     for part, inputs, outputs in (("encoder", ENCODER_INPUTS, ENCODER_OUTPUTS),
                                   ("denoiser", DENOISER_INPUTS, DENOISER_OUTPUTS)):
         assert graphs[part]["file"] in manifest["files"]
+        if part == "encoder":
+            assert graphs[part]["int8_file"] in manifest["files"]
         model = onnx.load(bundle / graphs[part]["file"])
         onnx.checker.check_model(model)
         assert [i.name for i in model.graph.input] == list(inputs)
@@ -44,13 +46,18 @@ def test_onnx_matches_torch_within_tolerance(trained):
 
 def test_onnx_and_torch_backends_give_the_same_refined_labels(trained, fresh_corpus, tmp_path):
     bundle, _, _ = trained
-    api.refine(fresh_corpus, bundle, tmp_path / "onnx.jsonl", backend="onnx")
+    api.refine(fresh_corpus, bundle, tmp_path / "onnx.jsonl", backend="onnx", precision="fp32")
     api.refine(fresh_corpus, bundle, tmp_path / "torch.jsonl", backend="torch")
+    api.refine(fresh_corpus, bundle, tmp_path / "int8.jsonl", backend="onnx", precision="int8")
 
     def labels(path):
         return [json.loads(line)["predicted_label"] for line in path.read_text().splitlines()]
 
-    assert labels(tmp_path / "onnx.jsonl") == labels(tmp_path / "torch.jsonl")
+    reference = labels(tmp_path / "torch.jsonl")
+    assert labels(tmp_path / "onnx.jsonl") == reference
+    # The quantized encoder trades a little agreement for speed; it must stay close.
+    int8 = labels(tmp_path / "int8.jsonl")
+    assert sum(a == b for a, b in zip(int8, reference, strict=True)) >= 0.9 * len(reference)
 
 
 def test_export_command_reports_differences(trained, tmp_path):

@@ -12,17 +12,20 @@ if TYPE_CHECKING:
 BACKENDS = ("onnx", "torch")
 
 
-def load_backend(bundle: Bundle, name: str = "onnx", device: str | None = None) -> ModelBackend:
+def load_backend(
+    bundle: Bundle, name: str = "onnx", device: str | None = None, precision: str = "fp32"
+) -> ModelBackend:
     """Build the named back end for a loaded bundle.
 
-    ``onnx``: ONNX Runtime on the bundle's exported graphs (CUDA provider when available);
+    ``onnx``: ONNX Runtime on the bundle's exported graphs (CUDA provider when available;
+    ``precision`` picks the fp32 or int8 encoder, see OnnxBackend.from_bundle);
     ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda".
     """
     if name == "onnx":
         from .onnx_backend import OnnxBackend
 
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        return OnnxBackend.from_bundle(bundle, providers)
+        return OnnxBackend.from_bundle(bundle, providers, precision)
     if name == "torch":
         import torch
 

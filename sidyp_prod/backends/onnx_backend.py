@@ -29,12 +29,21 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle ORT threads would otherwise spin and steal the cores that faiss and the numpy
+        # refinement need between calls.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers or default_providers())
+        self.precision = "fp32"
         self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
         self.denoiser = ort.InferenceSession(denoiser_path, options, providers=providers)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, providers: Sequence[str] | None = None) -> OnnxBackend:
+    def from_bundle(
+        cls, bundle: Bundle, providers: Sequence[str] | None = None, precision: str = "fp32"
+    ) -> OnnxBackend:
+        """``precision``: "fp32", or "int8" for the dynamically quantized encoder (CPU only:
+        faster, but its activation scales are per batch, so a row's result then depends
+        slightly on the rows batched with it)."""
         from ..bundle import BundleError
 
         graphs = bundle.manifest.get("onnx")
@@ -43,8 +52,19 @@ class OnnxBackend:
                 f"bundle {bundle.directory}: no ONNX models; run `sidyp-prod export "
                 f"{bundle.directory}` first (or use --backend torch)"
             )
-        return cls(str(bundle.path(graphs["encoder"]["file"])),
-                   str(bundle.path(graphs["denoiser"]["file"])), providers)
+        providers = list(providers or default_providers())
+        int8_file = graphs["encoder"].get("int8_file")
+        if precision == "int8" and "CUDAExecutionProvider" in providers:
+            providers = ["CPUExecutionProvider"]  # MatMulInteger is a CPU kernel
+        if precision == "int8" and not int8_file:
+            raise BundleError(f"bundle {bundle.directory}: no int8 encoder; re-run export")
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+        encoder = int8_file if precision == "int8" else graphs["encoder"]["file"]
+        backend = cls(str(bundle.path(encoder)), str(bundle.path(graphs["denoiser"]["file"])),
+                      providers)
+        backend.precision = precision
+        return backend
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
         probs, dynamics, embedding = self.encoder.run(
