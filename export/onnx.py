@@ -18,6 +18,7 @@ import torch
 
 from sidyp_prod.bundle import Bundle, add_to_bundle, load_bundle
 from sidyp_prod.model_io import load_model, load_torch_models
+from sidyp_prod.models import DenoiserStep, InferenceEncoder
 
 ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder.int8.onnx"
@@ -25,8 +26,8 @@ DENOISER_ONNX = "denoiser.onnx"
 OPSET = 17
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
-ENCODER_OUTPUTS = ("probs", "dynamics", "embedding")
-DENOISER_INPUTS = ("x_t", "t", "dynamics", "y_given")
+ENCODER_OUTPUTS = ("probs", "conditioning", "embedding")
+DENOISER_INPUTS = ("x_t", "t", "conditioning", "y_given")
 DENOISER_OUTPUTS = ("logits",)
 
 
@@ -52,22 +53,22 @@ def encoder_onnx_bytes(encoder: torch.nn.Module) -> bytes:
         "input_ids": {0: "batch", 1: "tokens"},
         "attention_mask": {0: "batch", 1: "tokens"},
         "probs": {1: "batch"},
-        "dynamics": {1: "batch"},
+        "conditioning": {1: "batch"},
         "embedding": {0: "batch"},
     }
     return _to_onnx_bytes(encoder.eval(), (ids, mask), ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
 
 
-def denoiser_onnx_bytes(denoiser: torch.nn.Module, branches: int, classes: int, features: int):
+def denoiser_onnx_bytes(denoiser: torch.nn.Module, branches: int, classes: int, width: int):
     rows = 3
     args = (
         torch.zeros(branches, rows, classes),
         torch.zeros(rows, dtype=torch.long),
-        torch.zeros(branches, rows, features),
+        torch.zeros(branches, rows, width),
         torch.zeros(rows, classes),
     )
     axes = {
-        "x_t": {1: "rows"}, "t": {0: "rows"}, "dynamics": {1: "rows"}, "y_given": {0: "rows"},
+        "x_t": {1: "rows"}, "t": {0: "rows"}, "conditioning": {1: "rows"}, "y_given": {0: "rows"},
         "logits": {1: "rows"},
     }
     return _to_onnx_bytes(denoiser.eval(), args, DENOISER_INPUTS, DENOISER_OUTPUTS, axes)
@@ -102,10 +103,10 @@ def export_onnx(bundle_dir: str | Path, int8: bool = True) -> Bundle:
     encoder, denoiser = load_torch_models(bundle)
     manifest = bundle.manifest
     branches, classes = manifest["branches"], len(manifest["labels"])
-    features = manifest["feature_dim"]
+    width = manifest["config"]["denoiser_width"]
     files = {
-        ENCODER_ONNX: encoder_onnx_bytes(encoder),
-        DENOISER_ONNX: denoiser_onnx_bytes(denoiser, branches, classes, features),
+        ENCODER_ONNX: encoder_onnx_bytes(InferenceEncoder(encoder, denoiser)),
+        DENOISER_ONNX: denoiser_onnx_bytes(DenoiserStep(denoiser), branches, classes, width),
     }
     if int8:
         files[ENCODER_INT8_ONNX] = quantized_int8_bytes(files[ENCODER_ONNX])
@@ -118,14 +119,14 @@ def export_onnx(bundle_dir: str | Path, int8: bool = True) -> Bundle:
             "inputs": {"input_ids": ["batch", "tokens", "int64"],
                        "attention_mask": ["batch", "tokens", "int64"]},
             "outputs": {"probs": [branches, "batch", classes, "float32"],
-                        "dynamics": [branches, "batch", features, "float32"],
+                        "conditioning": [branches, "batch", width, "float32"],
                         "embedding": ["batch", hidden, "float32"]},
         },
         "denoiser": {
             "file": DENOISER_ONNX,
             "inputs": {"x_t": [branches, "rows", classes, "float32"],
                        "t": ["rows", "int64"],
-                       "dynamics": [branches, "rows", features, "float32"],
+                       "conditioning": [branches, "rows", width, "float32"],
                        "y_given": ["rows", classes, "float32"]},
             "outputs": {"logits": [branches, "rows", classes, "float32"]},
         },
@@ -188,7 +189,7 @@ def validate_onnx(
     x = rng.standard_normal((m, b, c)).astype(np.float32) * 5
     t = rng.integers(0, model.config.diffusion_steps, b)
     y = rng.standard_normal((b, c)).astype(np.float32)
-    ours_logits = onnx.denoise(x, t, ref.dynamics, y)
-    ref_logits = torch_backend.denoise(x, t, ref.dynamics, y)
+    ours_logits = onnx.denoise(x, t, ref.conditioning, y)
+    ref_logits = torch_backend.denoise(x, t, ref.conditioning, y)
     report.max_abs_diff["denoiser.logits"] = float(np.abs(ours_logits - ref_logits).max())
     return report

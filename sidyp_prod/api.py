@@ -168,13 +168,13 @@ def train(
     settings = RefineSettings.from_config(config, len(label_set))
     # The training rows' encoder outputs are already known: only the denoiser runs.
     transductive = TorchBackend(None, result.denoiser, "cpu")
+    features = result.features
+    conditioning = transductive.condition(features.dynamics)
     keys = [text_key(t) for t in texts]
     parts = []
     for batch in _chunks(np.arange(len(rows)), 256):
         encoded = EncodedBatch(
-            result.encoded.probs[:, batch],
-            result.encoded.dynamics[:, batch],
-            result.encoded.embedding[batch],
+            features.probs[:, batch], conditioning[:, batch], features.embedding[batch]
         )
         parts.append(
             refine_batch(

@@ -55,7 +55,7 @@ def save_trained(
         },
         "branches": config.branches,
         "snapshot_epochs": result.snapshot_epochs,
-        "feature_dim": int(result.encoded.dynamics.shape[-1]),
+        "feature_dim": int(result.features.dynamics.shape[-1]),
         "training": summary,
     }
     arrays = {

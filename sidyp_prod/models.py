@@ -232,14 +232,22 @@ class Denoiser(nn.Module):
         self.norm3 = nn.BatchNorm1d(width)
         self.out = nn.Linear(width, n_classes)
 
-    def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, w: torch.Tensor, y_given: torch.Tensor
+    def condition(self, w: torch.Tensor) -> torch.Tensor:
+        """The part that depends on the row only: computed once, not at every step."""
+        return self.feature_proj(self.feature_norm(w))
+
+    def step(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, y_given: torch.Tensor
     ) -> torch.Tensor:
-        w = self.feature_proj(self.feature_norm(w))
-        h = F.softplus(self.norm1(self.layer1(torch.cat([x_t, y_given], dim=-1), t))) * w
+        h = F.softplus(self.norm1(self.layer1(torch.cat([x_t, y_given], dim=-1), t))) * cond
         h = F.softplus(self.norm2(self.layer2(h, t)))
         h = F.softplus(self.norm3(self.layer3(h, t)))
         return self.out(h)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, w: torch.Tensor, y_given: torch.Tensor
+    ) -> torch.Tensor:
+        return self.step(x_t, t, self.condition(w), y_given)
 
 
 class DenoiserEnsemble(nn.Module):
@@ -251,10 +259,50 @@ class DenoiserEnsemble(nn.Module):
             Denoiser(n_classes, feature_dim, width, timesteps) for _ in range(branches)
         )
 
+    def condition(self, w: torch.Tensor) -> torch.Tensor:
+        """(M, R, F) training dynamics -> (M, R, width) conditioning."""
+        return torch.stack([m.condition(w[i]) for i, m in enumerate(self.members)])
+
+    def step(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, y_given: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.stack(
+            [m.step(x_t[i], t, cond[i], y_given) for i, m in enumerate(self.members)]
+        )
+
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor, w: torch.Tensor, y_given: torch.Tensor
     ) -> torch.Tensor:
-        return torch.stack([m(x_t[i], t, w[i], y_given) for i, m in enumerate(self.members)])
+        return self.step(x_t, t, self.condition(w), y_given)
+
+
+class InferenceEncoder(nn.Module):
+    """The text side of inference: encoder outputs with the denoiser's conditioning fused in,
+    so the per-row projection of the training dynamics runs once per row, not once per step."""
+
+    def __init__(self, encoder: SiDyPEncoder, denoiser: DenoiserEnsemble):
+        super().__init__()
+        self.encoder = encoder
+        self.denoiser = denoiser
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        probs, dynamics, embedding = self.encoder(input_ids, attention_mask)
+        return probs, self.denoiser.condition(dynamics), embedding
+
+
+class DenoiserStep(nn.Module):
+    """One reverse-process step of every branch's denoiser, on precomputed conditioning."""
+
+    def __init__(self, denoiser: DenoiserEnsemble):
+        super().__init__()
+        self.denoiser = denoiser
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, y_given: torch.Tensor
+    ) -> torch.Tensor:
+        return self.denoiser.step(x_t, t, cond, y_given)
 
 
 class EMA:

@@ -116,10 +116,10 @@ def refine_batch(
         """Reverse processes, chain_noise (B, K, T, M, C) with y_given (B, K, C) -> (M, B, K, C)."""
         k = chain_noise.shape[1]
         x_noise = chain_noise.transpose(2, 3, 0, 1, 4).reshape(steps, m, b * k, c)
-        dynamics = np.repeat(encoded.dynamics, k, axis=1)
+        conditioning = np.repeat(encoded.conditioning, k, axis=1)
         y = y_given.reshape(b * k, c)
         logits = reverse_process(
-            lambda x, t: backend.denoise(x, t[0], dynamics, y),
+            lambda x, t: backend.denoise(x, t[0], conditioning, y),
             x_noise,
             settings.schedule,
             settings.scale,

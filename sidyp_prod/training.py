@@ -38,6 +38,15 @@ from .refinement import RefineSettings, prior_from_neighbors, refine_batch
 
 
 @dataclass
+class RowFeatures:
+    """What Stage I knows of every training row."""
+
+    probs: np.ndarray  # (M, N, C) the final classifiers' probabilities
+    dynamics: np.ndarray  # (M, N, S*H) raw training dynamics, before the denoiser's projection
+    embedding: np.ndarray  # (N, H) sentence embeddings
+
+
+@dataclass
 class TrainingResult:
     encoder: SiDyPEncoder
     denoiser: DenoiserEnsemble
@@ -47,7 +56,7 @@ class TrainingResult:
     centroids: np.ndarray  # (M, S, C, H) class centroids of each recorded snapshot
     noise_ratio: float
     noise_ratio_estimated: bool
-    encoded: EncodedBatch  # the training rows' encoder outputs
+    features: RowFeatures  # the training rows' classifier probabilities and training dynamics
     prior_weights: np.ndarray  # (M, N, C) the dynamic prior after training
     prior_kind: np.ndarray  # (M, N)
     snapshot_epochs: list[int]
@@ -261,18 +270,32 @@ class _DenoiserBackend:
         self.model = model
 
     @torch.inference_mode()
-    def denoise(self, x_t, t, dynamics, y_given):
+    def _eval(self, method: Callable, *arrays: np.ndarray) -> np.ndarray:
         was_training = self.model.training
         self.model.eval()
-        out = self.model(
-            *(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_t, t, dynamics, y_given))
-        )
+        out = method(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
         self.model.train(was_training)
         return out.numpy()
 
+    def condition(self, dynamics: np.ndarray) -> np.ndarray:
+        return self._eval(self.model.condition, dynamics)
+
+    def denoise(
+        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
+    ) -> np.ndarray:
+        return self._eval(self.model.step, x_t, t, conditioning, y_given)
+
+    def encoded(self, features: RowFeatures, rows: np.ndarray) -> EncodedBatch:
+        """Some rows' encoder outputs, conditioned as the current denoiser would get them."""
+        return EncodedBatch(
+            features.probs[:, rows],
+            self.condition(features.dynamics[:, rows]),
+            features.embedding[rows],
+        )
+
 
 def _stage_two(
-    encoded: EncodedBatch,
+    features: RowFeatures,
     given: np.ndarray,
     keys: list[int],
     prior_weights: np.ndarray,
@@ -284,7 +307,7 @@ def _stage_two(
 ) -> tuple[DenoiserEnsemble, np.ndarray, int, list[dict[str, float]]]:
     """Train the denoisers with iterative refinement; return the best one, the refined weights,
     the chosen epoch and the loss history."""
-    m, n, feature_dim = encoded.dynamics.shape
+    m, n, feature_dim = features.dynamics.shape
     settings = RefineSettings.from_config(config, n_classes)
     model = DenoiserEnsemble(
         m, n_classes, feature_dim, config.denoiser_width, config.diffusion_steps
@@ -306,7 +329,7 @@ def _stage_two(
     alpha_bar = torch.from_numpy(cosine_alpha_bar(config.diffusion_steps)).float()
     warmup_epochs = math.ceil(config.diffusion_warmup_fraction * config.diffusion_epochs)
     weights = prior_weights.copy()
-    dynamics = torch.from_numpy(encoded.dynamics)
+    dynamics = torch.from_numpy(features.dynamics)
     y_vectors = torch.from_numpy(simplex(given, n_classes, config.simplex_scale))
     scale = config.simplex_scale
     best_state, best_score, best_epoch = copy.deepcopy(eval_backend.model.state_dict()), -1.0, -1
@@ -318,7 +341,7 @@ def _stage_two(
         if not warm:
             weights[:, train_rows] = _refine_prior(
                 backend,
-                encoded,
+                backend.encoded(features, train_rows),
                 weights[:, train_rows],
                 prior_kind[:, train_rows],
                 given,
@@ -359,7 +382,7 @@ def _stage_two(
             losses.append(float(loss.detach()))
         score = _holdout_accuracy(
             eval_backend,
-            encoded,
+            eval_backend.encoded(features, holdout),
             weights,
             prior_kind,
             given,
@@ -418,11 +441,14 @@ def _refine_prior(
         return weights
     sub = rows[open_rows]
     n_s, r = settings.refine_samples, len(sub)
-    dynamics = np.repeat(encoded.dynamics[:, sub], n_s, axis=1)
+    conditioning = np.repeat(encoded.conditioning[:, open_rows], n_s, axis=1)
     y = np.repeat(simplex(given[sub], c, settings.scale), n_s, axis=0)
     noise = rng.standard_normal((settings.schedule.steps, m, r * n_s, c)).astype(np.float32)
     logits = reverse_process(
-        lambda x, t: backend.denoise(x, t[0], dynamics, y), noise, settings.schedule, settings.scale
+        lambda x, t: backend.denoise(x, t[0], conditioning, y),
+        noise,
+        settings.schedule,
+        settings.scale,
     )
     predicted = logits.argmax(-1).reshape(m, r, n_s)
     for branch in range(m):
@@ -449,12 +475,9 @@ def _holdout_accuracy(
 ) -> float:
     if len(holdout) == 0:
         return 0.0
-    sub = EncodedBatch(
-        encoded.probs[:, holdout], encoded.dynamics[:, holdout], encoded.embedding[holdout]
-    )
     refined = refine_batch(
         backend,
-        sub,
+        encoded,
         weights[:, holdout],
         kind[:, holdout],
         given[holdout],
@@ -511,10 +534,10 @@ def train_sidyp(
         log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")
 
     start = time.perf_counter()
-    encoded = EncodedBatch(stage_one.probs, stage_one.dynamics, embeddings)
+    features = RowFeatures(stage_one.probs, stage_one.dynamics, embeddings)
     keys = [text_key(t) for t in texts]
     denoiser, refined_weights, best_epoch, history2 = _stage_two(
-        encoded, given, keys, prior_weights, prior_kind, n_classes, config, rng, progress
+        features, given, keys, prior_weights, prior_kind, n_classes, config, rng, progress
     )
     timings["stage_two"] = time.perf_counter() - start
 
@@ -540,7 +563,7 @@ def train_sidyp(
         centroids=stage_one.centroids.astype(np.float32),
         noise_ratio=ratio,
         noise_ratio_estimated=estimated,
-        encoded=encoded,
+        features=features,
         prior_weights=refined_weights,
         prior_kind=prior_kind,
         snapshot_epochs=snapshot_epochs(config.classifier_epochs, config.snapshots),

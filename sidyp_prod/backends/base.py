@@ -13,7 +13,7 @@ class EncodedBatch:
     """What the encoder gives the refinement for a batch of B rows (M branches, C classes)."""
 
     probs: np.ndarray  # (M, B, C) classifier branch probabilities p(y_given | x)
-    dynamics: np.ndarray  # (M, B, F) training-dynamics features w(x)
+    conditioning: np.ndarray  # (M, B, W) training dynamics w(x) as the denoiser consumes them
     embedding: np.ndarray  # (B, H) normalised sentence embedding for neighbour search
 
 
@@ -25,8 +25,8 @@ class ModelBackend(Protocol):
         ...
 
     def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, dynamics: np.ndarray, y_given: np.ndarray
+        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
-        """x_t (M, R, C) float32, t (R,) int64, dynamics (M, R, F), y_given (R, C)
+        """x_t (M, R, C) float32, t (R,) int64, conditioning (M, R, W), y_given (R, C)
         -> logits (M, R, C)."""
         ...

@@ -67,18 +67,18 @@ class OnnxBackend:
         return backend
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
-        probs, dynamics, embedding = self.encoder.run(
+        probs, conditioning, embedding = self.encoder.run(
             None, {"input_ids": input_ids, "attention_mask": attention_mask}
         )
-        return EncodedBatch(probs, dynamics, embedding)
+        return EncodedBatch(probs, conditioning, embedding)
 
     def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, dynamics: np.ndarray, y_given: np.ndarray
+        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
         (logits,) = self.denoiser.run(None, {
             "x_t": np.ascontiguousarray(x_t, dtype=np.float32),
             "t": np.ascontiguousarray(t, dtype=np.int64),
-            "dynamics": np.ascontiguousarray(dynamics, dtype=np.float32),
+            "conditioning": np.ascontiguousarray(conditioning, dtype=np.float32),
             "y_given": np.ascontiguousarray(y_given, dtype=np.float32),
         })
         return logits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models import DenoiserEnsemble, SiDyPEncoder
+from ..models import DenoiserEnsemble, DenoiserStep, InferenceEncoder, SiDyPEncoder
 from .base import EncodedBatch
 
 
@@ -16,29 +16,30 @@ class TorchBackend:
         self, encoder: SiDyPEncoder | None, denoiser: DenoiserEnsemble, device: str = "cpu"
     ):
         self.device = torch.device(device)
-        self.encoder = encoder.to(self.device).eval() if encoder is not None else None
-        self.denoiser = denoiser.to(self.device).eval()
+        denoiser = denoiser.to(self.device).eval()
+        self.encoder = (
+            InferenceEncoder(encoder.to(self.device), denoiser).eval() if encoder else None
+        )
+        self.denoiser = DenoiserStep(denoiser).eval()
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     @torch.inference_mode()
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
         if self.encoder is None:
             raise RuntimeError("this TorchBackend was built without an encoder")
-        probs, dynamics, embedding = self.encoder(
-            torch.from_numpy(input_ids).to(self.device),
-            torch.from_numpy(attention_mask).to(self.device),
-        )
-        return EncodedBatch(
-            probs.float().cpu().numpy(),
-            dynamics.float().cpu().numpy(),
-            embedding.float().cpu().numpy(),
-        )
+        outputs = self.encoder(self._tensor(input_ids), self._tensor(attention_mask))
+        return EncodedBatch(*(o.float().cpu().numpy() for o in outputs))
+
+    @torch.inference_mode()
+    def condition(self, dynamics: np.ndarray) -> np.ndarray:
+        """Raw training dynamics (M, B, F) -> the conditioning ``encode`` would give."""
+        return self.denoiser.denoiser.condition(self._tensor(dynamics)).float().cpu().numpy()
 
     @torch.inference_mode()
     def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, dynamics: np.ndarray, y_given: np.ndarray
+        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
-        def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-
-        logits = self.denoiser(tensor(x_t), tensor(t), tensor(dynamics), tensor(y_given))
+        logits = self.denoiser(*(self._tensor(a) for a in (x_t, t, conditioning, y_given)))
         return logits.float().cpu().numpy()
