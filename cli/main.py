@@ -223,24 +223,28 @@ def refine(
 @app.command()
 def export(
     bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Write the graphs here (with onnx.json) instead of into the bundle."),
+    ] = None,
+    int8: Annotated[bool, typer.Option(help="Also write the int8-quantized encoder.")] = True,
     atol: Annotated[float, typer.Option(help="Largest accepted |onnx - torch| difference.")] = 1e-4,
     validate: Annotated[bool, typer.Option(help="Compare against PyTorch after export.")] = True,
 ) -> None:
-    """Export the encoder and denoiser to ONNX into the bundle, and validate them."""
+    """Export the encoder and denoiser to ONNX, then validate them against PyTorch."""
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.export.onnx import export_onnx, validate_onnx
 
     try:
-        exported = export_onnx(bundle)
+        graphs = export_onnx(bundle, out, int8=int8)
     except (BundleError, FileNotFoundError) as exc:
         _fail(str(exc))
-    graphs = exported.manifest["onnx"]
-    typer.echo(
-        f"wrote {graphs['encoder']['file']} and {graphs['denoiser']['file']} "
-        f"(opset {graphs['opset']}) into {bundle}"
-    )
+    files = [graphs["encoder"]["file"], graphs["denoiser"]["file"]]
+    if graphs["encoder"].get("int8_file"):
+        files.append(graphs["encoder"]["int8_file"])
+    typer.echo(f"wrote {', '.join(files)} (opset {graphs['opset']}) into {out or bundle}")
     if validate:
-        report = validate_onnx(bundle, atol=atol)
+        report = validate_onnx(bundle, atol=atol, onnx_dir=out)
         typer.echo(report.to_text())
         if not report.ok:
             _fail(f"ONNX outputs differ from PyTorch by more than {atol:g}", code=1)

@@ -8,6 +8,7 @@ the largest absolute difference of every output.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -16,7 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidyp_prod.bundle import Bundle, add_to_bundle, load_bundle
+from sidyp_prod.bundle import (
+    Bundle,
+    BundleError,
+    add_to_bundle,
+    file_digest,
+    load_bundle,
+    sha256_file,
+)
 from sidyp_prod.model_io import load_model, load_torch_models
 from sidyp_prod.models import DenoiserStep, InferenceEncoder
 
@@ -24,6 +32,7 @@ ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder.int8.onnx"
 DENOISER_ONNX = "denoiser.onnx"
 OPSET = 17
+GRAPHS_JSON = "onnx.json"
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
 ENCODER_OUTPUTS = ("probs", "conditioning", "embedding")
@@ -96,9 +105,12 @@ def quantized_int8_bytes(fp32_onnx: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def export_onnx(bundle_dir: str | Path, int8: bool = True) -> Bundle:
+def export_onnx(
+    bundle_dir: str | Path, out_dir: str | Path | None = None, int8: bool = True
+) -> dict:
     """Write ``encoder.onnx``, ``denoiser.onnx`` (and ``encoder.int8.onnx`` with ``int8``) into
-    the bundle and record them (with their hashes, names and shapes) in its manifest."""
+    the bundle and record them (names, shapes, hashes) in its manifest; or, with ``out_dir``,
+    into that directory with the same record in ``onnx.json``. Returns the record."""
     bundle = load_bundle(bundle_dir)
     encoder, denoiser = load_torch_models(bundle)
     manifest = bundle.manifest
@@ -131,7 +143,26 @@ def export_onnx(bundle_dir: str | Path, int8: bool = True) -> Bundle:
             "outputs": {"logits": [branches, "rows", classes, "float32"]},
         },
     }
-    return add_to_bundle(bundle, files, {"onnx": graphs})
+    if out_dir is None:
+        return add_to_bundle(bundle, files, {"onnx": graphs}).manifest["onnx"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    graphs["bundle_digest"] = file_digest(bundle)
+    graphs["sha256"] = {name: sha256_file(out / name) for name in files}
+    (out / GRAPHS_JSON).write_text(json.dumps(graphs, indent=2) + "\n")
+    return graphs
+
+
+def onnx_paths(bundle: Bundle, onnx_dir: str | Path | None = None) -> tuple[dict, Path]:
+    """The graph record and the directory holding the files: the bundle, or an export dir."""
+    if onnx_dir is None:
+        return bundle.manifest["onnx"], bundle.directory
+    record = json.loads((Path(onnx_dir) / GRAPHS_JSON).read_text())
+    if record.get("bundle_digest") != file_digest(bundle):
+        raise BundleError(f"{onnx_dir}: exported from another bundle than {bundle.directory}")
+    return record, Path(onnx_dir)
 
 
 @dataclass
@@ -154,7 +185,10 @@ class ValidationReport:
 
 
 def validate_onnx(
-    bundle_dir: str | Path, texts: list[str] | None = None, atol: float = 1e-4
+    bundle_dir: str | Path,
+    texts: list[str] | None = None,
+    atol: float = 1e-4,
+    onnx_dir: str | Path | None = None,
 ) -> ValidationReport:
     """Run the exported graphs and the PyTorch models on the same inputs; report differences."""
     from sidyp_prod.backends.onnx_backend import OnnxBackend
@@ -163,7 +197,10 @@ def validate_onnx(
 
     bundle = load_bundle(bundle_dir)
     model = load_model(bundle)
-    onnx = OnnxBackend.from_bundle(bundle, providers=["CPUExecutionProvider"], precision="fp32")
+    graphs, directory = onnx_paths(bundle, onnx_dir)
+    cpu = ["CPUExecutionProvider"]
+    denoiser_path = str(directory / graphs["denoiser"]["file"])
+    onnx = OnnxBackend(str(directory / graphs["encoder"]["file"]), denoiser_path, cpu)
     torch_backend = TorchBackend(*load_torch_models(bundle), device="cpu")
     texts = texts or [
         "a short one",
@@ -177,8 +214,8 @@ def validate_onnx(
         report.max_abs_diff[f"encoder.{name}"] = float(
             np.abs(getattr(ours, name) - getattr(ref, name)).max()
         )
-    if bundle.manifest["onnx"]["encoder"].get("int8_file"):
-        int8 = OnnxBackend.from_bundle(bundle, ["CPUExecutionProvider"], precision="int8")
+    if graphs["encoder"].get("int8_file"):
+        int8 = OnnxBackend(str(directory / graphs["encoder"]["int8_file"]), denoiser_path, cpu)
         quantized = int8.encode(ids, mask)
         report.informational["int8.probs"] = float(np.abs(quantized.probs - ref.probs).max())
         report.informational["int8.embedding"] = float(

@@ -40,8 +40,9 @@ def test_onnx_matches_torch_within_tolerance(trained):
     bundle, _, _ = trained
     report = validate_onnx(bundle, texts=["song band melody", "oven", "the flight to the island"])
     assert report.ok, report.to_text()
-    assert set(report.max_abs_diff) == {"encoder.probs", "encoder.conditioning", "encoder.embedding",
-                                        "denoiser.logits"}
+    assert set(report.max_abs_diff) == {
+        "encoder.probs", "encoder.conditioning", "encoder.embedding", "denoiser.logits"
+    }
 
 
 def test_onnx_and_torch_backends_give_the_same_refined_labels(trained, fresh_corpus, tmp_path):
@@ -83,3 +84,15 @@ def test_refine_without_onnx_models_says_how_to_get_them(tiny_encoder, tmp_path)
                                       "--out", str(tmp_path / "o.jsonl"), "--quiet"])
     assert result.exit_code == 2
     assert "sidyp-prod export" in result.output
+
+
+def test_export_to_another_directory_leaves_the_bundle_alone(trained, tmp_path):
+    bundle, _, _ = trained
+    before = (bundle / "manifest.json").read_bytes()
+    result = CliRunner().invoke(app, ["export", str(bundle), "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert (bundle / "manifest.json").read_bytes() == before
+    record = json.loads((tmp_path / "onnx" / "onnx.json").read_text())
+    for name in ("encoder.onnx", "denoiser.onnx", "encoder.int8.onnx"):
+        assert (tmp_path / "onnx" / name).is_file() and name in record["sha256"]
+    assert "denoiser.logits" in result.output
