@@ -24,16 +24,13 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sidyp_prod import api
+from sidyp_prod.baselines import cross_fitted_classifier_probs
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.corpus import iter_corpus, label_set_from_rows
 from sidyp_prod.encoder import load_pretrained
-from sidyp_prod.evaluate import expected_calibration_error
+from sidyp_prod.evaluate import expected_calibration_error, read_records
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def cleanlab_relabel(probs: np.ndarray, given: np.ndarray) -> np.ndarray | None:
@@ -60,7 +57,7 @@ def score(pred: np.ndarray, gold: np.ndarray, given: np.ndarray) -> dict:
 
 def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiDyPConfig,
              baselines: bool = True) -> dict:
-    rows = read_jsonl(corpus)
+    rows = list(read_records(corpus))
     parsed = [r for r in iter_corpus(corpus) if hasattr(r, "text")]
     labels = label_set_from_rows(parsed)
     index = {label: i for i, label in enumerate(labels)}
@@ -72,7 +69,9 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     result["llm"] = score(given, gold, given)
     if baselines:
         start = time.perf_counter()
-        plain_probs = api_cross_fit(texts, given, len(labels), config)
+        plain_probs = cross_fitted_classifier_probs(
+            texts, given, len(labels), load_pretrained(None), config
+        )
         result["seconds_plain_classifier"] = time.perf_counter() - start
         result["plain_classifier"] = score(plain_probs.argmax(1), gold, given)
         relabeled = cleanlab_relabel(plain_probs, given)
@@ -89,35 +88,32 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     result["sidyp"] = sidyp_scores(summary, gold, given, labels)
 
     if valid is not None:
-        result["valid"] = inductive(bundle, valid, labels, config, out, seed)
+        result["valid"] = inductive(bundle, valid, out, seed)
     return result
-
-
-def api_cross_fit(texts: list[str], given: np.ndarray, n_classes: int, config: SiDyPConfig):
-    from sidyp_prod.baselines import cross_fitted_classifier_probs
-
-    return cross_fitted_classifier_probs(texts, given, n_classes, load_pretrained(None), config)
 
 
 def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
                  labels: list[str]) -> dict:
     """Accuracy and calibration of each label source, from the same trained model."""
-    from sidyp_prod.refinement import output_fields
+    from sidyp_prod.calibration import fit_temperature
+    from sidyp_prod.refinement import reported_distribution
 
-    index = {label: i for i, label in enumerate(labels)}
     scores = {}
     for source in ("marginal", "given", "candidates"):
-        fields = output_fields(summary.refinement, given, labels, source)
-        pred = np.array([index[f["predicted_label"]] for f in fields])
-        conf = np.array([f["confidence"] for f in fields])
+        raw = reported_distribution(summary.refinement, given, source)
+        temperature = fit_temperature(raw, given, 1.0 - summary.noise_ratio)
+        dist = reported_distribution(summary.refinement, given, source, temperature)
+        pred = dist.argmax(1)
         scores[source] = score(pred, gold, given)
-        scores[source]["ece"] = expected_calibration_error(conf, pred == gold)
+        scores[source]["ece_uncalibrated"] = expected_calibration_error(raw.max(1), pred == gold)
+        scores[source]["ece"] = expected_calibration_error(dist.max(1), pred == gold)
+        scores[source]["temperature"] = temperature
     scores["classifier"] = score(summary.refinement.classifier.argmax(1), gold, given)
     return scores
 
 
-def inductive(bundle: Path, valid: Path, labels: list[str], config: SiDyPConfig, out: Path,
-              seed: int) -> dict:
+def inductive(bundle: Path, valid: Path, out: Path, seed: int) -> dict:
+    """Refine rows the bundle never saw and score them."""
     refined = out / f"valid-refined-{seed}.jsonl"
     api.refine(valid, bundle, refined)
     report = api.evaluate(refined)

@@ -15,6 +15,7 @@ from .backends import load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .backends.torch_backend import TorchBackend
 from .bundle import file_digest, load_bundle
+from .calibration import fit_temperature
 from .config import SiDyPConfig
 from .corpus import (
     AtomicWriter,
@@ -38,6 +39,7 @@ from .refinement import (
     output_fields,
     prior_from_neighbors,
     refine_batch,
+    reported_distribution,
 )
 from .stream import ResumableOutput, StdoutOutput
 from .training import train_sidyp
@@ -57,6 +59,7 @@ class TrainSummary:
     prior_kinds: dict[str, int]
     labels_changed: int
     best_diffusion_epoch: int
+    temperature: float
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
     rejects: str | None = None
@@ -189,7 +192,12 @@ def train(
             )
         )
     refinement = BatchRefinement.concatenate(parts)
-    predictions = output_fields(refinement, given, label_set, config.label_source)
+    # Gold-free calibration: the mean label_score must equal the estimated clean fraction.
+    temperature = fit_temperature(
+        reported_distribution(refinement, given, config.label_source), given,
+        1.0 - result.noise_ratio,
+    )
+    predictions = output_fields(refinement, given, label_set, config.label_source, temperature)
     result.timings["predict"] = time.perf_counter() - start
 
     summary = TrainSummary(
@@ -203,6 +211,7 @@ def train(
         prior_kinds=kind_counts(result.prior_kind),
         labels_changed=sum(p["is_label_issue"] for p in predictions),
         best_diffusion_epoch=result.best_diffusion_epoch,
+        temperature=temperature,
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
@@ -250,11 +259,10 @@ def refine_rows(rows: Sequence[Row], model: LoadedModel, backend: ModelBackend) 
             [text_key(texts[i]) for i in batch],
             settings,
         )
-        for i, extra in zip(
-            batch,
-            output_fields(refined, given[batch], model.labels, config.label_source),
-            strict=True,
-        ):
+        fields = output_fields(
+            refined, given[batch], model.labels, config.label_source, model.temperature
+        )
+        for i, extra in zip(batch, fields, strict=True):
             extras[i] = extra
     for row, extra in zip(rows, extras, strict=True):
         out.append({**row.record, **(extra or {})})

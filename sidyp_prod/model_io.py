@@ -81,6 +81,7 @@ class LoadedModel:
     config: SiDyPConfig
     tokenizer: Tokenizer
     indexes: list[NeighborIndex]
+    temperature: float = 1.0  # calibration fitted at training time
 
     @property
     def n_classes(self) -> int:
@@ -98,7 +99,8 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
         NeighborIndex(reference["embeddings"][clean], reference["labels"][clean], use_gpu)
         for clean in reference["clean"].astype(bool)
     ]
-    return LoadedModel(bundle, list(manifest["labels"]), config, tokenizer, indexes)
+    temperature = float(manifest.get("training", {}).get("temperature", 1.0))
+    return LoadedModel(bundle, list(manifest["labels"]), config, tokenizer, indexes, temperature)
 
 
 def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
+from .calibration import temper
 from .diffusion import ReverseSchedule, reverse_process, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
 from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
@@ -154,14 +155,26 @@ def refine_batch(
     )
 
 
-def output_fields(
-    refinement: BatchRefinement, given: np.ndarray, labels: Sequence[str], source: str
-) -> list[dict[str, Any]]:
-    """The fields each output row gains, in cleanlab's vocabulary."""
+def reported_distribution(
+    refinement: BatchRefinement, given: np.ndarray, source: str, temperature: float = 1.0
+) -> np.ndarray:
+    """The distribution behind predicted_label, confidence and label_score, calibrated."""
     dist = refinement.distribution(source)
     if source == "given":
         # A row without a given label has nothing to condition on: use p(y | x).
         dist = np.where((given < 0)[:, None], refinement.marginal, dist)
+    return temper(dist, temperature) if temperature != 1.0 else dist
+
+
+def output_fields(
+    refinement: BatchRefinement,
+    given: np.ndarray,
+    labels: Sequence[str],
+    source: str,
+    temperature: float = 1.0,
+) -> list[dict[str, Any]]:
+    """The fields each output row gains, in cleanlab's vocabulary."""
+    dist = reported_distribution(refinement, given, source, temperature)
     predicted = dist.argmax(axis=1)
     rows = []
     for i in range(len(given)):
