@@ -58,8 +58,9 @@ class _SentenceEncoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         e = self.encoder
-        hidden = e.sentence_top(e.trunk(input_ids, attention_mask),
-                                additive_attention_mask(attention_mask))
+        hidden = e.sentence_top(
+            e.trunk(input_ids, attention_mask), additive_attention_mask(attention_mask)
+        )
         return mean_pool(hidden, attention_mask)
 
 
@@ -74,17 +75,27 @@ def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[
     plain = work / "plain-encoder.onnx"
     ids = torch.ones(2, 8, dtype=torch.long)
     axes = {"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}}
-    torch.onnx.export(_SentenceEncoder(encoder).eval(), (ids, ids), str(plain), dynamo=False,
-                      input_names=["input_ids", "attention_mask"], dynamic_axes=axes,
-                      opset_version=17)
+    torch.onnx.export(
+        _SentenceEncoder(encoder).eval(),
+        (ids, ids),
+        str(plain),
+        dynamo=False,
+        input_names=["input_ids", "attention_mask"],
+        dynamic_axes=axes,
+        opset_version=17,
+    )
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     size = model.config.encode_batch_size
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    batches = [tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]])
-               for s in range(0, len(texts), size)]
+    batches = [
+        tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]])
+        for s in range(0, len(texts), size)
+    ]
     rates = {}
-    graphs = {"plain_encoder_pass": plain,
-              "bundle_encoder_graph": bundle.path(bundle.manifest["onnx"]["encoder"]["file"])}
+    graphs = {
+        "plain_encoder_pass": plain,
+        "bundle_encoder_graph": bundle.path(bundle.manifest["onnx"]["encoder"]["file"]),
+    }
     for name, path in graphs.items():
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         start = time.perf_counter()
@@ -94,16 +105,20 @@ def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[
     return rates
 
 
-def peak_rss_mib(bundle_dir: Path, corpus: Path, out: Path) -> tuple[float, float]:
+def peak_rss_mib(bundle_dir: Path, corpus: Path, out: Path, precision: str) -> tuple[float, float]:
     """Peak RSS (MiB) and rows/s of `sidyp-prod refine` in a fresh process."""
     code = (
         "import resource, sys, time; from sidyp_prod import api; t = time.perf_counter(); "
-        "s = api.refine(sys.argv[1], sys.argv[2], sys.argv[3]); "
+        "s = api.refine(sys.argv[1], sys.argv[2], sys.argv[3], precision=sys.argv[4]); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
         "s.refined / (time.perf_counter() - t))"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(corpus), str(bundle_dir), str(out)],
-                            check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(corpus), str(bundle_dir), str(out), precision],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     rss, rate = result.stdout.split()
     return float(rss), float(rate)
 
@@ -113,6 +128,13 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="bundle (default: train one on the example)")
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--rss", type=int, nargs=2, metavar=("SMALL", "LARGE"))
+    parser.add_argument(
+        "--rss-precision",
+        default="fp32",
+        choices=["fp32", "int8"],
+        help="encoder precision for the RSS runs (int8 halves their time)",
+    )
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--work", type=Path, default=Path("runs/throughput"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -125,31 +147,40 @@ def main() -> None:
 
     results: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}",
+        f"{platform.python_version()}",
         "rows": args.rows,
     }
-    encoders = encoder_rows_per_second(bundle, corpus, args.work)
-    rates = {}
-    for name, kwargs in (("onnx_fp32", {"backend": "onnx"}),
-                         ("onnx_int8", {"backend": "onnx", "precision": "int8"}),
-                         ("torch", {"backend": "torch"})):
-        rates[name] = api.refine(corpus, bundle, args.work / f"{name}.jsonl",
-                                 **kwargs).rows_per_second
-    plain = encoders["plain_encoder_pass"]
-    results.update({f"bare_{k}_rows_per_s": round(v, 1) for k, v in encoders.items()})
-    results.update({f"refine_{k}_rows_per_s": round(v, 1) for k, v in rates.items()})
-    results.update({
-        "refine_onnx_fp32_over_torch": round(rates["onnx_fp32"] / rates["torch"], 2),
-        "refine_onnx_int8_over_torch": round(rates["onnx_int8"] / rates["torch"], 2),
-        "refine_onnx_fp32_over_plain_encoder_pass": round(rates["onnx_fp32"] / plain, 2),
-        "refine_onnx_int8_over_plain_encoder_pass": round(rates["onnx_int8"] / plain, 2),
-    })
+    if not args.skip_throughput:
+        encoders = encoder_rows_per_second(bundle, corpus, args.work)
+        rates = {}
+        for name, kwargs in (
+            ("onnx_fp32", {"backend": "onnx"}),
+            ("onnx_int8", {"backend": "onnx", "precision": "int8"}),
+            ("torch", {"backend": "torch"}),
+        ):
+            rates[name] = api.refine(
+                corpus, bundle, args.work / f"{name}.jsonl", **kwargs
+            ).rows_per_second
+        plain = encoders["plain_encoder_pass"]
+        results.update({f"bare_{k}_rows_per_s": round(v, 1) for k, v in encoders.items()})
+        results.update({f"refine_{k}_rows_per_s": round(v, 1) for k, v in rates.items()})
+        results.update(
+            {
+                "refine_onnx_fp32_over_torch": round(rates["onnx_fp32"] / rates["torch"], 2),
+                "refine_onnx_int8_over_torch": round(rates["onnx_int8"] / rates["torch"], 2),
+                "refine_onnx_fp32_over_plain_encoder_pass": round(rates["onnx_fp32"] / plain, 2),
+                "refine_onnx_int8_over_plain_encoder_pass": round(rates["onnx_int8"] / plain, 2),
+            }
+        )
     if args.rss:
         for n in args.rss:
             rows = synthetic_corpus(args.work / f"rss-{n}.jsonl", n, labels, seed=n)
-            rss, rate = peak_rss_mib(bundle, rows, args.work / f"rss-{n}.out.jsonl")
+            rss, rate = peak_rss_mib(
+                bundle, rows, args.work / f"rss-{n}.out.jsonl", args.rss_precision
+            )
             results[f"peak_rss_mib_{n}"] = round(rss, 1)
             results[f"rows_per_s_{n}"] = round(rate, 1)
+        results["rss_precision"] = args.rss_precision
         small, large = args.rss
         results["rss_ratio"] = round(
             results[f"peak_rss_mib_{large}"] / results[f"peak_rss_mib_{small}"], 3

@@ -37,7 +37,7 @@ class SiDyPConfig:
     inference_steps: int = 10  # T_infer, paper: 10
     timestep_mapping: str = "spaced"  # "spaced" (DDIM-style) or "authors" (indices 9..0)
     denoiser_width: int = 256  # w is projected to this width first (paper: dim(w))
-    diffusion_epochs: int = 30  # paper: 10; 10 x 14 steps left the denoiser untrained here
+    diffusion_epochs: int = 30  # paper: 10 (too few steps on small corpora; docs/method.md)
     diffusion_batch_size: int = 128  # paper: 128
     diffusion_lr: float = 1e-3  # paper: 6e-4 to 1e-3
     diffusion_warmup_fraction: float = 0.2  # only certain rows train during this fraction of epochs
