@@ -290,6 +290,8 @@ def refine(
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    if resume and str(corpus) == "-":
+        raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
     bundle = load_bundle(model)
     loaded = load_model(bundle)
     runtime = load_backend(bundle, backend, precision=precision)

@@ -51,8 +51,11 @@ def test_train_refine_evaluate(tiny_encoder, tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "out.jsonl"), "--json"])
     assert result.exit_code == 0, result.output
     assert 0.0 <= json.loads(result.output)["refined_accuracy"] <= 1.0
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "out.jsonl")])
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "out.jsonl"),
+                                 "--plot", str(tmp_path / "plots")])
     assert "accuracy" in result.output.lower()
+    for name in ("accuracy.png", "reliability.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 1000
 
     # Refine to stdout: only JSONL on stdout.
     result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "bundle"),
