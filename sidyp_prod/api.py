@@ -296,21 +296,22 @@ def refine(
     loaded = load_model(bundle)
     runtime = load_backend(bundle, backend, precision=precision)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
-    identity = {
-        "corpus": _file_identity(corpus),
-        "bundle": file_digest(bundle),
-        "backend": backend,
-        "precision": getattr(runtime, "precision", "fp32"),
-        "chunk_size": chunk_size,
-        "fields": asdict(fields),
-        "rejects": str(Path(rejects_path).absolute()),
-    }
     sink: ResumableOutput | StdoutOutput
     if str(out) == "-":
         if resume:
             raise ValueError("--resume needs an output file, not stdout")
         sink = StdoutOutput(rejects_path)
     else:
+        # What must match for a resumed run to continue this one byte for byte.
+        identity = {
+            "corpus": _file_identity(corpus),
+            "bundle": file_digest(bundle),
+            "backend": backend,
+            "precision": getattr(runtime, "precision", "fp32"),
+            "chunk_size": chunk_size,
+            "fields": asdict(fields),
+            "rejects": str(Path(rejects_path).absolute()),
+        }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
     done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined

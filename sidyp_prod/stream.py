@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +39,31 @@ class Progress:
 def _fsync_write(handle: IO[bytes]) -> None:
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def _append_chunk(
+    progress: Progress,
+    write_record: Callable[[str], Any],
+    rejects_file: IO[bytes],
+    records: Iterable[dict],
+    rejects: Iterable[dict],
+) -> None:
+    """Write one chunk's rows and rejects as JSON lines and count them."""
+    for record in records:
+        write_record(json_line(record))
+        progress.refined += 1
+        progress.changed += bool(record.get("is_label_issue"))
+    for reject in rejects:
+        rejects_file.write(json_line(reject).encode("utf-8"))
+        progress.rejected += 1
+
+
+def _place_rejects(partial: Path, final: Path, progress: Progress) -> None:
+    """A finished run keeps its rejects file only when something was rejected."""
+    if progress.rejected:
+        os.replace(partial, final)
+    else:
+        partial.unlink()
 
 
 class ResumableOutput:
@@ -79,13 +104,8 @@ class ResumableOutput:
 
     def write_chunk(self, records: Iterable[dict], rejects: Iterable[dict], lines: int) -> None:
         """Append one chunk's rows and rejects, make them durable, then advance the journal."""
-        for record in records:
-            self._out.write(json_line(record).encode("utf-8"))
-            self.progress.refined += 1
-            self.progress.changed += bool(record.get("is_label_issue"))
-        for reject in rejects:
-            self._rejects.write(json_line(reject).encode("utf-8"))
-            self.progress.rejected += 1
+        _append_chunk(self.progress, lambda line: self._out.write(line.encode("utf-8")),
+                      self._rejects, records, rejects)
         _fsync_write(self._out)
         _fsync_write(self._rejects)
         self.progress.lines = lines
@@ -106,10 +126,7 @@ class ResumableOutput:
         else:
             convert(self.partial, self.out)
             self.partial.unlink()
-        if self.progress.rejected:
-            os.replace(self.rejects_partial, self.rejects)
-        else:
-            self.rejects_partial.unlink()
+        _place_rejects(self.rejects_partial, self.rejects, self.progress)
         self.journal.unlink()
 
     def close(self) -> None:
@@ -130,23 +147,13 @@ class StdoutOutput:
         self._rejects = open(rejects.with_name(rejects.name + ".partial"), "wb")  # noqa: SIM115
 
     def write_chunk(self, records: Iterable[dict], rejects: Iterable[dict], lines: int) -> None:
-        for record in records:
-            self._stdout.write(json_line(record))
-            self.progress.refined += 1
-            self.progress.changed += bool(record.get("is_label_issue"))
-        for reject in rejects:
-            self._rejects.write(json_line(reject).encode("utf-8"))
-            self.progress.rejected += 1
+        _append_chunk(self.progress, self._stdout.write, self._rejects, records, rejects)
         self._stdout.flush()
         self.progress.lines = lines
 
     def finish(self, convert: Any = None) -> None:
-        partial = Path(self._rejects.name)
         self._rejects.close()
-        if self.progress.rejected:
-            os.replace(partial, self.rejects)
-        else:
-            partial.unlink()
+        _place_rejects(Path(self._rejects.name), self.rejects, self.progress)
 
     def close(self) -> None:
         self._rejects.close()

@@ -46,6 +46,8 @@ class OnnxBackend:
         slightly on the rows batched with it)."""
         from ..bundle import BundleError
 
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
         graphs = bundle.manifest.get("onnx")
         if not graphs:
             raise BundleError(
@@ -58,8 +60,6 @@ class OnnxBackend:
             providers = ["CPUExecutionProvider"]  # MatMulInteger is a CPU kernel
         if precision == "int8" and not int8_file:
             raise BundleError(f"bundle {bundle.directory}: no int8 encoder; re-run export")
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
         encoder = int8_file if precision == "int8" else graphs["encoder"]["file"]
         backend = cls(str(bundle.path(encoder)), str(bundle.path(graphs["denoiser"]["file"])),
                       providers)
