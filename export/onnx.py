@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sidyp_prod.backends.onnx_backend import GRAPH_VERSION
+from sidyp_prod.backends.torch_backend import TorchBackend
 from sidyp_prod.bundle import (
     Bundle,
     BundleError,
@@ -25,8 +27,7 @@ from sidyp_prod.bundle import (
     load_bundle,
     sha256_file,
 )
-from sidyp_prod.model_io import load_model, load_torch_models
-from sidyp_prod.models import DenoiserStep, InferenceEncoder
+from sidyp_prod.model_io import load_model
 
 ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder.int8.onnx"
@@ -36,7 +37,7 @@ GRAPHS_JSON = "onnx.json"
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
 ENCODER_OUTPUTS = ("probs", "conditioning", "embedding")
-DENOISER_INPUTS = ("x_t", "t", "conditioning", "y_given")
+DENOISER_INPUTS = ("noise", "conditioning", "y_given")
 DENOISER_OUTPUTS = ("logits",)
 
 
@@ -61,26 +62,25 @@ def encoder_onnx_bytes(encoder: torch.nn.Module) -> bytes:
     axes = {
         "input_ids": {0: "batch", 1: "tokens"},
         "attention_mask": {0: "batch", 1: "tokens"},
-        "probs": {1: "batch"},
-        "conditioning": {1: "batch"},
+        "probs": {0: "batch"},
+        "conditioning": {0: "batch"},
         "embedding": {0: "batch"},
     }
     return _to_onnx_bytes(encoder.eval(), (ids, mask), ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
 
 
-def denoiser_onnx_bytes(denoiser: torch.nn.Module, branches: int, classes: int, width: int):
+def denoiser_onnx_bytes(
+    reverse: torch.nn.Module, steps: int, branches: int, classes: int, width: int
+) -> bytes:
     rows = 3
     args = (
-        torch.zeros(branches, rows, classes),
-        torch.zeros(rows, dtype=torch.long),
-        torch.zeros(branches, rows, width),
+        torch.zeros(rows, steps, branches, classes),
+        torch.zeros(rows, branches, width),
         torch.zeros(rows, classes),
     )
-    axes = {
-        "x_t": {1: "rows"}, "t": {0: "rows"}, "conditioning": {1: "rows"}, "y_given": {0: "rows"},
-        "logits": {1: "rows"},
-    }
-    return _to_onnx_bytes(denoiser.eval(), args, DENOISER_INPUTS, DENOISER_OUTPUTS, axes)
+    axes = {"noise": {0: "rows"}, "conditioning": {0: "rows"}, "y_given": {0: "rows"},
+            "logits": {0: "rows"}}
+    return _to_onnx_bytes(reverse.eval(), args, DENOISER_INPUTS, DENOISER_OUTPUTS, axes)
 
 
 def quantized_int8_bytes(fp32_onnx: bytes) -> bytes:
@@ -112,35 +112,38 @@ def export_onnx(
     the bundle and record them (names, shapes, hashes) in its manifest; or, with ``out_dir``,
     into that directory with the same record in ``onnx.json``. Returns the record."""
     bundle = load_bundle(bundle_dir)
-    encoder, denoiser = load_torch_models(bundle)
+    torch_backend = TorchBackend.from_bundle(bundle)
     manifest = bundle.manifest
     branches, classes = manifest["branches"], len(manifest["labels"])
-    width = manifest["config"]["denoiser_width"]
+    config = manifest["config"]
+    width, steps = config["denoiser_width"], config["inference_steps"]
     files = {
-        ENCODER_ONNX: encoder_onnx_bytes(InferenceEncoder(encoder, denoiser)),
-        DENOISER_ONNX: denoiser_onnx_bytes(DenoiserStep(denoiser), branches, classes, width),
+        ENCODER_ONNX: encoder_onnx_bytes(torch_backend.encoder),
+        DENOISER_ONNX: denoiser_onnx_bytes(
+            torch_backend.reverse_process, steps, branches, classes, width
+        ),
     }
     if int8:
         files[ENCODER_INT8_ONNX] = quantized_int8_bytes(files[ENCODER_ONNX])
     hidden = manifest["encoder"]["bert"]["hidden_size"]
     graphs = {
         "opset": OPSET,
+        "graph_version": GRAPH_VERSION,
         "encoder": {
             "file": ENCODER_ONNX,
             "int8_file": ENCODER_INT8_ONNX if int8 else None,
             "inputs": {"input_ids": ["batch", "tokens", "int64"],
                        "attention_mask": ["batch", "tokens", "int64"]},
-            "outputs": {"probs": [branches, "batch", classes, "float32"],
-                        "conditioning": [branches, "batch", width, "float32"],
+            "outputs": {"probs": ["batch", branches, classes, "float32"],
+                        "conditioning": ["batch", branches, width, "float32"],
                         "embedding": ["batch", hidden, "float32"]},
         },
         "denoiser": {
             "file": DENOISER_ONNX,
-            "inputs": {"x_t": [branches, "rows", classes, "float32"],
-                       "t": ["rows", "int64"],
-                       "conditioning": [branches, "rows", width, "float32"],
+            "inputs": {"noise": ["rows", steps, branches, classes, "float32"],
+                       "conditioning": ["rows", branches, width, "float32"],
                        "y_given": ["rows", classes, "float32"]},
-            "outputs": {"logits": [branches, "rows", classes, "float32"]},
+            "outputs": {"logits": ["rows", branches, classes, "float32"]},
         },
     }
     if out_dir is None:
@@ -170,18 +173,63 @@ class ValidationReport:
     atol: float
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     informational: dict[str, float] = field(default_factory=dict)  # int8: reported, not gated
+    signature_problems: list[str] = field(default_factory=list)
+    labels_compared: int = 0
+    labels_differing: int = 0
 
     @property
     def ok(self) -> bool:
-        return all(v <= self.atol for v in self.max_abs_diff.values())
+        return (
+            all(v <= self.atol for v in self.max_abs_diff.values())
+            and not self.signature_problems
+            and self.labels_differing == 0
+        )
 
     def to_text(self) -> str:
-        lines = [f"{'output':<20}{'max |onnx - torch|':>20}  within atol={self.atol:g}"]
+        lines = [f"{'output':<32}{'max |onnx - torch|':>20}  within atol={self.atol:g}"]
         for name, diff in self.max_abs_diff.items():
-            lines.append(f"{name:<20}{diff:>20.3e}  {'yes' if diff <= self.atol else 'NO'}")
+            lines.append(f"{name:<32}{diff:>20.3e}  {'yes' if diff <= self.atol else 'NO'}")
         for name, diff in self.informational.items():
-            lines.append(f"{name:<20}{diff:>20.3e}  (quantized: not gated)")
+            lines.append(f"{name:<32}{diff:>20.3e}  (quantized: not gated)")
+        lines += [f"signature: {problem}" for problem in self.signature_problems]
+        lines.append(
+            f"refined labels: {self.labels_compared - self.labels_differing}/"
+            f"{self.labels_compared} equal"
+        )
         return "\n".join(lines)
+
+
+SAMPLE_TEXTS = (
+    "a short one",
+    "A somewhat longer sentence, so that the batch carries padding on the other rows.",
+    "the third",
+    "Markets rallied after the announcement, with shares of the company up four percent.",
+    "ok",
+    "The team scored twice in the second half and held on to win the final.",
+    "Researchers describe a new method for measuring the age of distant stars.",
+    "Is this the one?",
+)
+
+
+def signature_problems(session, record: dict, graph: str) -> list[str]:
+    """Where an ONNX Runtime session's inputs/outputs differ from the manifest's record
+    (names, element types, ranks, fixed dims)."""
+    problems = []
+    for kind, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        expected = record[kind]
+        names = [a.name for a in args]
+        if names != list(expected):
+            problems.append(f"{graph} {kind}: graph has {names}, record says {list(expected)}")
+            continue
+        for arg in args:
+            *dims, dtype = expected[arg.name]
+            if arg.type != f"tensor({'float' if dtype == 'float32' else dtype})":
+                problems.append(f"{graph}.{arg.name}: type {arg.type}, record says {dtype}")
+            fixed = [d if isinstance(d, int) else None for d in dims]
+            actual = [d if isinstance(d, int) else None for d in arg.shape]
+            if fixed != actual:
+                problems.append(f"{graph}.{arg.name}: shape {arg.shape}, record says {dims}")
+    return problems
 
 
 def validate_onnx(
@@ -189,10 +237,14 @@ def validate_onnx(
     texts: list[str] | None = None,
     atol: float = 1e-4,
     onnx_dir: str | Path | None = None,
+    batch_sizes: tuple[int, ...] = (1, 3, 8),
 ) -> ValidationReport:
-    """Run the exported graphs and the PyTorch models on the same inputs; report differences."""
+    """Run the exported graphs and the PyTorch models on the same inputs and report: the graphs'
+    signatures against the manifest, the largest |difference| of every output over several batch
+    sizes and sequence lengths, and whether the refined labels of a sample agree."""
+    from sidyp_prod.api import refine_rows
     from sidyp_prod.backends.onnx_backend import OnnxBackend
-    from sidyp_prod.backends.torch_backend import TorchBackend
+    from sidyp_prod.corpus import Row
     from sidyp_prod.encoder import tokenize
 
     bundle = load_bundle(bundle_dir)
@@ -201,32 +253,46 @@ def validate_onnx(
     cpu = ["CPUExecutionProvider"]
     denoiser_path = str(directory / graphs["denoiser"]["file"])
     onnx = OnnxBackend(str(directory / graphs["encoder"]["file"]), denoiser_path, cpu)
-    torch_backend = TorchBackend(*load_torch_models(bundle), device="cpu")
-    texts = texts or [
-        "a short one",
-        "A somewhat longer sentence, so that the batch carries padding on the other rows.",
-        "the third",
-    ]
-    ids, mask = tokenize(model.tokenizer, texts)
-    ours, ref = onnx.encode(ids, mask), torch_backend.encode(ids, mask)
+    torch_backend = TorchBackend.from_bundle(bundle)
     report = ValidationReport(atol)
-    for name in ENCODER_OUTPUTS:
-        report.max_abs_diff[f"encoder.{name}"] = float(
-            np.abs(getattr(ours, name) - getattr(ref, name)).max()
-        )
-    if graphs["encoder"].get("int8_file"):
-        int8 = OnnxBackend(str(directory / graphs["encoder"]["int8_file"]), denoiser_path, cpu)
-        quantized = int8.encode(ids, mask)
-        report.informational["int8.probs"] = float(np.abs(quantized.probs - ref.probs).max())
-        report.informational["int8.embedding"] = float(
-            np.abs(quantized.embedding - ref.embedding).max()
-        )
+    report.signature_problems += signature_problems(onnx.encoder, graphs["encoder"], "encoder")
+    report.signature_problems += signature_problems(onnx.denoiser, graphs["denoiser"], "denoiser")
+    texts = list(texts or SAMPLE_TEXTS)
+    int8_file = graphs["encoder"].get("int8_file")
+    int8 = OnnxBackend(str(directory / int8_file), denoiser_path, cpu) if int8_file else None
+
+    def record(name: str, diff: float, into: dict[str, float]) -> None:
+        into[name] = max(into.get(name, 0.0), diff)
+
     rng = np.random.default_rng(0)
-    m, b, c = ref.probs.shape
-    x = rng.standard_normal((m, b, c)).astype(np.float32) * 5
-    t = rng.integers(0, model.config.diffusion_steps, b)
-    y = rng.standard_normal((b, c)).astype(np.float32)
-    ours_logits = onnx.denoise(x, t, ref.conditioning, y)
-    ref_logits = torch_backend.denoise(x, t, ref.conditioning, y)
-    report.max_abs_diff["denoiser.logits"] = float(np.abs(ours_logits - ref_logits).max())
+    for size in batch_sizes:
+        batch = [texts[i % len(texts)] for i in range(size)]
+        ids, mask = tokenize(model.tokenizer, batch)
+        ours, ref = onnx.encode(ids, mask), torch_backend.encode(ids, mask)
+        for name in ENCODER_OUTPUTS:
+            diff = float(np.abs(getattr(ours, name) - getattr(ref, name)).max())
+            record(f"encoder.{name}", diff, report.max_abs_diff)
+        if int8 is not None:
+            quantized = int8.encode(ids, mask)
+            for name in ("probs", "embedding"):
+                diff = float(np.abs(getattr(quantized, name) - getattr(ref, name)).max())
+                record(f"int8.{name}", diff, report.informational)
+        m, b, c = ref.probs.shape
+        steps = model.config.inference_steps
+        noise = rng.standard_normal((b, steps, m, c)).astype(np.float32)
+        y = rng.standard_normal((b, c)).astype(np.float32)
+        conditioning = ref.conditioning.transpose(1, 0, 2)
+        diff = float(np.abs(onnx.reverse(noise, conditioning, y)
+                            - torch_backend.reverse(noise, conditioning, y)).max())
+        record("denoiser.logits", diff, report.max_abs_diff)
+
+    rows = [Row(i + 1, {"text": t}, i + 1, t, model.labels[i % len(model.labels)])
+            for i, t in enumerate(texts)]
+    ours_rows = refine_rows(rows, model, onnx)
+    ref_rows = refine_rows(rows, model, torch_backend)
+    report.labels_compared = len(rows)
+    report.labels_differing = sum(
+        a["predicted_label"] != b["predicted_label"]
+        for a, b in zip(ours_rows, ref_rows, strict=True)
+    )
     return report

@@ -170,7 +170,7 @@ def train(
     start = time.perf_counter()
     settings = RefineSettings.from_config(config, len(label_set))
     # The training rows' encoder outputs are already known: only the denoiser runs.
-    transductive = TorchBackend(None, result.denoiser, "cpu")
+    transductive = TorchBackend(None, result.denoiser, settings.schedule, settings.scale)
     features = result.features
     conditioning = transductive.condition(features.dynamics)
     keys = [text_key(t) for t in texts]

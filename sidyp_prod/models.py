@@ -277,8 +277,9 @@ class DenoiserEnsemble(nn.Module):
 
 
 class InferenceEncoder(nn.Module):
-    """The text side of inference: encoder outputs with the denoiser's conditioning fused in,
-    so the per-row projection of the training dynamics runs once per row, not once per step."""
+    """The text side of inference, batch first (the layout Triton's batcher needs): probs
+    (B, M, C), conditioning (B, M, W), embedding (B, H). The denoiser's projection of the
+    training dynamics is fused in, so it runs once per row rather than once per step."""
 
     def __init__(self, encoder: SiDyPEncoder, denoiser: DenoiserEnsemble):
         super().__init__()
@@ -289,20 +290,45 @@ class InferenceEncoder(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         probs, dynamics, embedding = self.encoder(input_ids, attention_mask)
-        return probs, self.denoiser.condition(dynamics), embedding
+        conditioning = self.denoiser.condition(dynamics)
+        return probs.transpose(0, 1), conditioning.transpose(0, 1), embedding
 
 
-class DenoiserStep(nn.Module):
-    """One reverse-process step of every branch's denoiser, on precomputed conditioning."""
+class ReverseProcess(nn.Module):
+    """The whole reverse process of every branch's denoiser for R chains, in one call.
 
-    def __init__(self, denoiser: DenoiserEnsemble):
+    noise (R, T, M, C) standard normal draws (noise[:, 0] starts each chain, noise[:, j] re-noises
+    before step j), conditioning (R, M, W), y_given (R, C) -> the last step's logits (R, M, C).
+    The schedule is fixed at construction, so an exported graph needs one call per batch instead
+    of one per step. Same arithmetic as :func:`sidyp_prod.diffusion.reverse_process`.
+    """
+
+    def __init__(
+        self, denoiser: DenoiserEnsemble, timesteps: Any, alpha_bar: Any, scale: float
+    ):
         super().__init__()
         self.denoiser = denoiser
+        self.timesteps = [int(t) for t in timesteps]
+        self.alpha_bar = [float(a) for a in alpha_bar]
+        self.scale = float(scale)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, y_given: torch.Tensor
+        self, noise: torch.Tensor, conditioning: torch.Tensor, y_given: torch.Tensor
     ) -> torch.Tensor:
-        return self.denoiser.step(x_t, t, cond, y_given)
+        noise = noise.permute(1, 2, 0, 3)  # (T, M, R, C): steps outermost, branches batched
+        cond = conditioning.transpose(0, 1)
+        n_classes, scale = noise.shape[-1], self.scale
+        x = scale * noise[0]
+        row = torch.zeros_like(y_given[:, 0], dtype=torch.long)
+        logits = x
+        for j, i in enumerate(range(len(self.timesteps) - 1, -1, -1)):
+            logits = self.denoiser.step(x, row + self.timesteps[i], cond, y_given)
+            if i == 0:
+                break
+            x0 = F.one_hot(logits.argmax(-1), n_classes).to(x.dtype) * (2 * scale) - scale
+            ab = self.alpha_bar[i - 1]
+            x = math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * scale * noise[j + 1]
+        return logits.transpose(0, 1)
 
 
 class EMA:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .calibration import temper
-from .diffusion import ReverseSchedule, reverse_process, row_noise, simplex, softmax
+from .diffusion import ReverseSchedule, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
 from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
 
@@ -112,20 +112,17 @@ def refine_batch(
     m, b, c = encoded.probs.shape
     n_s, steps = settings.refine_samples, settings.schedule.steps
     noise = row_noise(settings.seed, keys, (n_s + c, steps, m, c))  # (B, n_s + C, T, M, C)
+    conditioning = encoded.conditioning.transpose(1, 0, 2)  # (B, M, W): rows first
 
     def chains(chain_noise: np.ndarray, y_given: np.ndarray) -> np.ndarray:
         """Reverse processes, chain_noise (B, K, T, M, C) with y_given (B, K, C) -> (M, B, K, C)."""
         k = chain_noise.shape[1]
-        x_noise = chain_noise.transpose(2, 3, 0, 1, 4).reshape(steps, m, b * k, c)
-        conditioning = np.repeat(encoded.conditioning, k, axis=1)
-        y = y_given.reshape(b * k, c)
-        logits = reverse_process(
-            lambda x, t: backend.denoise(x, t[0], conditioning, y),
-            x_noise,
-            settings.schedule,
-            settings.scale,
+        logits = backend.reverse(
+            chain_noise.reshape(b * k, steps, m, c),
+            np.repeat(conditioning, k, axis=0),
+            y_given.reshape(b * k, c),
         )
-        return logits.reshape(m, b, k, c)
+        return logits.reshape(b, k, m, c).transpose(2, 0, 1, 3)
 
     # p(y | given, x) and the iterative refinement of the candidate weights share the chains.
     y_own = given_label_vectors(given, c, settings.scale)

@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 
 from .backends.base import EncodedBatch
 from .config import SiDyPConfig
-from .diffusion import cosine_alpha_bar, reverse_process, simplex, text_key
+from .diffusion import cosine_alpha_bar, simplex, text_key
 from .encoder import PretrainedEncoder, configure_tokenizer, tokenize
 from .models import (
     EMA,
     BertShape,
     DenoiserEnsemble,
     LayerStack,
+    ReverseProcess,
     SiDyPEncoder,
     Trunk,
     additive_attention_mask,
@@ -266,8 +267,12 @@ def _branch_outputs(
 class _DenoiserBackend:
     """Lets the backend-agnostic refinement core call the denoiser while it trains."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: DenoiserEnsemble, settings: RefineSettings):
         self.model = model
+        schedule = settings.schedule
+        self.reverse_process = ReverseProcess(
+            model, schedule.timesteps, schedule.alpha_bar, settings.scale
+        )
 
     @torch.inference_mode()
     def _eval(self, method: Callable, *arrays: np.ndarray) -> np.ndarray:
@@ -280,10 +285,10 @@ class _DenoiserBackend:
     def condition(self, dynamics: np.ndarray) -> np.ndarray:
         return self._eval(self.model.condition, dynamics)
 
-    def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
+    def reverse(
+        self, noise: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
-        return self._eval(self.model.step, x_t, t, conditioning, y_given)
+        return self._eval(self.reverse_process, noise, conditioning, y_given)
 
     def encoded(self, features: RowFeatures, rows: np.ndarray) -> EncodedBatch:
         """Some rows' encoder outputs, conditioned as the current denoiser would get them."""
@@ -313,8 +318,8 @@ def _stage_two(
         m, n_classes, feature_dim, config.denoiser_width, config.diffusion_steps
     )
     ema = EMA(model, config.ema_decay)
-    backend = _DenoiserBackend(model)
-    eval_backend = _DenoiserBackend(ema.shadow if config.use_ema else model)
+    backend = _DenoiserBackend(model, settings)
+    eval_backend = _DenoiserBackend(ema.shadow if config.use_ema else model, settings)
 
     n_hold = round(config.holdout_fraction * n) if n >= 20 else 0
     permutation = rng.permutation(n)
@@ -441,15 +446,11 @@ def _refine_prior(
         return weights
     sub = rows[open_rows]
     n_s, r = settings.refine_samples, len(sub)
-    conditioning = np.repeat(encoded.conditioning[:, open_rows], n_s, axis=1)
+    conditioning = np.repeat(encoded.conditioning[:, open_rows].transpose(1, 0, 2), n_s, axis=0)
     y = np.repeat(simplex(given[sub], c, settings.scale), n_s, axis=0)
     noise = rng.standard_normal((settings.schedule.steps, m, r * n_s, c)).astype(np.float32)
-    logits = reverse_process(
-        lambda x, t: backend.denoise(x, t[0], conditioning, y),
-        noise,
-        settings.schedule,
-        settings.scale,
-    )
+    # Drawn step-major as before, handed over rows first: (R, T, M, C) -> logits (R, M, C).
+    logits = backend.reverse(noise.transpose(2, 0, 1, 3), conditioning, y).transpose(1, 0, 2)
     predicted = logits.argmax(-1).reshape(m, r, n_s)
     for branch in range(m):
         branch_open = kind[branch, open_rows] != CERTAIN

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import onnx
+import pytest
 from typer.testing import CliRunner
 
 from sidyp_prod import api
@@ -43,6 +44,42 @@ def test_onnx_matches_torch_within_tolerance(trained):
     assert set(report.max_abs_diff) == {
         "encoder.probs", "encoder.conditioning", "encoder.embedding", "denoiser.logits"
     }
+    assert report.labels_compared == 3 and report.labels_differing == 0
+    assert not report.signature_problems
+
+
+def test_signature_check_catches_a_graph_that_disagrees_with_its_record(trained):
+    import onnxruntime as ort
+
+    from sidyp_prod.export.onnx import signature_problems
+
+    bundle, _, _ = trained
+    graphs = load_bundle(bundle).manifest["onnx"]
+    session = ort.InferenceSession(str(bundle / graphs["denoiser"]["file"]),
+                                   providers=["CPUExecutionProvider"])
+    assert signature_problems(session, graphs["denoiser"], "denoiser") == []
+    wrong_width = json.loads(json.dumps(graphs["denoiser"]))
+    wrong_width["inputs"]["conditioning"][2] += 1
+    assert "denoiser.conditioning" in signature_problems(session, wrong_width, "denoiser")[0]
+    renamed = json.loads(json.dumps(graphs["encoder"]))
+    renamed["outputs"] = {"logits": renamed["outputs"].pop("probs"), **renamed["outputs"]}
+    assert signature_problems(session, renamed, "encoder")
+
+
+def test_graphs_of_an_older_layout_are_refused(trained, tmp_path):
+    import shutil
+
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.bundle import BundleError
+
+    bundle, _, _ = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["onnx"]["graph_version"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="re-run `sidyp-prod export"):
+        load_backend(load_bundle(copy, verify=False), "onnx")
 
 
 def test_onnx_and_torch_backends_give_the_same_refined_labels(trained, fresh_corpus, tmp_path):

@@ -29,3 +29,29 @@ def test_trunk_and_top_match_hugging_face(tiny_encoder):
         ).last_hidden_state
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours.numpy()[valid], reference.numpy()[valid], atol=1e-4)
+
+
+def test_reverse_process_module_computes_the_numpy_reference():
+    """The exported ReverseProcess must run the same chain as diffusion.reverse_process."""
+    from sidyp_prod.diffusion import ReverseSchedule, reverse_process
+    from sidyp_prod.models import DenoiserEnsemble, ReverseProcess
+
+    torch.manual_seed(0)
+    branches, classes, width, rows = 2, 4, 8, 5
+    ensemble = DenoiserEnsemble(branches, classes, 6, width, 800).eval()
+    schedule = ReverseSchedule.build(800, 10, "spaced")
+    module = ReverseProcess(ensemble, schedule.timesteps, schedule.alpha_bar, 5.0)
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((rows, 10, branches, classes)).astype(np.float32)
+    cond = rng.standard_normal((rows, branches, width)).astype(np.float32)
+    y = rng.standard_normal((rows, classes)).astype(np.float32)
+    cond_t = torch.from_numpy(cond).transpose(0, 1)
+    with torch.no_grad():
+        ours = module(torch.from_numpy(noise), torch.from_numpy(cond), torch.from_numpy(y))
+
+        def step(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+            return ensemble.step(torch.from_numpy(x), torch.from_numpy(t[0]), cond_t,
+                                 torch.from_numpy(y)).numpy()
+
+        reference = reverse_process(step, noise.transpose(1, 2, 0, 3), schedule, 5.0)
+    np.testing.assert_allclose(ours.numpy(), reference.transpose(1, 0, 2), atol=1e-5)

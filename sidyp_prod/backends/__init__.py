@@ -29,11 +29,10 @@ def load_backend(
     if name == "torch":
         import torch
 
-        from ..model_io import load_torch_models
         from .torch_backend import TorchBackend
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return TorchBackend(*load_torch_models(bundle), device=device)
+        return TorchBackend.from_bundle(bundle, device)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -16,6 +16,14 @@ class EncodedBatch:
     conditioning: np.ndarray  # (M, B, W) training dynamics w(x) as the denoiser consumes them
     embedding: np.ndarray  # (B, H) normalised sentence embedding for neighbour search
 
+    @classmethod
+    def from_batch_first(
+        cls, probs: np.ndarray, conditioning: np.ndarray, embedding: np.ndarray
+    ) -> EncodedBatch:
+        """From the exported graphs' layout, (B, M, C) and (B, M, W): rows first, as Triton's
+        batcher needs; the refinement works branch first."""
+        return cls(probs.transpose(1, 0, 2), conditioning.transpose(1, 0, 2), embedding)
+
 
 class ModelBackend(Protocol):
     """Runs the two models. The refinement core only ever calls these two methods."""
@@ -24,9 +32,10 @@ class ModelBackend(Protocol):
         """Token ids and mask (B, N) int64 -> :class:`EncodedBatch`."""
         ...
 
-    def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
+    def reverse(
+        self, noise: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
-        """x_t (M, R, C) float32, t (R,) int64, conditioning (M, R, W), y_given (R, C)
-        -> logits (M, R, C)."""
+        """The whole reverse process of R chains (the bundle's schedule):
+        noise (R, T, M, C) float32 standard normal, conditioning (R, M, W), y_given (R, C)
+        -> the last step's logits (R, M, C)."""
         ...

@@ -9,6 +9,9 @@ import numpy as np
 
 from .base import EncodedBatch
 
+# Layout of the exported graphs this back end runs (export/onnx.py writes it to the manifest).
+GRAPH_VERSION = 2
+
 if TYPE_CHECKING:
     from ..bundle import Bundle
 
@@ -54,6 +57,11 @@ class OnnxBackend:
                 f"bundle {bundle.directory}: no ONNX models; run `sidyp-prod export "
                 f"{bundle.directory}` first (or use --backend torch)"
             )
+        if graphs.get("graph_version") != GRAPH_VERSION:
+            raise BundleError(
+                f"bundle {bundle.directory}: its ONNX graphs come from an older sidyp-prod; "
+                f"re-run `sidyp-prod export {bundle.directory}`"
+            )
         providers = list(providers or default_providers())
         int8_file = graphs["encoder"].get("int8_file")
         if precision == "int8" and "CUDAExecutionProvider" in providers:
@@ -67,17 +75,16 @@ class OnnxBackend:
         return backend
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
-        probs, conditioning, embedding = self.encoder.run(
+        outputs = self.encoder.run(
             None, {"input_ids": input_ids, "attention_mask": attention_mask}
         )
-        return EncodedBatch(probs, conditioning, embedding)
+        return EncodedBatch.from_batch_first(*outputs)
 
-    def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
+    def reverse(
+        self, noise: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
         (logits,) = self.denoiser.run(None, {
-            "x_t": np.ascontiguousarray(x_t, dtype=np.float32),
-            "t": np.ascontiguousarray(t, dtype=np.int64),
+            "noise": np.ascontiguousarray(noise, dtype=np.float32),
             "conditioning": np.ascontiguousarray(conditioning, dtype=np.float32),
             "y_given": np.ascontiguousarray(y_given, dtype=np.float32),
         })

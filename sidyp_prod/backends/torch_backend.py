@@ -2,25 +2,53 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from ..models import DenoiserEnsemble, DenoiserStep, InferenceEncoder, SiDyPEncoder
+from ..models import DenoiserEnsemble, InferenceEncoder, ReverseProcess, SiDyPEncoder
 from .base import EncodedBatch
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
+    from ..diffusion import ReverseSchedule
 
 
 class TorchBackend:
-    """``encoder`` may be None where the encoder outputs are already known (training rows)."""
+    """``encoder`` may be None where the encoder outputs are already known (training rows).
+    ``schedule`` is the :class:`~sidyp_prod.diffusion.ReverseSchedule` and ``scale`` the simplex
+    scale S of the bundle's config."""
 
     def __init__(
-        self, encoder: SiDyPEncoder | None, denoiser: DenoiserEnsemble, device: str = "cpu"
+        self,
+        encoder: SiDyPEncoder | None,
+        denoiser: DenoiserEnsemble,
+        schedule: ReverseSchedule,
+        scale: float,
+        device: str = "cpu",
     ):
         self.device = torch.device(device)
         denoiser = denoiser.to(self.device).eval()
+        self.denoiser = denoiser
         self.encoder = (
             InferenceEncoder(encoder.to(self.device), denoiser).eval() if encoder else None
         )
-        self.denoiser = DenoiserStep(denoiser).eval()
+        self.reverse_process = ReverseProcess(
+            denoiser, schedule.timesteps, schedule.alpha_bar, scale
+        ).eval()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, device: str = "cpu") -> TorchBackend:
+        from ..config import SiDyPConfig
+        from ..diffusion import ReverseSchedule
+        from ..model_io import load_torch_models
+
+        config = SiDyPConfig.from_dict(bundle.manifest["config"])
+        schedule = ReverseSchedule.build(
+            config.diffusion_steps, config.inference_steps, config.timestep_mapping
+        )
+        return cls(*load_torch_models(bundle), schedule, config.simplex_scale, device)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
@@ -30,16 +58,16 @@ class TorchBackend:
         if self.encoder is None:
             raise RuntimeError("this TorchBackend was built without an encoder")
         outputs = self.encoder(self._tensor(input_ids), self._tensor(attention_mask))
-        return EncodedBatch(*(o.float().cpu().numpy() for o in outputs))
+        return EncodedBatch.from_batch_first(*(o.float().cpu().numpy() for o in outputs))
 
     @torch.inference_mode()
     def condition(self, dynamics: np.ndarray) -> np.ndarray:
         """Raw training dynamics (M, B, F) -> the conditioning ``encode`` would give."""
-        return self.denoiser.denoiser.condition(self._tensor(dynamics)).float().cpu().numpy()
+        return self.denoiser.condition(self._tensor(dynamics)).float().cpu().numpy()
 
     @torch.inference_mode()
-    def denoise(
-        self, x_t: np.ndarray, t: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
+    def reverse(
+        self, noise: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray
     ) -> np.ndarray:
-        logits = self.denoiser(*(self._tensor(a) for a in (x_t, t, conditioning, y_given)))
+        logits = self.reverse_process(*(self._tensor(a) for a in (noise, conditioning, y_given)))
         return logits.float().cpu().numpy()
