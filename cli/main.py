@@ -179,6 +179,14 @@ def refine(
     backend: Annotated[
         str, typer.Option(help="Runtime: 'onnx' (ONNX Runtime) or 'torch'.")
     ] = "onnx",
+    triton_url: Annotated[
+        str | None,
+        typer.Option(help="Run the models on this Triton server: grpc://HOST:8001 or "
+                     "http://HOST:8000 (repository from `export --triton-repo`)."),
+    ] = None,
+    triton_retry_seconds: Annotated[
+        float, typer.Option(help="How long to retry an unreachable Triton server.")
+    ] = 120.0,
     precision: Annotated[
         str, typer.Option(help="ONNX encoder: 'fp32', or 'int8' (CPU, faster, ~97% same labels).")
     ] = "fp32",
@@ -194,6 +202,7 @@ def refine(
 ) -> None:
     """Refine a corpus's labels with a trained bundle, streaming it in chunks."""
     from sidyp_prod import api
+    from sidyp_prod.backends.triton_backend import TritonError
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError
     from sidyp_prod.stream import ResumeError
@@ -211,9 +220,13 @@ def refine(
             chunk_size=chunk_size,
             resume=resume,
             progress=not quiet and out != "-",
+            triton_url=triton_url,
+            triton_retry_seconds=triton_retry_seconds,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except TritonError as exc:
+        _fail(f"{exc}\nwhat was written is kept: re-run with --resume to continue", code=1)
     if out != "-":
         _report(summary, as_json)
     elif as_json:
@@ -230,8 +243,13 @@ def export(
     int8: Annotated[bool, typer.Option(help="Also write the int8-quantized encoder.")] = True,
     atol: Annotated[float, typer.Option(help="Largest accepted |onnx - torch| difference.")] = 1e-4,
     validate: Annotated[bool, typer.Option(help="Compare against PyTorch after export.")] = True,
+    triton_repo: Annotated[
+        Path | None,
+        typer.Option(help="Also write a Triton model repository here (e.g. triton_models)."),
+    ] = None,
 ) -> None:
-    """Export the encoder and denoiser to ONNX, then validate them against PyTorch."""
+    """Export the encoder and denoiser to ONNX, validate them against PyTorch, and optionally
+    write a Triton model repository."""
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.export.onnx import export_onnx, validate_onnx
 
@@ -247,7 +265,60 @@ def export(
         report = validate_onnx(bundle, atol=atol, onnx_dir=out)
         typer.echo(report.to_text())
         if not report.ok:
-            _fail(f"ONNX outputs differ from PyTorch by more than {atol:g}", code=1)
+            _fail(f"the ONNX graphs failed validation against PyTorch (atol {atol:g}): see above",
+                  code=1)
+    if triton_repo is not None:
+        from sidyp_prod.export.triton import write_triton_repository
+
+        write_triton_repository(bundle, triton_repo, onnx_dir=out)
+        typer.echo(f"wrote the Triton model repository {triton_repo} (see docs/triton.md)")
+
+
+@app.command()
+def serve(
+    repository: Annotated[
+        Path, typer.Argument(help="Model repository from `export --triton-repo`.")
+    ] = Path("triton_models"),
+    http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
+    config_name: Annotated[
+        str, typer.Option(help="Model configuration (configs/NAME.pbtxt) the server loads.")
+    ] = "python",
+    startup_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for every model to load.")
+    ] = 180.0,
+) -> None:
+    """Serve a model repository with the local tritonserver of the nvidia-pytriton wheel until
+    Ctrl-C or SIGTERM."""
+    import signal
+
+    from sidyp_prod.triton_server import Ports, ServerError, TritonServer
+
+    server = TritonServer(repository, Ports(http_port, grpc_port, metrics_port), config_name,
+                          startup_timeout)
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM takes the same way out as Ctrl-C, so the server and its shared memory go too.
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        server.start()
+    except ServerError as exc:
+        _fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        server.stop()
+        raise typer.Exit(130) from None
+    typer.echo(f"serving {repository}\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
+               f"  metrics {server.metrics_url}\nCtrl-C stops it.")
+    try:
+        code = server.process.wait() if server.process else 1
+        typer.echo(f"error: tritonserver exited with code {code}:\n{server.log_tail()}", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("stopping", err=True)
+    finally:
+        server.stop()
 
 
 @app.command()

@@ -282,11 +282,15 @@ def refine(
     chunk_size: int = 1024,
     resume: bool = False,
     progress: bool = False,
+    triton_url: str | None = None,
+    triton_retry_seconds: float = 120.0,
 ) -> RefineSummary:
     """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
 
     ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
     JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
+    ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
+    serves are checked against the bundle before the first row.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
@@ -294,7 +298,10 @@ def refine(
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
     bundle = load_bundle(model)
     loaded = load_model(bundle)
-    runtime = load_backend(bundle, backend, precision=precision)
+    if triton_url:
+        backend = "triton"
+    options = {"url": triton_url, "retry_seconds": triton_retry_seconds} if triton_url else {}
+    runtime = load_backend(bundle, backend, precision=precision, **options)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     sink: ResumableOutput | StdoutOutput
     if str(out) == "-":

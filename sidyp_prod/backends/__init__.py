@@ -9,17 +9,24 @@ from .base import EncodedBatch, ModelBackend
 if TYPE_CHECKING:
     from ..bundle import Bundle
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("onnx", "torch", "triton")
 
 
 def load_backend(
-    bundle: Bundle, name: str = "onnx", device: str | None = None, precision: str = "fp32"
+    bundle: Bundle,
+    name: str = "onnx",
+    device: str | None = None,
+    precision: str = "fp32",
+    url: str | None = None,
+    **options: object,
 ) -> ModelBackend:
     """Build the named back end for a loaded bundle.
 
     ``onnx``: ONNX Runtime on the bundle's exported graphs (CUDA provider when available;
     ``precision`` picks the fp32 or int8 encoder, see OnnxBackend.from_bundle);
-    ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda".
+    ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda";
+    ``triton``: the models on the Triton server at ``url`` (grpc://HOST:PORT or
+    http://HOST:PORT), checked against the bundle first; ``options`` go to TritonBackend.
     """
     if name == "onnx":
         from .onnx_backend import OnnxBackend
@@ -33,6 +40,16 @@ def load_backend(
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return TorchBackend.from_bundle(bundle, device)
+    if name == "triton":
+        from .triton_backend import TritonBackend
+
+        if not url:
+            raise ValueError("the triton backend needs the server's URL")
+        if precision != "fp32":
+            raise ValueError("the Triton server runs the fp32 graphs; --precision int8 is local")
+        backend = TritonBackend(url, **options)  # type: ignore[arg-type]
+        backend.check(bundle)
+        return backend
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

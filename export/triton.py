@@ -1,0 +1,194 @@
+"""Write a Triton Inference Server model repository for an exported bundle.
+
+Three models, each in ``DIR/<name>/`` with ``config.pbtxt`` and a version folder ``1/``:
+
+- ``sidyp_encoder``: ``encoder.onnx`` (token ids -> probs, conditioning, embedding);
+- ``sidyp_denoiser``: ``denoiser.onnx`` (the whole reverse process of a batch of chains);
+- ``sidyp_refine``: a python-backend BLS model, raw text and the LLM's label in, refined label,
+  confidence and label score out. It holds the bundle's reference set (faiss) and calls the other
+  two models through the server, so an online caller needs nothing but a Triton client.
+
+The two ONNX models come in three configurations of the same files, picked per server with
+``tritonserver --model-config-name NAME`` (a model without ``configs/NAME.pbtxt`` keeps
+``config.pbtxt``):
+
+- ``config.pbtxt``: ``backend: "onnxruntime"`` on ``KIND_GPU``, for NVIDIA's server images;
+- ``configs/cpu.pbtxt``: the same on ``KIND_CPU``, for NVIDIA's images on machines without GPUs;
+- ``configs/tensorrt.pbtxt``: the same with ONNX Runtime's TensorRT accelerator in FP16 (opt-in);
+- ``configs/python.pbtxt``: ``backend: "python"`` running the ONNX file in onnxruntime, for
+  servers without the onnxruntime backend (the tritonserver binary of the nvidia-pytriton wheel,
+  which ``sidyp-prod serve`` runs).
+
+Every ONNX model's config carries the graph's sha256 and the bundle digest as parameters, so a
+client can check that the server runs the models of its bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from sidyp_prod.bundle import Bundle, file_digest, load_bundle
+from sidyp_prod.export.onnx import onnx_paths
+
+ENCODER_MODEL = "sidyp_encoder"
+DENOISER_MODEL = "sidyp_denoiser"
+REFINE_MODEL = "sidyp_refine"
+DEFAULT_REPOSITORY = "triton_models"
+CONFIG_NAMES = ("python", "cpu", "tensorrt")  # configs/NAME.pbtxt besides config.pbtxt
+LABELS_FILE = "labels.txt"
+DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
+# Requests queue this long for the dynamic batcher to merge them; small, the callers batch too.
+QUEUE_DELAY_US = 2000
+# Chains per denoiser request: B rows x (C + n_s) chains go through the reverse process.
+DENOISER_MAX_BATCH = 4096
+
+
+def _dims(shape: list) -> list[int]:
+    """A manifest shape (first axis = the batch) -> Triton dims: the rest, -1 where variable."""
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
+
+
+def _tensor(name: str, spec: list, label_file: bool = False) -> str:
+    *shape, dtype = spec
+    dims = ", ".join(str(d) for d in _dims(shape))
+    label = f' label_filename: "{LABELS_FILE}"' if label_file else ""
+    return f'  {{ name: "{name}" data_type: {DTYPES[dtype]} dims: [ {dims} ]{label} }}'
+
+
+def _parameters(values: dict[str, str]) -> str:
+    return "\n".join(
+        f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items()
+    )
+
+
+def model_config(
+    name: str,
+    record: dict,
+    max_batch_size: int,
+    flavour: str,
+    parameters: dict[str, str],
+    labelled_outputs: tuple[str, ...] = (),
+) -> str:
+    """config.pbtxt text of one ONNX model. ``flavour``: onnxruntime (GPU), cpu (onnxruntime on
+    CPU), tensorrt (GPU, TensorRT FP16) or python (onnxruntime inside the python backend)."""
+    inputs = ",\n".join(_tensor(n, s) for n, s in record["inputs"].items())
+    outputs = ",\n".join(
+        _tensor(n, s, n in labelled_outputs) for n, s in record["outputs"].items()
+    )
+    if flavour == "python":
+        backend = 'backend: "python"'
+        # The python backend runs onnxruntime on the CPU of the server's host.
+        instances = "instance_group [ { kind: KIND_CPU count: 1 } ]"
+    elif flavour == "cpu":
+        backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
+        instances = "instance_group [ { kind: KIND_CPU count: 1 } ]"
+    else:
+        backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
+        instances = "instance_group [ { kind: KIND_GPU count: 1 } ]"
+    lines = [
+        f'name: "{name}"',
+        backend,
+        f"max_batch_size: {max_batch_size}",
+        f"input [\n{inputs}\n]",
+        f"output [\n{outputs}\n]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
+        instances,
+        _parameters(parameters),
+    ]
+    if flavour == "tensorrt":
+        lines.append(
+            "optimization { execution_accelerators { gpu_execution_accelerator [ {\n"
+            '  name: "tensorrt"\n'
+            '  parameters { key: "precision_mode" value: "FP16" }\n'
+            '  parameters { key: "max_workspace_size_bytes" value: "1073741824" }\n'
+            "} ] } }"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def refine_config(max_batch_size: int, parameters: dict[str, str]) -> str:
+    """The BLS model: strings in, the refined label and its scores out."""
+    return "\n".join([
+        f'name: "{REFINE_MODEL}"',
+        'backend: "python"',
+        f"max_batch_size: {max_batch_size}",
+        "input [",
+        '  { name: "text" data_type: TYPE_STRING dims: [ 1 ] },',
+        '  { name: "label" data_type: TYPE_STRING dims: [ 1 ] optional: true }',
+        "]",
+        "output [",
+        '  { name: "predicted_label" data_type: TYPE_STRING dims: [ 1 ] },',
+        '  { name: "confidence" data_type: TYPE_FP32 dims: [ 1 ] },',
+        '  { name: "label_score" data_type: TYPE_FP32 dims: [ 1 ] },',
+        '  { name: "is_label_issue" data_type: TYPE_BOOL dims: [ 1 ] }',
+        "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        _parameters(parameters),
+    ]) + "\n"
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """Hard links keep a repository next to its bundle from doubling the disk it takes."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _template(name: str) -> str:
+    return resources.files("sidyp_prod.triton_models").joinpath(name).read_text()
+
+
+def write_triton_repository(
+    bundle_dir: str | Path,
+    repository: str | Path = DEFAULT_REPOSITORY,
+    onnx_dir: str | Path | None = None,
+) -> Path:
+    """Write (replace) the three models of ``bundle_dir`` in ``repository``; returns its path."""
+    bundle = load_bundle(bundle_dir)
+    graphs, directory = onnx_paths(bundle, onnx_dir)
+    repository = Path(repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    labels = "\n".join(bundle.manifest["labels"]) + "\n"
+    digest = file_digest(bundle)
+    batch = int(bundle.manifest["config"]["encode_batch_size"])
+    hashes = _graph_hashes(bundle, graphs, directory)
+    for model, part, max_batch in ((ENCODER_MODEL, "encoder", batch),
+                                   (DENOISER_MODEL, "denoiser", DENOISER_MAX_BATCH)):
+        root = repository / model
+        if root.exists():
+            shutil.rmtree(root)
+        (root / "1").mkdir(parents=True)
+        (root / "configs").mkdir()
+        _link_or_copy(str(directory / graphs[part]["file"]), str(root / "1" / "model.onnx"))
+        (root / "1" / "model.py").write_text(_template("onnx_model.py"))
+        (root / LABELS_FILE).write_text(labels)
+        params = {"sidyp_bundle_digest": digest, "sidyp_graph_sha256": hashes[part],
+                  "sidyp_graph_version": str(graphs["graph_version"])}
+        labelled = ("probs",) if part == "encoder" else ("logits",)
+        configs = {"onnxruntime": root / "config.pbtxt"}
+        configs.update({name: root / "configs" / f"{name}.pbtxt" for name in CONFIG_NAMES})
+        for flavour, path in configs.items():
+            path.write_text(model_config(model, graphs[part], max_batch, flavour, params,
+                                         labelled))
+    root = repository / REFINE_MODEL
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "1").mkdir(parents=True)
+    (root / "1" / "model.py").write_text(_template("refine_model.py"))
+    shutil.copytree(bundle.directory, root / "1" / "bundle", copy_function=_link_or_copy)
+    params = {"sidyp_bundle_digest": digest, "denoiser_max_batch_size": str(DENOISER_MAX_BATCH)}
+    (root / "config.pbtxt").write_text(refine_config(batch, params))
+    return repository
+
+
+def _graph_hashes(bundle: Bundle, graphs: dict, directory: Path) -> dict[str, str]:
+    if directory == bundle.directory:
+        return {part: bundle.files[graphs[part]["file"]]["sha256"]
+                for part in ("encoder", "denoiser")}
+    return {part: graphs["sha256"][graphs[part]["file"]] for part in ("encoder", "denoiser")}
