@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,36 +238,42 @@ def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
 
 
 def refine_rows(rows: Sequence[Row], model: LoadedModel, backend: ModelBackend) -> list[dict]:
-    """Refine a chunk of parsed rows with a loaded bundle: each input record plus its new fields."""
+    """Refine a chunk of parsed rows with a loaded bundle: each input record plus its new fields.
+
+    A back end with ``parallel_batches`` > 1 (a remote server) gets that many encoder batches in
+    flight at once; results do not depend on it, since each row's noise is seeded by its text.
+    """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
     given = _given_indices(rows, model.labels)
     texts = [r.text for r in rows]
-    out: list[dict] = []
     # Length-sorted encoder batches waste little compute on padding; outputs keep input order.
     order = np.argsort([len(t) for t in texts], kind="stable")
-    extras: list[dict | None] = [None] * len(rows)
-    for batch in _chunks(order, config.encode_batch_size):
+
+    def refine_one(batch: np.ndarray) -> list[dict]:
         ids, mask = tokenize(model.tokenizer, [texts[i] for i in batch])
         encoded = backend.encode(ids, mask)
         weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
         refined = refine_batch(
-            backend,
-            encoded,
-            weights,
-            kind,
-            given[batch],
-            [text_key(texts[i]) for i in batch],
-            settings,
+            backend, encoded, weights, kind, given[batch],
+            [text_key(texts[i]) for i in batch], settings,
         )
-        fields = output_fields(
+        return output_fields(
             refined, given[batch], model.labels, config.label_source, model.temperature
         )
+
+    batches = list(_chunks(order, config.encode_batch_size))
+    parallel = int(getattr(backend, "parallel_batches", 1))
+    if parallel > 1 and len(batches) > 1:
+        with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
+            results = list(pool.map(refine_one, batches))
+    else:
+        results = [refine_one(batch) for batch in batches]
+    extras: list[dict | None] = [None] * len(rows)
+    for batch, fields in zip(batches, results, strict=True):
         for i, extra in zip(batch, fields, strict=True):
             extras[i] = extra
-    for row, extra in zip(rows, extras, strict=True):
-        out.append({**row.record, **(extra or {})})
-    return out
+    return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
 
 
 def refine(

@@ -3,7 +3,9 @@
 The refinement core stays in this process; ``encode`` and ``reverse`` become requests to the
 ``sidyp_encoder`` and ``sidyp_denoiser`` models written by ``export --triton-repo``. Batches larger
 than a model's ``max_batch_size`` are split and the parts sent concurrently (one client per
-thread), so the server's dynamic batcher sees several requests in flight. Transient failures
+thread), and ``parallel_batches`` lets the refinement keep several encoder batches in flight, so
+the server's dynamic batcher has requests to merge and overlaps them with the client's own work.
+Transient failures
 (connection refused, UNAVAILABLE, timeouts, a model still loading after a restart) are retried with
 exponential backoff until ``retry_seconds`` have passed without an answer.
 """
@@ -80,6 +82,8 @@ class TritonBackend:
         self.timeout = timeout
         self.sleep = sleep
         self.precision = "fp32"
+        # refine_rows keeps this many encoder batches in flight: the server overlaps them.
+        self.parallel_batches = max(1, concurrency)
         self.max_batch = {ENCODER_MODEL: 1, DENOISER_MODEL: 1}
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency),
