@@ -360,6 +360,8 @@ def refine(
         raise
     finally:
         bar.close()
+        if hasattr(runtime, "close"):
+            runtime.close()  # a remote back end's connection pool
     p = sink.progress
     elapsed = max(time.perf_counter() - start, 1e-9)
     return RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
