@@ -171,10 +171,16 @@ def train(
 
 @app.command()
 def refine(
-    corpus: Annotated[Path, typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too).")],
+    corpus: Annotated[
+        list[Path],
+        typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too); with --engine ray, "
+                       "any number of files, globs and directories."),
+    ],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
     out: Annotated[
-        str, typer.Option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout.")
+        str,
+        typer.Option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout; with "
+                     "--engine ray, a new directory of shards and a manifest."),
     ],
     backend: Annotated[
         str, typer.Option(help="Runtime: 'onnx' (ONNX Runtime) or 'torch'.")
@@ -197,6 +203,21 @@ def refine(
     strict: Strict = False,
     chunk_size: Annotated[int, typer.Option(help="Rows per streamed chunk.")] = 1024,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run.")] = False,
+    engine: Annotated[
+        str, typer.Option(help="'local' (this process) or 'ray' (Ray Data, local or a cluster).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: a running cluster, ray://HOST:PORT (default: start a "
+                     "local Ray)."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="--engine ray: model actors.")] = 1,
+    gpus_per_worker: Annotated[
+        float, typer.Option(help="--engine ray: GPUs per actor (0.5 puts two on a GPU).")
+    ] = 0.0,
+    output_format: Annotated[
+        str, typer.Option("--format", help="--engine ray: shard format, 'jsonl' or 'parquet'.")
+    ] = "jsonl",
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -207,9 +228,26 @@ def refine(
     from sidyp_prod.corpus import InputError
     from sidyp_prod.stream import ResumeError
 
+    if engine == "ray":
+        if triton_url:
+            backend, options = "triton", {"url": triton_url,
+                                          "retry_seconds": triton_retry_seconds}
+        else:
+            options = {}
+        _refine_ray(corpus, model, out, backend=backend, precision=precision,
+                    backend_options=options,
+                    fields=_fields(text_field, label_field, id_field), strict=strict,
+                    workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+                    batch_size=chunk_size, output_format=output_format,
+                    progress=not quiet, as_json=as_json, resume=resume, rejects=rejects)
+        return
+    if engine != "local":
+        _fail(f"unknown engine {engine!r}; choose 'local' or 'ray'")
+    if len(corpus) != 1:
+        _fail("--engine local refines one corpus; give one file (or use --engine ray)")
     try:
         summary = api.refine(
-            corpus,
+            corpus[0],
             model,
             out,
             backend=backend,
@@ -231,6 +269,27 @@ def refine(
         _report(summary, as_json)
     elif as_json:
         typer.echo(json.dumps(summary.to_dict()), err=True)
+
+
+def _refine_ray(corpus: list[Path], model: Path, out: str, *, as_json: bool, resume: bool,
+                rejects: Path | None, **options) -> None:
+    from sidyp_prod.bundle import BundleError
+    from sidyp_prod.corpus import InputError
+
+    if resume or rejects or out == "-":
+        _fail("--engine ray writes a new directory (rejects in their own shards): "
+              "--resume, --rejects and '-' do not apply")
+    try:
+        from sidyp_prod.engines.ray_engine import AccountingError, refine_ray
+    except ImportError as exc:
+        _fail(f"--engine ray needs Ray Data: pip install 'sidyp-prod[ray]' ({exc})")
+    try:
+        summary = refine_ray(corpus, model, out, **options)
+    except (InputError, BundleError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        _fail(str(exc))
+    except AccountingError as exc:
+        _fail(str(exc), code=1)
+    _report(summary, as_json)
 
 
 @app.command()

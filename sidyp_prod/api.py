@@ -29,7 +29,7 @@ from .corpus import (
     label_set_from_rows,
 )
 from .diffusion import text_key
-from .encoder import DEFAULT_ENCODER, load_pretrained, tokenize
+from .encoder import DEFAULT_ENCODER, load_pretrained, pad_ids, pad_token_id, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import jsonl_to_parquet
 from .model_io import LoadedModel, load_model, save_trained
@@ -237,9 +237,17 @@ def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
         yield items[start : start + size]
 
 
-def refine_rows(rows: Sequence[Row], model: LoadedModel, backend: ModelBackend) -> list[dict]:
+def refine_rows(
+    rows: Sequence[Row],
+    model: LoadedModel,
+    backend: ModelBackend,
+    token_ids: Sequence[np.ndarray] | None = None,
+) -> list[dict]:
     """Refine a chunk of parsed rows with a loaded bundle: each input record plus its new fields.
 
+    ``token_ids`` are the rows' unpadded ids (``encoder.unpadded_ids``) when an earlier stage
+    already tokenized them (the Ray engine tokenizes on CPU workers, away from the model
+    actors); they are padded here into exactly the arrays the tokenizer would have produced.
     A back end with ``parallel_batches`` > 1 (a remote server) gets that many encoder batches in
     flight at once; results do not depend on it, since each row's noise is seeded by its text.
     """
@@ -251,7 +259,10 @@ def refine_rows(rows: Sequence[Row], model: LoadedModel, backend: ModelBackend) 
     order = np.argsort([len(t) for t in texts], kind="stable")
 
     def refine_one(batch: np.ndarray) -> list[dict]:
-        ids, mask = tokenize(model.tokenizer, [texts[i] for i in batch])
+        if token_ids is None:
+            ids, mask = tokenize(model.tokenizer, [texts[i] for i in batch])
+        else:
+            ids, mask = pad_ids([token_ids[i] for i in batch], pad_token_id(model.tokenizer))
         encoded = backend.encode(ids, mask)
         weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
         refined = refine_batch(

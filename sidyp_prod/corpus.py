@@ -30,6 +30,8 @@ __all__ = [
     "iter_corpus",
     "label_set_from_rows",
     "parse_label_set",
+    "parse_line",
+    "strip_line_end",
 ]
 
 STDIO = "-"
@@ -190,28 +192,37 @@ def _read_lines(path: str | Path) -> Iterator[bytes]:
                     _display_name(path), line_no + 1, None, f"corrupt gzip stream: {exc}"
                 ) from exc
             line_no += 1
-            if line.endswith(b"\n"):
-                line = line[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            yield line
+            yield strip_line_end(line)
     finally:
         if owned:
             stream.close()
+
+
+def strip_line_end(line: bytes) -> bytes:
+    r"""A line without its ``\n`` or ``\r\n`` terminator (every reader splits lines this way)."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return line
 
 
 def _field_reject(line_no: int, field: str, problem: str, raw: str) -> Reject:
     return Reject(line_no, f'field "{field}": {problem}', field, raw)
 
 
-def _parse_line(
+def parse_line(
     line_no: int,
     data: bytes,
     fields: FieldNames,
     allowed: frozenset[str] | None,
-    max_chars: int,
+    max_chars: int = 100_000,
 ) -> Row | Reject:
-    """Turn one raw line (terminator removed) into a Row or a Reject."""
+    """Turn one raw line (terminator removed) into a Row or a Reject.
+
+    Public so that readers other than :func:`iter_corpus` (the Ray engine's line reader) apply
+    the very same validation; ``line_no`` 1 may start with a BOM.
+    """
     if line_no == 1 and data.startswith(_BOM):
         # Editors on Windows prepend a BOM; json.loads would reject the first line for it.
         data = data[len(_BOM) :]
@@ -302,7 +313,7 @@ def _iter_corpus(
     max_chars: int,
 ) -> Iterator[Row | Reject]:
     for line_no, data in enumerate(_read_lines(path), start=1):
-        item = _parse_line(line_no, data, fields, allowed, max_chars)
+        item = parse_line(line_no, data, fields, allowed, max_chars)
         if strict and isinstance(item, Reject):
             raise InputError(_display_name(path), item.line_no, item.field, item.reason)
         yield item

@@ -77,3 +77,26 @@ def tokenize(tokenizer: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.nda
     ids = np.array([e.ids for e in encodings], dtype=np.int64)
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
     return ids, mask
+
+
+def unpadded_ids(ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    """Each row's token ids without its padding: what a separate tokenizing stage hands on."""
+    return [row[: int(m.sum())] for row, m in zip(ids, mask, strict=True)]
+
+
+def pad_ids(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`unpadded_ids`: right-pad to the batch maximum exactly as the
+    tokenizer does, so pre-tokenized rows reach the encoder as the same arrays."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def pad_token_id(tokenizer: Tokenizer) -> int:
+    """The id :func:`configure_tokenizer` pads with."""
+    padding = tokenizer.padding
+    return int(padding["pad_id"]) if padding else 0

@@ -88,12 +88,19 @@ class LoadedModel:
         return len(self.labels)
 
 
+def load_bundle_tokenizer(bundle: Bundle) -> Tokenizer:
+    """The bundle's tokenizer, truncating and padding as the encoder expects; on its own so a
+    tokenizing stage need not build the reference set's indexes."""
+    config = SiDyPConfig.from_dict(bundle.manifest["config"])
+    return configure_tokenizer(
+        Tokenizer.from_file(str(bundle.path(TOKENIZER_FILE))), config.max_length
+    )
+
+
 def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
     manifest = bundle.manifest
     config = SiDyPConfig.from_dict(manifest["config"])
-    tokenizer = configure_tokenizer(
-        Tokenizer.from_file(str(bundle.path(TOKENIZER_FILE))), config.max_length
-    )
+    tokenizer = load_bundle_tokenizer(bundle)
     reference = bundle.arrays(REFERENCE_FILE)
     indexes = [
         NeighborIndex(reference["embeddings"][clean], reference["labels"][clean], use_gpu)

@@ -1,0 +1,95 @@
+"""Rows/s of ``refine --engine ray`` with 1 and 2 workers against the single-process refine.
+
+Same bundle (default encoder, trained on ``examples/news.jsonl`` unless ``--model``), same
+synthetic rows (from ``throughput.py``), one process, one run: the single-process refine reads
+them as one file, the Ray engine as ``--files`` files. One local Ray is started first and kept
+for both Ray runs, as a cluster would already be running; each Ray time still includes starting
+the actors (loading the bundle) and the CPU tokenizing stage, as the single-process time includes
+loading the bundle. Output rows are compared to be the same set.
+
+    python benchmarks/ray_throughput.py [--model BUNDLE] [--rows 2000] [--files 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import ray
+
+from sidyp_prod import api
+from sidyp_prod.bundle import load_bundle
+from sidyp_prod.engines.ray_engine import MANIFEST, refine_ray
+
+sys.path.insert(0, str(Path(__file__).parent))
+from throughput import ROOT, synthetic_corpus
+
+
+def _rows(directory: Path) -> list[str]:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return sorted(line for s in manifest["shards"]
+                  for line in (directory / s["file"]).read_text().splitlines())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="bundle (default: train one on the example)")
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--work", type=Path, default=Path("runs/ray_throughput"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundle = args.model
+    if bundle is None:
+        bundle = args.work / "bundle"
+        if not (bundle / "manifest.json").exists():
+            api.train(ROOT / "examples" / "news.jsonl", bundle, overwrite=True)
+    labels = list(load_bundle(bundle).manifest["labels"])
+    whole = synthetic_corpus(args.work / "corpus.jsonl", args.rows, labels)
+    lines = whole.read_text().splitlines(keepends=True)
+    parts = args.work / "parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    parts.mkdir()
+    step = -(-len(lines) // args.files)
+    for i in range(args.files):
+        (parts / f"part-{i}.jsonl").write_text("".join(lines[i * step : (i + 1) * step]))
+
+    results: dict[str, float] = {}
+    start = time.perf_counter()
+    api.refine(whole, bundle, args.work / "single.jsonl")
+    results["single-process refine"] = args.rows / (time.perf_counter() - start)
+    single = sorted((args.work / "single.jsonl").read_text().splitlines())
+
+    # Two workers need 2 CPUs of their own plus a little for the read/tokenize/write tasks.
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        for workers in (1, 2):
+            out = args.work / f"ray-{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            start = time.perf_counter()
+            refine_ray([parts], bundle, out, workers=workers)
+            results[f"--engine ray, {workers} worker(s)"] = args.rows / (
+                time.perf_counter() - start)
+            assert _rows(out) == single, f"{out}: rows differ from the single-process refine"
+    finally:
+        ray.shutdown()
+
+    base = results["single-process refine"]
+    print(f"{platform.machine()}, {os.cpu_count()} cores, ray {ray.__version__}, "
+          f"{args.rows} rows in {args.files} files")
+    print("| what | rows/s | ratio |\n| --- | --- | --- |")
+    for name, rate in results.items():
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
+    (args.work / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""``refine --engine ray``: same rows as the single-process refine, exactly once, even when an
+actor is killed mid-job. One local Ray session (2 CPUs) serves the whole module."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from sidyp_prod import api  # noqa: E402
+from sidyp_prod.cli.main import app  # noqa: E402
+from sidyp_prod.engines.ray_engine import (  # noqa: E402
+    MANIFEST,
+    AccountingError,
+    check_spans,
+    refine_ray,
+)
+
+from synthetic import make_rows  # noqa: E402
+
+WORKER_TITLE = b"RefineWorker"
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def multi_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """Three files (one gzipped) in a directory, with bad lines of several kinds."""
+    root = tmp_path_factory.mktemp("multi")
+    first = _jsonl(make_rows(500, seed=21)).splitlines(keepends=True)
+    first[10] = "{broken\n"
+    first[20] = "\n"
+    first[30] = '{"text": 5, "label": "music"}\n'
+    (root / "a.jsonl").write_text("".join(first))
+    second = _jsonl(make_rows(300, seed=22)).splitlines(keepends=True)
+    second[0] = "\ufeff" + second[0]  # a BOM on the first line is not a reject
+    second[5] = '{"text": "song", "label": "not-a-class"}\r\n'
+    (root / "b.jsonl").write_text("".join(second).rstrip("\n"))  # no final newline
+    with gzip.open(root / "c.jsonl.gz", "wt") as handle:
+        handle.write(_jsonl(make_rows(200, seed=23)))
+    return root, [root / "a.jsonl", root / "b.jsonl", root / "c.jsonl.gz"]
+
+
+def _single_process(bundle: Path, files: list[Path], out: Path) -> tuple[list[tuple], list]:
+    """The reference: the single-process refine of each file, keyed by (file, line)."""
+    rows, rejects = [], []
+    for i, path in enumerate(files):
+        target = out / f"{i}.jsonl"
+        api.refine(path, bundle, target, rejects=out / f"{i}.rejects.jsonl")
+        lines = target.read_text().splitlines(keepends=True)
+        rejected = out / f"{i}.rejects.jsonl"
+        bad = [json.loads(r) for r in rejected.read_text().splitlines()] if rejected.exists() \
+            else []
+        bad_lines = {r["line"] for r in bad}
+        good_lines = [n for n in range(1, len(lines) + len(bad) + 1) if n not in bad_lines]
+        rows += [(str(path), n, line) for n, line in zip(good_lines, lines, strict=True)]
+        rejects += [{"file": str(path), **r} for r in bad]
+    return sorted(rows), sorted(rejects, key=lambda r: (r["file"], r["line"]))
+
+
+def _ray_output(directory: Path) -> tuple[dict, list[str], list[dict]]:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    rows = [line for shard in manifest["shards"]
+            for line in (directory / shard["file"]).read_text().splitlines(keepends=True)]
+    rejects = [json.loads(line) for shard in manifest["rejects_shards"]
+               for line in (directory / shard["file"]).read_text().splitlines()]
+    listed = {s["file"] for s in manifest["shards"] + manifest["rejects_shards"]} | {MANIFEST}
+    assert {p.name for p in directory.iterdir()} == listed, "files the manifest does not list"
+    return manifest, rows, sorted(rejects, key=lambda r: (r["file"], r["line"]))
+
+
+@pytest.fixture(scope="module")
+def reference(trained, multi_corpus, tmp_path_factory):
+    bundle, _, _ = trained
+    return _single_process(bundle, multi_corpus[1], tmp_path_factory.mktemp("reference"))
+
+
+def test_multi_file_corpus_equals_single_process_row_for_row(
+    ray_session, trained, multi_corpus, reference, tmp_path
+):
+    bundle, _, _ = trained
+    root, files = multi_corpus
+    expected_rows, expected_rejects = reference
+    # A file and a glob for the other two (one gzipped).
+    summary = refine_ray([root / "a.jsonl", str(root / "[bc].jsonl*")], bundle, tmp_path / "out",
+                         batch_size=64, shard_rows=200)
+    manifest, rows, rejects = _ray_output(tmp_path / "out")
+    # Byte-identical JSON lines (each names its id and text), as many as the reference's.
+    assert len(rows) == len(expected_rows)
+    assert sorted(rows) == sorted(line for _, _, line in expected_rows)
+    assert rejects == expected_rejects
+    assert [r["line"] for r in rejects if r["file"].endswith("a.jsonl")] == [11, 21, 31]
+    assert summary.read == 1000 and summary.rejected == 4 and summary.refined == 996
+    totals = manifest["totals"]
+    assert totals == {"input": 1000, "output": 996, "rejected": 4,
+                      "changed": sum(json.loads(r)["is_label_issue"] for r in rows)}
+    assert {i["path"]: i["rows"] for i in manifest["inputs"]} == {
+        str(files[0]): 500, str(files[1]): 300, str(files[2]): 200}
+    assert sum(s["rows"] for s in manifest["shards"]) == 996 and len(manifest["shards"]) > 3
+    from sidyp_prod.bundle import file_digest, load_bundle
+
+    assert manifest["bundle_digest"] == file_digest(load_bundle(bundle))
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def _worker_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if WORKER_TITLE in cmdline and b"MapWorker" in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_killed_worker_still_yields_complete_duplicate_free_output(
+    ray_session, trained, multi_corpus, reference, tmp_path
+):
+    bundle, _, _ = trained
+    _, files = multi_corpus
+    expected_rows, expected_rejects = reference
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_first_worker_after_some_shards() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            staging = list(tmp_path.glob(".out.partial-*"))
+            if staging and len(list(staging[0].glob("part-*"))) >= 2:
+                for pid in _worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    break
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_first_worker_after_some_shards, daemon=True)
+    killer.start()
+    summary = refine_ray(files, bundle, out, batch_size=20, shard_rows=20)
+    killer.join()
+    assert killed, "no worker was killed: the job ended first"
+    _, rows, rejects = _ray_output(out)
+    assert sorted(rows) == sorted(line for _, _, line in expected_rows)
+    assert len(set(rows)) == len(rows) == 996
+    assert rejects == expected_rejects
+    assert summary.read == 1000
+
+
+def test_two_workers_and_parquet(ray_session, trained, multi_corpus, reference, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    bundle, _, _ = trained
+    _, files = multi_corpus
+    expected_rows, _ = reference
+    summary = refine_ray(files, bundle, tmp_path / "out", workers=2, cpus_per_worker=0.5,
+                         batch_size=100, output_format="parquet")
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    table = [r for s in manifest["shards"]
+             for r in pq.read_table(tmp_path / "out" / s["file"]).to_pylist()]
+    expected = [json.loads(line) for _, _, line in expected_rows]
+    assert len(table) == len(expected) == summary.refined
+    assert sorted((r["text"], r["predicted_label"]) for r in table) == sorted(
+        (r["text"], r["predicted_label"]) for r in expected)
+
+
+def test_cli_engine_ray_strict_and_errors(ray_session, trained, multi_corpus, tmp_path):
+    bundle, _, _ = trained
+    _, files = multi_corpus
+    runner = CliRunner()
+    result = runner.invoke(app, ["refine", str(files[2]), str(files[1]), "--model", str(bundle),
+                                 "--out", str(tmp_path / "o"), "--engine", "ray", "--quiet",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["read"] == 500
+    # The output directory must be new.
+    result = runner.invoke(app, ["refine", str(files[2]), "--model", str(bundle),
+                                 "--out", str(tmp_path / "o"), "--engine", "ray", "--quiet"])
+    assert result.exit_code == 2 and "already exists" in result.output
+    result = runner.invoke(app, ["refine", str(files[0]), "--model", str(bundle), "--strict",
+                                 "--out", str(tmp_path / "s"), "--engine", "ray", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "a.jsonl:11" in result.output
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.partial-*"))
+    # The local engine still takes exactly one corpus.
+    result = runner.invoke(app, ["refine", str(files[0]), str(files[1]), "--model", str(bundle),
+                                 "--out", str(tmp_path / "x.jsonl"), "--quiet"])
+    assert result.exit_code == 2 and "one corpus" in result.output
+
+
+def test_check_spans_finds_gaps_duplicates_and_a_lost_tail():
+    assert check_spans([["f", 1, 5, False], ["f", 6, 9, True], ["g", 1, 1, True]]) == {
+        "f": 9, "g": 1}
+    with pytest.raises(AccountingError, match="lines 4-5 written twice"):
+        check_spans([["f", 1, 5, False], ["f", 4, 9, True]])
+    with pytest.raises(AccountingError, match="lines 6-6 missing"):
+        check_spans([["f", 1, 5, False], ["f", 7, 9, True]])
+    with pytest.raises(AccountingError, match="after 5 missing"):
+        check_spans([["f", 1, 5, False]])
