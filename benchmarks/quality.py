@@ -23,12 +23,27 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from decision_rules import save_quality_plots  # benchmarks/ is on sys.path when run as a script
+
 from sidyp_prod import api
+from sidyp_prod.backends import load_backend
 from sidyp_prod.baselines import cross_fitted_classifier_probs
+from sidyp_prod.bundle import load_bundle
+from sidyp_prod.calibration import fit_temperature, temper
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.corpus import iter_corpus, label_set_from_rows
-from sidyp_prod.encoder import load_pretrained
+from sidyp_prod.decision import DecisionRule, calibrate, decide
+from sidyp_prod.diffusion import text_key
+from sidyp_prod.encoder import load_pretrained, tokenize
 from sidyp_prod.evaluate import expected_calibration_error, read_records
+from sidyp_prod.model_io import REFERENCE_FILE, LoadedModel, load_model
+from sidyp_prod.refinement import (
+    BatchRefinement,
+    RefineSettings,
+    prior_from_neighbors,
+    refine_batch,
+    reported_distribution,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
 
@@ -55,6 +70,27 @@ def score(pred: np.ndarray, gold: np.ndarray, given: np.ndarray) -> dict:
     }
 
 
+# Decision rules scored from the same trained model (the rule is applied after refinement, so
+# changing it needs no retraining): (name, change_rule, change_odds, class_calibration).
+RULES = [
+    ("argmax (paper)", "argmax", 1.0, False),
+    ("argmax, per-class calibration", "argmax", 1.0, True),
+    ("odds 1.5, per-class", "odds", 1.5, True),
+    ("odds 2, global temperature only", "odds", 2.0, False),
+    ("odds 2, per-class (default)", "odds", 2.0, True),
+    ("odds 3, per-class", "odds", 3.0, True),
+    ("odds 4, per-class", "odds", 4.0, True),
+]
+DEFAULT_RULE = "odds 2, per-class (default)"
+
+# Ablations of the method's stages, each a retraining with these overrides (issue 5).
+ABLATIONS = {
+    "static kNN prior (no dynamic prior)": {"dynamic_prior": False},
+    "no co-regularisation": {"coreg_alpha": 0.0, "coreg_lambda": 0.0},
+    "paper's rho = 0.5": {"noise_ratio": 0.5},
+}
+
+
 def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiDyPConfig,
              baselines: bool = True) -> dict:
     rows = list(read_records(corpus))
@@ -64,19 +100,29 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     given = np.array([index.get(r.label, -1) if r.label is not None else -1 for r in parsed])
     gold = np.array([index.get(r["gold_label"], -2) for r in rows])
     texts = [r.text for r in parsed]
-    result: dict = {"seed": seed, "rows": len(rows)}
+    result: dict = {"seed": seed, "rows": len(rows), "config": config.to_dict()}
+    v_texts, v_given, v_gold = _valid_rows(valid, index) if valid else ([], None, None)
 
     result["llm"] = score(given, gold, given)
     if baselines:
         start = time.perf_counter()
-        plain_probs = cross_fitted_classifier_probs(
-            texts, given, len(labels), load_pretrained(None), config
+        # Valid rows ride along unlabelled: each is predicted by a classifier of 4/5 of train.
+        all_given = np.concatenate([given, np.full(len(v_texts), -1)])
+        all_probs = cross_fitted_classifier_probs(
+            texts + v_texts, all_given, len(labels), load_pretrained(None), config
         )
+        plain_probs = all_probs[: len(texts)]
         result["seconds_plain_classifier"] = time.perf_counter() - start
         result["plain_classifier"] = score(plain_probs.argmax(1), gold, given)
         relabeled = cleanlab_relabel(plain_probs, given)
         if relabeled is not None:
             result["cleanlab"] = score(relabeled, gold, given)
+        if v_given is not None:
+            v_probs = all_probs[len(texts):]
+            result["valid_plain_classifier"] = score(v_probs.argmax(1), v_gold, v_given)
+            v_relabeled = cleanlab_relabel(v_probs, v_given)
+            if v_relabeled is not None:
+                result["valid_cleanlab"] = score(v_relabeled, v_gold, v_given)
 
     bundle, refined = out / f"bundle-{seed}", out / f"refined-{seed}.jsonl"
     start = time.perf_counter()
@@ -84,40 +130,108 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     result["seconds_train"] = time.perf_counter() - start
     result["seconds_stages"] = summary.seconds
     result["noise_ratio"] = summary.noise_ratio
+    result["class_noise_ratios"] = summary.class_noise_ratios
+    result["true_class_noise"] = _class_noise(given, gold, len(labels))
     result["prior_kinds"] = summary.prior_kinds
-    result["sidyp"] = sidyp_scores(summary, gold, given, labels)
+    result["sidyp"] = sidyp_scores(summary, gold, given, config)
+    result["refined_file"] = api.evaluate(refined).refined_accuracy
 
-    if valid is not None:
-        result["valid"] = inductive(bundle, valid, out, seed)
+    loaded = load_model(load_bundle(bundle))
+    reference = loaded.bundle.arrays(REFERENCE_FILE)
+    result["prior_only"] = score(_prior(reference["embeddings"], loaded).argmax(1), gold, given)
+    arrays = {"given": given, "gold": gold, **_refinement_arrays(summary.refinement, "train_")}
+    if v_given is not None:
+        v_refinement, v_prior = _refine_valid(v_texts, v_given, loaded, bundle)
+        decisions = {}
+        for name, rule, odds, per_class in RULES:
+            decision = DecisionRule(rule, odds, loaded.label_bias if per_class else None)
+            decisions[name] = _score_rule(v_refinement, v_given, v_gold, config.label_source,
+                                          loaded.temperature, decision)
+        result["valid"] = {"llm": score(v_given, v_gold, v_given), "rules": decisions,
+                           "prior_only": score(v_prior.argmax(1), v_gold, v_given)}
+        arrays.update(v_given=v_given, v_gold=v_gold, **_refinement_arrays(v_refinement, "valid_"))
+    np.savez_compressed(out / f"arrays-{seed}.npz", **arrays)
+    (out / f"result-{seed}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
-                 labels: list[str]) -> dict:
-    """Accuracy and calibration of each label source, from the same trained model."""
-    from sidyp_prod.calibration import fit_temperature
-    from sidyp_prod.refinement import reported_distribution
+def _valid_rows(path: Path, index: dict[str, int]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    records = list(read_records(path))
+    texts = [r["text"] for r in records]
+    given = np.array([index.get(r.get("label"), -1) for r in records])
+    gold = np.array([index.get(r["gold_label"], -2) for r in records])
+    return texts, given, gold
 
-    scores = {}
+
+def _class_noise(given: np.ndarray, gold: np.ndarray, n_classes: int) -> list[float | None]:
+    """Per class, the true fraction of wrong labels (gold: evaluation only)."""
+    return [float((gold[given == c] != c).mean()) if (given == c).any() else None
+            for c in range(n_classes)]
+
+
+def _refinement_arrays(refinement: BatchRefinement, prefix: str) -> dict[str, np.ndarray]:
+    return {prefix + name: getattr(refinement, name)
+            for name in ("classifier", "conditional", "marginal", "candidates")}
+
+
+def _prior(embedding: np.ndarray, loaded: LoadedModel) -> np.ndarray:
+    """The kNN prior alone (no diffusion stage), averaged over branches."""
+    settings = RefineSettings.from_config(loaded.config, loaded.n_classes)
+    weights, _ = prior_from_neighbors(embedding, loaded.indexes, settings)
+    return weights.mean(axis=0)
+
+
+def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
+                  bundle: Path) -> tuple[BatchRefinement, np.ndarray]:
+    """The distributions behind `refine` for rows the bundle never saw (what refine_rows runs)."""
+    backend = load_backend(loaded.bundle, "onnx")
+    settings = RefineSettings.from_config(loaded.config, loaded.n_classes)
+    parts, priors = [], []
+    for start in range(0, len(texts), loaded.config.encode_batch_size):
+        batch = texts[start : start + loaded.config.encode_batch_size]
+        ids, mask = tokenize(loaded.tokenizer, batch)
+        encoded = backend.encode(ids, mask)
+        weights, kind = prior_from_neighbors(encoded.embedding, loaded.indexes, settings)
+        parts.append(refine_batch(backend, encoded, weights, kind,
+                                  given[start : start + len(batch)],
+                                  [text_key(t) for t in batch], settings))
+        priors.append(weights.mean(axis=0))
+    return BatchRefinement.concatenate(parts), np.concatenate(priors)
+
+
+def _score_rule(refinement: BatchRefinement, given: np.ndarray, gold: np.ndarray, source: str,
+                temperature: float, decision: DecisionRule) -> dict:
+    dist = calibrate(reported_distribution(refinement, given, source, temperature), given,
+                     decision)
+    pred = decide(dist, given, decision)
+    scored = score(pred, gold, given)
+    scored["ece"] = expected_calibration_error(dist[np.arange(len(pred)), pred], pred == gold)
+    return scored
+
+
+def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
+                 config: SiDyPConfig) -> dict:
+    """Accuracy and calibration of each label source and decision rule, from one trained model."""
+    scores: dict = {}
     for source in ("marginal", "given", "candidates"):
         raw = reported_distribution(summary.refinement, given, source)
         temperature = fit_temperature(raw, given, 1.0 - summary.noise_ratio)
-        dist = reported_distribution(summary.refinement, given, source, temperature)
+        dist = temper(raw, temperature)
         pred = dist.argmax(1)
         scores[source] = score(pred, gold, given)
         scores[source]["ece_uncalibrated"] = expected_calibration_error(raw.max(1), pred == gold)
         scores[source]["ece"] = expected_calibration_error(dist.max(1), pred == gold)
         scores[source]["temperature"] = temperature
+    bias = np.asarray(summary.label_bias)
+    scores["rules"] = {
+        name: _score_rule(
+            summary.refinement, given, gold, config.label_source, summary.temperature,
+            DecisionRule(rule, odds, bias if per_class else None),
+        )
+        for name, rule, odds, per_class in RULES
+    }
     scores["classifier"] = score(summary.refinement.classifier.argmax(1), gold, given)
     return scores
-
-
-def inductive(bundle: Path, valid: Path, out: Path, seed: int) -> dict:
-    """Refine rows the bundle never saw and score them."""
-    refined = out / f"valid-refined-{seed}.jsonl"
-    api.refine(valid, bundle, refined)
-    report = api.evaluate(refined)
-    return {"llm": report.given_accuracy, "sidyp": report.refined_accuracy, "ece": report.ece}
 
 
 def main() -> None:
@@ -130,44 +244,116 @@ def main() -> None:
                         help="only SiDyP (for ablations)")
     parser.add_argument("--config", type=json.loads, default={},
                         help='hyper-parameter overrides as JSON, e.g. \'{"branches": 3}\'')
+    parser.add_argument("--ablation-seeds", type=int, nargs="*", default=[],
+                        help="also retrain each stage ablation (ABLATIONS) on these seeds")
+    parser.add_argument("--plots", type=Path, default=None,
+                        help="write quality-accuracy.png and quality-reliability.png here")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    valid = args.valid if args.valid.exists() else None
     results = []
     for seed in args.seeds:
         config = SiDyPConfig(**{**args.config, "seed": seed})
-        valid = args.valid if args.valid.exists() else None
         results.append(run_seed(args.corpus, valid, seed, args.out, config,
                                 baselines=not args.skip_baselines))
         print(json.dumps(results[-1], indent=1), flush=True)
+    ablations: dict[str, list[dict]] = {}
+    for name, overrides in ABLATIONS.items():
+        for seed in args.ablation_seeds:
+            config = SiDyPConfig(**{**args.config, **overrides, "seed": seed})
+            sub = args.out / ("ablation-" + "-".join(overrides))
+            sub.mkdir(parents=True, exist_ok=True)
+            ablations.setdefault(name, []).append(
+                run_seed(args.corpus, valid, seed, sub, config, baselines=False))
+            print(name, json.dumps(ablations[name][-1]["sidyp"]["rules"]), flush=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    report = {"machine": machine,
-              "corpus": str(args.corpus), "config_overrides": args.config, "results": results}
+    report = {"machine": machine, "corpus": str(args.corpus), "config_overrides": args.config,
+              "results": results, "ablations": ablations}
     (args.out / "quality.json").write_text(json.dumps(report, indent=1))
-    print_table(results)
+    print_table(results, ablations)
+    if args.plots:
+        plot(results, args.out, args.plots)
 
 
-def print_table(results: list[dict]) -> None:
-    def stat(path: list[str]) -> str:
-        values = []
-        for r in results:
-            v = r
-            for key in path:
-                v = v.get(key) if isinstance(v, dict) else None
-            if v is not None:
-                values.append(v)
-        if not values:
-            return "n/a"
-        mean = 100 * np.mean(values)
-        return f"{mean:.1f}" + (f" ± {100 * np.std(values):.1f}" if len(values) > 1 else "")
+def stat(results: list[dict], path: list[str], scale: float = 100.0, digits: int = 1) -> str:
+    """Mean ± standard deviation over seeds of the value at ``path``, with the per-seed values."""
+    values = []
+    for r in results:
+        v: object = r
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if v is not None:
+            values.append(float(v))  # type: ignore[arg-type]
+    if not values:
+        return "n/a"
+    text = f"{scale * np.mean(values):.{digits}f}"
+    if len(values) > 1:
+        text += f" ± {scale * np.std(values):.{digits}f}"
+    return text
 
-    print("\n| labels | accuracy (%) |\n| --- | --- |")
-    print(f"| LLM | {stat(['llm', 'accuracy'])} |")
-    print(f"| plain classifier (5-fold cross-fitted) | {stat(['plain_classifier', 'accuracy'])} |")
-    print(f"| cleanlab relabeling | {stat(['cleanlab', 'accuracy'])} |")
-    for source in ("marginal", "given", "candidates", "classifier"):
-        print(f"| SiDyP {source} | {stat(['sidyp', source, 'accuracy'])} |")
-    print(f"| valid: LLM | {stat(['valid', 'llm'])} |")
-    print(f"| valid: SiDyP (inductive) | {stat(['valid', 'sidyp'])} |")
+
+def fixed_broken(results: list[dict], path: list[str]) -> str:
+    parts = []
+    for r in results:
+        v: object = r
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if isinstance(v, dict):
+            parts.append(f"{v['fixed']}/{v['broken']}")
+    return " ; ".join(parts) or "n/a"
+
+
+def print_table(results: list[dict], ablations: dict[str, list[dict]]) -> None:
+    print("\n| labels | train accuracy (%) | fixed/broken per seed | valid accuracy (%) |")
+    print("| --- | --- | --- | --- |")
+    print(f"| LLM | {stat(results, ['llm', 'accuracy'])} | – | "
+          f"{stat(results, ['valid', 'llm', 'accuracy'])} |")
+    for name, key in (("plain classifier (5-fold cross-fitted)", "plain_classifier"),
+                      ("cleanlab relabeling", "cleanlab")):
+        print(f"| {name} | {stat(results, [key, 'accuracy'])} | "
+              f"{fixed_broken(results, [key])} | {stat(results, ['valid_' + key, 'accuracy'])} |")
+    print(f"| kNN prior alone (no diffusion stage) | {stat(results, ['prior_only', 'accuracy'])} | "
+          f"{fixed_broken(results, ['prior_only'])} | "
+          f"{stat(results, ['valid', 'prior_only', 'accuracy'])} |")
+    for name, *_ in RULES:
+        print(f"| SiDyP, {name} | {stat(results, ['sidyp', 'rules', name, 'accuracy'])} | "
+              f"{fixed_broken(results, ['sidyp', 'rules', name])} | "
+              f"{stat(results, ['valid', 'rules', name, 'accuracy'])} |")
+    print("\n| decision rule | train ECE | valid ECE | train changed | valid changed |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, *_ in RULES:
+        print(f"| {name} | {stat(results, ['sidyp', 'rules', name, 'ece'], 1, 3)} | "
+              f"{stat(results, ['valid', 'rules', name, 'ece'], 1, 3)} | "
+              f"{stat(results, ['sidyp', 'rules', name, 'changed'], 1, 0)} | "
+              f"{stat(results, ['valid', 'rules', name, 'changed'], 1, 0)} |")
+    print(f"\nestimated rho {stat(results, ['noise_ratio'], 1, 3)}; "
+          f"train seconds {stat(results, ['seconds_train'], 1, 0)}")
+    if ablations:
+        print("\n| variant | seeds | train argmax | train odds 2 (default rule) | "
+              "valid argmax | valid default rule | rho |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        rows = {"defaults": results, **ablations}
+        for name, rs in rows.items():
+            print(f"| {name} | {len(rs)} | "
+                  f"{stat(rs, ['sidyp', 'rules', RULES[0][0], 'accuracy'])} | "
+                  f"{stat(rs, ['sidyp', 'rules', DEFAULT_RULE, 'accuracy'])} | "
+                  f"{stat(rs, ['valid', 'rules', RULES[0][0], 'accuracy'])} | "
+                  f"{stat(rs, ['valid', 'rules', DEFAULT_RULE, 'accuracy'])} | "
+                  f"{stat(rs, ['noise_ratio'], 1, 3)} |")
+        print(f"| kNN prior alone (no diffusion stage) | {len(results)} | "
+              f"{stat(results, ['prior_only', 'accuracy'])} | – | "
+              f"{stat(results, ['valid', 'prior_only', 'accuracy'])} | – | – |")
+
+
+def plot(results: list[dict], out: Path, plots: Path) -> None:
+    """Accuracy of the LLM, the baselines and SiDyP, and the reliability of `confidence`.
+
+    Reuses evaluate.write_plots on the first seed's refined file (written with the default
+    rule); the bars for the baselines are that seed's numbers.
+    """
+    first = results[0]
+    report = api.evaluate(out / f"refined-{first['seed']}.jsonl")
+    save_quality_plots(report, first, out / "plots", plots)
 
 
 if __name__ == "__main__":

@@ -121,8 +121,23 @@ def train(
     ] = D.coreg_lambda,
     simplex_scale: Annotated[float, typer.Option(help="S.")] = D.simplex_scale,
     label_source: Annotated[
-        str, typer.Option(help="predicted_label from 'marginal', 'given' or 'candidates'.")
+        str, typer.Option(help="predicted_label from 'product', 'marginal', 'given', "
+                                "'candidates' or 'classifier'.")
     ] = D.label_source,
+    change_rule: Annotated[
+        str,
+        typer.Option(help="'odds': keep the LLM label unless another class is --change-odds "
+                     "times as probable; 'argmax': always the most probable class."),
+    ] = D.change_rule,
+    change_odds: Annotated[
+        float, typer.Option(help="Labels a change must be expected to fix per label it breaks.")
+    ] = D.change_odds,
+    class_calibration: Annotated[
+        bool, typer.Option(help="Per-class label_score calibration from the noise marking.")
+    ] = D.class_calibration,
+    dynamic_prior: Annotated[
+        bool, typer.Option(help="Refine the kNN prior during Stage II (off: an ablation).")
+    ] = D.dynamic_prior,
     classifier_dropout: Annotated[float, typer.Option()] = D.classifier_dropout,
     warmup_fraction: Annotated[float, typer.Option(help="Stage I lr warm-up.")] = D.warmup_fraction,
     coreg_warmup_fraction: Annotated[

@@ -16,7 +16,7 @@ from .backends import load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .backends.torch_backend import TorchBackend
 from .bundle import file_digest, load_bundle
-from .calibration import fit_temperature
+from .calibration import fit_temperature, temper
 from .config import SiDyPConfig
 from .corpus import (
     AtomicWriter,
@@ -28,6 +28,7 @@ from .corpus import (
     iter_corpus,
     label_set_from_rows,
 )
+from .decision import DecisionRule, class_noise_ratios, fit_label_bias
 from .diffusion import text_key
 from .encoder import DEFAULT_ENCODER, load_pretrained, pad_ids, pad_token_id, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
@@ -61,6 +62,8 @@ class TrainSummary:
     labels_changed: int
     best_diffusion_epoch: int
     temperature: float
+    class_noise_ratios: list[float] = field(default_factory=list)  # rho per given class
+    label_bias: list[float] = field(default_factory=list)  # per-class calibration
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
     rejects: str | None = None
@@ -198,7 +201,16 @@ def train(
         reported_distribution(refinement, given, config.label_source), given,
         1.0 - result.noise_ratio,
     )
-    predictions = output_fields(refinement, given, label_set, config.label_source, temperature)
+    # Per-class step: each class's mean label_score must equal its clean-marked fraction.
+    class_noise = class_noise_ratios(result.clean, given, len(label_set))
+    label_bias = fit_label_bias(
+        temper(reported_distribution(refinement, given, config.label_source), temperature),
+        given, 1.0 - class_noise,
+    )
+    decision = DecisionRule.from_config(config, label_bias)
+    predictions = output_fields(
+        refinement, given, label_set, config.label_source, temperature, decision
+    )
     result.timings["predict"] = time.perf_counter() - start
 
     summary = TrainSummary(
@@ -213,6 +225,8 @@ def train(
         labels_changed=sum(p["is_label_issue"] for p in predictions),
         best_diffusion_epoch=result.best_diffusion_epoch,
         temperature=temperature,
+        class_noise_ratios=[round(float(r), 6) for r in class_noise],
+        label_bias=[float(b) for b in label_bias],
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
@@ -270,7 +284,8 @@ def refine_rows(
             [text_key(texts[i]) for i in batch], settings,
         )
         return output_fields(
-            refined, given[batch], model.labels, config.label_source, model.temperature
+            refined, given[batch], model.labels, config.label_source, model.temperature,
+            DecisionRule.from_config(config, model.label_bias),
         )
 
     batches = list(_chunks(order, config.encode_batch_size))

@@ -43,11 +43,20 @@ class SiDyPConfig:
     diffusion_warmup_fraction: float = 0.2  # only certain rows train during this fraction of epochs
     refine_samples: int = 4  # n_s, paper: 4
     coreg_lambda: float = 2.0  # lambda, paper: 2
+    dynamic_prior: bool = True  # False: targets from the static kNN weights (ablation)
     ema_decay: float = 0.99
     use_ema: bool = False  # the authors keep an EMA but evaluate the raw weights
     holdout_fraction: float = 0.1  # rows held out of Stage II to choose the best diffusion epoch
     # Prediction.
-    label_source: str = "marginal"  # which distribution gives predicted_label (see docs/method.md)
+    # Which distribution gives predicted_label: "product" (geometric mean of the denoiser's
+    # p(y | x) and the classifier ensemble) measured best on 3 seeds (docs/benchmarks.md).
+    label_source: str = "product"
+    # When to change a given label (sidyp_prod/decision.py): "argmax" always takes the most
+    # probable class (the paper); "odds" keeps the given label unless the calibrated
+    # distribution makes another class change_odds times as probable.
+    change_rule: str = "odds"
+    change_odds: float = 2.0  # labels a change must be expected to fix per label it breaks
+    class_calibration: bool = True  # per-class label_score calibration from the noise marking
     # Runtime.
     seed: int = 0
     encode_batch_size: int = 64
@@ -74,8 +83,13 @@ class SiDyPConfig:
             raise ValueError("timestep_mapping must be 'spaced' or 'authors'")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}")
+        if self.change_rule not in CHANGE_RULES:
+            raise ValueError(f"change_rule must be one of {CHANGE_RULES}")
+        if self.change_odds < 1.0:
+            raise ValueError("change_odds must be >= 1 (1 = the argmax)")
         if not 0.0 < self.tau_dominant <= self.tau_certain <= 1.0:
             raise ValueError("need 0 < tau_dominant <= tau_certain <= 1")
 
 
-LABEL_SOURCES = ("marginal", "given", "candidates")
+LABEL_SOURCES = ("marginal", "given", "candidates", "product", "classifier")
+CHANGE_RULES = ("argmax", "odds")

@@ -82,6 +82,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     indexes: list[NeighborIndex]
     temperature: float = 1.0  # calibration fitted at training time
+    label_bias: np.ndarray | None = None  # per-class calibration fitted at training time
 
     @property
     def n_classes(self) -> int:
@@ -106,8 +107,14 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
         NeighborIndex(reference["embeddings"][clean], reference["labels"][clean], use_gpu)
         for clean in reference["clean"].astype(bool)
     ]
-    temperature = float(manifest.get("training", {}).get("temperature", 1.0))
-    return LoadedModel(bundle, list(manifest["labels"]), config, tokenizer, indexes, temperature)
+    training = manifest.get("training", {})
+    temperature = float(training.get("temperature", 1.0))
+    # Bundles written before the per-class step have no bias: they keep the global temperature.
+    bias = training.get("label_bias")
+    label_bias = np.asarray(bias, dtype=np.float64) if bias is not None else None
+    return LoadedModel(
+        bundle, list(manifest["labels"]), config, tokenizer, indexes, temperature, label_bias
+    )
 
 
 def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:

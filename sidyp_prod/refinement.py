@@ -14,6 +14,7 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .calibration import temper
+from .decision import DecisionRule, calibrate, decide
 from .diffusion import ReverseSchedule, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
 from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
@@ -65,11 +66,26 @@ class BatchRefinement:
                    cat("prior_kind", axis=1))
 
     def distribution(self, source: str) -> np.ndarray:
+        if source == "product":
+            return product_of_experts(self.marginal, self.classifier)
         return {
             "marginal": self.marginal,
             "given": self.conditional,
             "candidates": self.candidates,
+            "classifier": self.classifier,
         }[source]
+
+
+def product_of_experts(*dists: np.ndarray) -> np.ndarray:
+    """Normalised geometric mean: a class keeps mass only where every distribution gives it some.
+
+    The denoiser's p(y | x) and the classifier ensemble err differently (one follows the kNN
+    prior over sentence embeddings, the other the LLM labels), so requiring both to move away
+    from a given label is stronger evidence than either alone (docs/benchmarks.md).
+    """
+    log = sum(np.log(d + 1e-4) for d in dists) / len(dists)
+    p = np.exp(log - log.max(axis=-1, keepdims=True))
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def prior_from_neighbors(
@@ -169,10 +185,15 @@ def output_fields(
     labels: Sequence[str],
     source: str,
     temperature: float = 1.0,
+    decision: DecisionRule | None = None,
 ) -> list[dict[str, Any]]:
-    """The fields each output row gains, in cleanlab's vocabulary."""
-    dist = reported_distribution(refinement, given, source, temperature)
-    predicted = dist.argmax(axis=1)
+    """The fields each output row gains, in cleanlab's vocabulary.
+
+    ``decision`` says when a given label is changed (decision.py); None is the plain argmax.
+    """
+    decision = decision or DecisionRule(rule="argmax")
+    dist = calibrate(reported_distribution(refinement, given, source, temperature), given, decision)
+    predicted = decide(dist, given, decision)
     rows = []
     for i in range(len(given)):
         g = int(given[i])

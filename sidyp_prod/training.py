@@ -343,7 +343,8 @@ def _stage_two(
         range(config.diffusion_epochs), desc="stage II", unit="epoch", disable=not progress
     ):
         warm = epoch < warmup_epochs
-        if not warm:
+        # Without the dynamic prior (an ablation) the targets keep the kNN weights.
+        if not warm and config.dynamic_prior:
             weights[:, train_rows] = _refine_prior(
                 backend,
                 backend.encoded(features, train_rows),

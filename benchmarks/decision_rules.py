@@ -1,0 +1,144 @@
+"""Label source x decision rule, re-scored from a quality.py run without retraining.
+
+quality.py saves every trained model's distributions (arrays-SEED.npz) and its estimates
+(result-SEED.json: rho, per-class rho). The decision rule and the calibration are applied after
+refinement, so every combination can be scored from those files, exactly as `output_fields`
+would apply it (temperature fitted on the training rows, then the per-class bias, then the rule).
+Gold labels are read here, for scoring only.
+
+    python benchmarks/decision_rules.py runs/quality [--odds 1 1.5 2 3 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sidyp_prod.calibration import fit_temperature, temper
+from sidyp_prod.config import SiDyPConfig
+from sidyp_prod.decision import DecisionRule, apply_label_bias, calibrate, decide, fit_label_bias
+from sidyp_prod.evaluate import (
+    EvaluationReport,
+    evaluate_records,
+    expected_calibration_error,
+    write_plots,
+)
+from sidyp_prod.refinement import BatchRefinement, reported_distribution
+
+SOURCES = ("marginal", "product", "classifier", "given", "candidates")
+
+
+def refinement(arrays: dict[str, np.ndarray], prefix: str) -> BatchRefinement:
+    parts = {k: arrays[prefix + k] for k in ("classifier", "conditional", "marginal", "candidates")}
+    return BatchRefinement(**parts, prior_kind=np.zeros((1, len(parts["marginal"])), dtype=int))
+
+
+def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: DecisionRule) -> dict:
+    pred = decide(dist, given, rule)
+    changed = pred != given
+    return {
+        "accuracy": float((pred == gold).mean()),
+        "fixed": int((changed & (pred == gold)).sum()),
+        "broken": int((changed & (given == gold)).sum()),
+        "ece": expected_calibration_error(dist[np.arange(len(pred)), pred], pred == gold),
+    }
+
+
+def one_seed(run: Path, seed: int, odds: list[float], per_class: bool) -> dict:
+    arrays = dict(np.load(run / f"arrays-{seed}.npz"))
+    result = json.loads((run / f"result-{seed}.json").read_text())
+    given, gold = arrays["given"], arrays["gold"]
+    v_given, v_gold = arrays["v_given"], arrays["v_gold"]
+    train, valid = refinement(arrays, "train_"), refinement(arrays, "valid_")
+    clean_fraction = 1.0 - np.asarray(result["class_noise_ratios"])
+    out: dict = {}
+    for source in SOURCES:
+        raw = train.distribution(source)
+        temperature = fit_temperature(raw, given, 1.0 - result["noise_ratio"])
+        t_dist, v_dist = temper(raw, temperature), temper(valid.distribution(source), temperature)
+        if source == "given":  # rows without a label have nothing to condition on
+            t_dist = np.where((given < 0)[:, None], temper(train.marginal, temperature), t_dist)
+            v_dist = np.where((v_given < 0)[:, None], temper(valid.marginal, temperature), v_dist)
+        if per_class:
+            bias = fit_label_bias(t_dist, given, clean_fraction)
+            t_dist = apply_label_bias(t_dist, given, bias)
+            v_dist = apply_label_bias(v_dist, v_given, bias)
+        for k in odds:
+            rule = DecisionRule("odds", k)
+            out[(source, k)] = {"train": scores(t_dist, given, gold, rule),
+                                "valid": scores(v_dist, v_given, v_gold, rule)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--odds", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    parser.add_argument("--plots", type=Path, default=None,
+                        help="quality-accuracy.png / quality-reliability.png of the defaults here")
+    parser.add_argument("--global-only", action="store_true",
+                        help="the global temperature only (no per-class step)")
+    args = parser.parse_args()
+    seeds = sorted(int(p.stem.split("-")[1]) for p in args.run.glob("arrays-*.npz"))
+    per_seed = [one_seed(args.run, s, args.odds, not args.global_only) for s in seeds]
+
+    def cell(source: str, k: float, split: str, key: str, scale: float = 100.0) -> str:
+        values = [scale * r[(source, k)][split][key] for r in per_seed]
+        digits = 1 if scale == 100.0 else 3
+        text = f"{np.mean(values):.{digits}f}"
+        return text + (f" ± {np.std(values):.{digits}f}" if len(values) > 1 else "")
+
+    def fb(source: str, k: float, split: str) -> str:
+        fixed = sum(r[(source, k)][split]["fixed"] for r in per_seed)
+        broken = sum(r[(source, k)][split]["broken"] for r in per_seed)
+        return f"{fixed}/{broken} ({fixed / max(broken, 1):.2f})"
+
+    if args.plots:
+        plot(args.run, seeds[0], args.plots)
+    print(f"seeds {seeds}; {'global temperature only' if args.global_only else 'per-class'}")
+    print("\n| source | odds | train acc. | train fixed/broken (ratio), all seeds | train ECE "
+          "| valid acc. | valid fixed/broken |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for source in SOURCES:
+        for k in args.odds:
+            print(f"| {source} | {k:g} | {cell(source, k, 'train', 'accuracy')} | "
+                  f"{fb(source, k, 'train')} | {cell(source, k, 'train', 'ece', 1.0)} | "
+                  f"{cell(source, k, 'valid', 'accuracy')} | {fb(source, k, 'valid')} |")
+
+
+def plot(run: Path, seed: int, out: Path) -> None:
+    """The default configuration's labels on one seed, through evaluate.write_plots."""
+    config = SiDyPConfig()
+    arrays = dict(np.load(run / f"arrays-{seed}.npz"))
+    result = json.loads((run / f"result-{seed}.json").read_text())
+    given, gold = arrays["given"], arrays["gold"]
+    train = refinement(arrays, "train_")
+    raw = reported_distribution(train, given, config.label_source)
+    temperature = fit_temperature(raw, given, 1.0 - result["noise_ratio"])
+    dist = temper(raw, temperature)
+    bias = fit_label_bias(dist, given, 1.0 - np.asarray(result["class_noise_ratios"]))
+    rule = DecisionRule.from_config(config, bias)
+    dist = calibrate(dist, given, rule)
+    pred = decide(dist, given, rule)
+    records = [{"given_label": int(g), "gold_label": int(y), "predicted_label": int(p),
+                "confidence": float(dist[i, p])}
+               for i, (g, y, p) in enumerate(zip(given, gold, pred, strict=True))]
+    save_quality_plots(evaluate_records(records), result, run / "plots-default", out)
+
+
+def save_quality_plots(report: EvaluationReport, result: dict, work: Path, out: Path) -> None:
+    """evaluate.write_plots with the seed's baselines as extra bars, copied to out/quality-*."""
+    extra = {"plain clf": result["plain_classifier"]["accuracy"],
+             "cleanlab": result["cleanlab"]["accuracy"]} if "cleanlab" in result else {}
+    paths = write_plots(report, work, title=f"SemEval train, seed {result['seed']}",
+                        extra_accuracies=extra)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        (out / f"quality-{path.name}").write_bytes(path.read_bytes())
+
+
+if __name__ == "__main__":
+    main()

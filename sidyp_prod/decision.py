@@ -1,0 +1,124 @@
+"""When to change a given label: the refinement's safety rule.
+
+The refined distribution is an estimate, and on real corpora an overconfident one; moving every
+row to its argmax changes many labels on weak evidence, and a wrong change costs as much as a
+missed fix. The rule here keeps the given (LLM) label unless the calibrated distribution makes
+another class at least ``odds`` times as probable as the given one. For a calibrated
+distribution, changing g -> a fixes the row with probability p[a] and breaks it with probability
+p[g], so ``odds`` is the number of labels a change must be expected to fix per label it breaks
+(1 = plain argmax).
+
+Calibration has two gold-free steps. A global temperature makes the mean probability of the given
+labels equal the estimated clean fraction 1 - rho (calibration.py). A per-class bias on the given
+label's log-probability then makes the mean label_score of the rows labelled c equal 1 - rho_c,
+the fraction of those rows that the noise marking found clean: a class the LLM labels reliably
+keeps its labels on weaker evidence than one it labels badly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import CHANGE_RULES
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How output_fields turns a refined distribution into predicted labels."""
+
+    rule: str = "odds"  # "argmax": always the most probable class; "odds": see module docstring
+    odds: float = 2.0  # fixes a change must be expected to make per label it breaks
+    label_bias: np.ndarray | None = None  # (C,) per given class; None: no per-class step
+
+    @classmethod
+    def from_config(cls, config: object, label_bias: np.ndarray | None = None) -> DecisionRule:
+        use_bias = bool(getattr(config, "class_calibration", False))
+        return cls(
+            rule=getattr(config, "change_rule", "argmax"),
+            odds=float(getattr(config, "change_odds", 1.0)),
+            label_bias=label_bias if use_bias else None,
+        )
+
+
+def class_noise_ratios(clean: np.ndarray, given: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per class c, the fraction of rows labelled c that the noise marking called noisy.
+
+    ``clean`` is (M, N) per branch; the branches are averaged. A class with no labelled row
+    gets the overall noisy fraction. Weighted by class counts these average to the overall rho.
+    """
+    labelled = given >= 0
+    noisy = 1.0 - np.asarray(clean, dtype=np.float64).mean(axis=0)
+    overall = float(noisy[labelled].mean()) if labelled.any() else 0.5
+    out = np.full(n_classes, overall)
+    for c in range(n_classes):
+        rows = given == c
+        if rows.any():
+            out[c] = noisy[rows].mean()
+    return out
+
+
+def apply_label_bias(dist: np.ndarray, given: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Add bias[g] to the log-probability of each row's given label g, renormalised."""
+    labelled = given >= 0
+    if not labelled.any():
+        return dist
+    out = np.array(dist, dtype=np.float64, copy=True)
+    rows = np.flatnonzero(labelled)
+    g = given[rows]
+    out[rows, g] *= np.exp(bias[g])
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def fit_label_bias(
+    dist: np.ndarray, given: np.ndarray, clean_fraction: np.ndarray, iterations: int = 60
+) -> np.ndarray:
+    """Per class c, the bias at which the mean label_score of rows labelled c is clean_fraction[c].
+
+    Bisection on each class separately (the mean is increasing in the bias); the bias is 0 for
+    a class without labelled rows and clipped to +-20 where the target is out of reach.
+    """
+    n_classes = dist.shape[1]
+    bias = np.zeros(n_classes)
+    for c in range(n_classes):
+        rows = np.flatnonzero(given == c)
+        if len(rows) == 0:
+            continue
+        p = np.clip(dist[rows, c].astype(np.float64), 1e-12, 1.0)
+        lo, hi = -20.0, 20.0
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            shifted = p * np.exp(mid)
+            if (shifted / (shifted + 1.0 - p)).mean() < clean_fraction[c]:
+                lo = mid
+            else:
+                hi = mid
+        bias[c] = (lo + hi) / 2
+    return bias
+
+
+def calibrate(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
+    """The per-class step on an already tempered distribution, when the rule has one."""
+    if decision.label_bias is None:
+        return dist
+    return apply_label_bias(dist, given, decision.label_bias)
+
+
+def decide(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
+    """Predicted class per row of a calibrated distribution.
+
+    A row without a given label always takes the argmax: there is nothing to keep.
+    """
+    best = dist.argmax(axis=1)
+    if decision.rule == "argmax":
+        return best
+    if decision.rule != "odds":
+        raise ValueError(f"change rule must be one of {CHANGE_RULES}")
+    labelled = given >= 0
+    g = np.where(labelled, given, 0)
+    p_given = dist[np.arange(len(dist)), g]
+    p_best = dist[np.arange(len(dist)), best]
+    # >= so that odds = 1 is exactly the argmax (ties already go to the argmax's first class).
+    change = p_best >= decision.odds * p_given
+    return np.where(labelled & ~change, given, best)

@@ -1,0 +1,89 @@
+"""The rule that decides when a given label is changed, on arrays where the answer is known."""
+
+import numpy as np
+import pytest
+
+from sidyp_prod.decision import (
+    DecisionRule,
+    apply_label_bias,
+    class_noise_ratios,
+    decide,
+    fit_label_bias,
+)
+from sidyp_prod.refinement import BatchRefinement, output_fields
+
+
+def test_odds_rule_changes_only_on_strong_evidence():
+    dist = np.array(
+        [
+            [0.30, 0.60, 0.10],  # best 1 is exactly 2x the given 0: change
+            [0.35, 0.60, 0.05],  # 1.71x: keep the given label
+            [0.05, 0.90, 0.05],  # given label is the argmax: nothing to change
+            [0.10, 0.20, 0.70],  # 7x: change
+            [0.40, 0.50, 0.10],  # no given label: argmax
+        ]
+    )
+    given = np.array([0, 0, 1, 0, -1])
+    rule = DecisionRule("odds", 2.0)
+    np.testing.assert_array_equal(decide(dist, given, rule), [1, 0, 1, 2, 1])
+    # odds = 1 and the argmax rule agree.
+    np.testing.assert_array_equal(decide(dist, given, DecisionRule("odds", 1.0)), dist.argmax(1))
+    np.testing.assert_array_equal(decide(dist, given, DecisionRule("argmax")), dist.argmax(1))
+
+
+def test_higher_odds_never_change_more_labels():
+    rng = np.random.default_rng(0)
+    dist = rng.dirichlet(np.ones(5), size=400)
+    given = rng.integers(0, 5, size=400)
+    changed = [(decide(dist, given, DecisionRule("odds", k)) != given).sum()
+               for k in (1.0, 1.5, 2.0, 4.0, 10.0)]
+    assert changed == sorted(changed, reverse=True)
+    assert changed[0] > changed[-1]
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError):
+        decide(np.eye(2), np.array([0, 1]), DecisionRule("vote"))
+
+
+def test_class_noise_ratios_average_branches_and_fall_back_for_empty_classes():
+    clean = np.array([[True, False, True, True], [True, False, False, True]])
+    given = np.array([0, 0, 1, -1])
+    ratios = class_noise_ratios(clean, given, 3)
+    # Class 0: rows 0 (clean, clean) and 1 (noisy, noisy) -> 0.5; class 1: row 2 -> 0.5 noisy.
+    np.testing.assert_allclose(ratios[:2], [0.5, 0.5])
+    # Class 2 has no rows: the overall noisy fraction of labelled rows (rows 0-2: 1.5 / 3).
+    assert ratios[2] == pytest.approx(0.5)
+
+
+def test_label_bias_hits_each_class_target():
+    rng = np.random.default_rng(1)
+    dist = rng.dirichlet(np.ones(4), size=600)
+    given = rng.integers(0, 4, size=600)
+    target = np.array([0.2, 0.5, 0.7, 0.9])
+    bias = fit_label_bias(dist, given, target)
+    calibrated = apply_label_bias(dist, given, bias)
+    np.testing.assert_allclose(calibrated.sum(1), 1.0)
+    for c in range(4):
+        rows = given == c
+        assert calibrated[rows, c].mean() == pytest.approx(target[c], abs=1e-6)
+    # A less reliable class (lower clean fraction) gets a lower bias: its labels are kept less.
+    assert np.all(np.diff(bias) > 0)
+
+
+def test_output_fields_keep_the_given_label_unless_the_evidence_is_strong():
+    marginal = np.array([[0.4, 0.6], [0.1, 0.9]])
+    refinement = BatchRefinement(
+        classifier=marginal, conditional=marginal, marginal=marginal, candidates=marginal,
+        prior_kind=np.zeros((1, 2), dtype=np.int64),
+    )
+    given = np.array([0, 0])
+    paper = output_fields(refinement, given, ["a", "b"], "marginal")
+    assert [r["predicted_label"] for r in paper] == ["b", "b"]
+    safe = output_fields(refinement, given, ["a", "b"], "marginal",
+                         decision=DecisionRule("odds", 2.0))
+    assert [r["predicted_label"] for r in safe] == ["a", "b"]
+    assert [r["is_label_issue"] for r in safe] == [False, True]
+    # A kept label reports its own probability as the confidence.
+    assert safe[0]["confidence"] == pytest.approx(0.4)
+    assert safe[0]["label_score"] == pytest.approx(0.4)
