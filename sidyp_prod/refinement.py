@@ -130,19 +130,22 @@ def refine_batch(
     noise = row_noise(settings.seed, keys, (n_s + c, steps, m, c))  # (B, n_s + C, T, M, C)
     conditioning = encoded.conditioning.transpose(1, 0, 2)  # (B, M, W): rows first
 
-    def chains(chain_noise: np.ndarray, y_given: np.ndarray) -> np.ndarray:
-        """Reverse processes, chain_noise (B, K, T, M, C) with y_given (B, K, C) -> (M, B, K, C)."""
-        k = chain_noise.shape[1]
-        logits = backend.reverse(
-            chain_noise.reshape(b * k, steps, m, c),
-            np.repeat(conditioning, k, axis=0),
-            y_given.reshape(b * k, c),
-        )
-        return logits.reshape(b, k, m, c).transpose(2, 0, 1, 3)
-
-    # p(y | given, x) and the iterative refinement of the candidate weights share the chains.
+    # One reverse call per batch: n_s chains conditioned on the row's own given label (for
+    # p(y | given, x) and the iterative refinement), then one chain per possible given label
+    # (for the marginal p(y | x)).
     y_own = given_label_vectors(given, c, settings.scale)
-    own_logits = chains(noise[:, :n_s], np.repeat(y_own[:, None], n_s, axis=1))
+    y_each = simplex(np.arange(c), c, settings.scale)
+    y_chains = np.concatenate(
+        [np.repeat(y_own[:, None], n_s, axis=1), np.broadcast_to(y_each, (b, c, c))], axis=1
+    )  # (B, n_s + C, C)
+    k = n_s + c
+    logits = backend.reverse(
+        noise.reshape(b * k, steps, m, c),
+        np.repeat(conditioning, k, axis=0),
+        y_chains.reshape(b * k, c),
+    ).reshape(b, k, m, c).transpose(2, 0, 1, 3)  # (M, B, n_s + C, C)
+    own_logits, each_logits = logits[:, :, :n_s], logits[:, :, n_s:]
+
     conditional = softmax(own_logits).mean(axis=(0, 2))
     weights = np.array(prior_weights, dtype=np.float32, copy=True)
     if update_prior:
@@ -154,9 +157,7 @@ def refine_batch(
                     weights[branch, open_rows], predicted[open_rows], n_s
                 )
 
-    # p(y | x): one reverse process per possible given label, weighted by the classifier.
-    y_each = np.broadcast_to(simplex(np.arange(c), c, settings.scale), (b, c, c))
-    each_logits = chains(noise[:, n_s:], y_each)  # (M, B, C given, C)
+    # p(y | x): the chains of every possible given label, weighted by the classifier.
     marginal = (softmax(each_logits) * encoded.probs[..., None]).sum(axis=2).mean(axis=0)
 
     return BatchRefinement(
