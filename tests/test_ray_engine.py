@@ -207,6 +207,36 @@ def test_cli_engine_ray_strict_and_errors(ray_session, trained, multi_corpus, tm
     assert result.exit_code == 2 and "one corpus" in result.output
 
 
+def test_ray_actors_call_a_triton_server(ray_session, trained, multi_corpus, reference,
+                                         tmp_path):
+    """--engine ray --triton-url: the actors hold Triton clients instead of ONNX sessions."""
+    pytest.importorskip("pytriton")
+    pytest.importorskip("tritonclient.grpc")
+    import urllib.request
+
+    from servers import free_ports
+
+    from sidyp_prod.export.triton import ENCODER_MODEL, write_triton_repository
+    from sidyp_prod.triton_server import TritonServer
+
+    bundle, _, _ = trained
+    _, files = multi_corpus
+    expected_rows, expected_rejects = reference
+    repository = write_triton_repository(bundle, tmp_path / "triton_models")
+    with TritonServer(repository, free_ports()) as server:
+        result = CliRunner().invoke(app, [
+            "refine", *map(str, files), "--model", str(bundle), "--out", str(tmp_path / "out"),
+            "--engine", "ray", "--triton-url", server.grpc_url, "--quiet", "--json"])
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    assert result.exit_code == 0, result.output
+    served = [line for line in metrics.splitlines()
+              if line.startswith(f'nv_inference_request_success{{model="{ENCODER_MODEL}"')]
+    assert served and float(served[0].rsplit(" ", 1)[1]) > 0, "the server answered nothing"
+    _, rows, rejects = _ray_output(tmp_path / "out")
+    assert sorted(rows) == sorted(line for _, _, line in expected_rows)
+    assert rejects == expected_rejects
+
+
 def test_check_spans_finds_gaps_duplicates_and_a_lost_tail():
     assert check_spans([["f", 1, 5, False], ["f", 6, 9, True], ["g", 1, 1, True]]) == {
         "f": 9, "g": 1}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,19 +31,11 @@ from sidyp_prod.export.triton import (
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
-from sidyp_prod.triton_server import SHM_DIR, Ports, ServerError, TritonServer  # noqa: E402
+from servers import free_ports  # noqa: E402
+
+from sidyp_prod.triton_server import SHM_DIR, ServerError, TritonServer  # noqa: E402
 
 from synthetic import make_rows, write_jsonl  # noqa: E402
-
-
-def free_ports() -> Ports:
-    sockets = [socket.socket() for _ in range(3)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = Ports(*(s.getsockname()[1] for s in sockets))
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def parse_config(path: Path) -> dict:
