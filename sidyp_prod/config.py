@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# Decision settings added after the first bundles: absent from a manifest, they mean the paper's
+# argmax without the per-class step, which is what those bundles did.
+SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
+    "change_rule": "argmax", "change_odds": 1.0, "class_calibration": False,
+}
+
 
 @dataclass
 class SiDyPConfig:
@@ -63,6 +69,12 @@ class SiDyPConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_bundle(cls, values: dict[str, Any]) -> SiDyPConfig:
+        """A bundle's recorded settings. Settings added after a bundle was written take the value
+        that keeps its behaviour, not today's default: its labels must not change on upgrade."""
+        return cls.from_dict({**SETTINGS_OF_OLDER_BUNDLES, **values})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SiDyPConfig:

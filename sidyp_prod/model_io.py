@@ -92,7 +92,7 @@ class LoadedModel:
 def load_bundle_tokenizer(bundle: Bundle) -> Tokenizer:
     """The bundle's tokenizer, truncating and padding as the encoder expects; on its own so a
     tokenizing stage need not build the reference set's indexes."""
-    config = SiDyPConfig.from_dict(bundle.manifest["config"])
+    config = SiDyPConfig.from_bundle(bundle.manifest["config"])
     return configure_tokenizer(
         Tokenizer.from_file(str(bundle.path(TOKENIZER_FILE))), config.max_length
     )
@@ -100,7 +100,7 @@ def load_bundle_tokenizer(bundle: Bundle) -> Tokenizer:
 
 def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
     manifest = bundle.manifest
-    config = SiDyPConfig.from_dict(manifest["config"])
+    config = SiDyPConfig.from_bundle(manifest["config"])
     tokenizer = load_bundle_tokenizer(bundle)
     reference = bundle.arrays(REFERENCE_FILE)
     indexes = [
@@ -119,7 +119,7 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
 
 def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:
     manifest = bundle.manifest
-    config = SiDyPConfig.from_dict(manifest["config"])
+    config = SiDyPConfig.from_bundle(manifest["config"])
     shape = BertShape(**manifest["encoder"]["bert"])
     n_classes = len(manifest["labels"])
     encoder = SiDyPEncoder(

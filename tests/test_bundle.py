@@ -300,3 +300,15 @@ def test_windows_drive_name_refused(tmp_path: Path) -> None:
 def test_file_and_directory_collision_refused(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="both a file and a directory"):
         save_bundle(tmp_path / "m", {}, {}, files={"tok": b"x", "tok/vocab.txt": b"y"})
+
+
+def test_an_older_bundle_keeps_its_decision_rule():
+    from sidyp_prod.config import SiDyPConfig
+
+    recorded = SiDyPConfig().to_dict()
+    for added in ("change_rule", "change_odds", "class_calibration"):
+        del recorded[added]
+    old = SiDyPConfig.from_bundle(recorded)
+    assert (old.change_rule, old.change_odds, old.class_calibration) == ("argmax", 1.0, False)
+    new = SiDyPConfig.from_bundle(SiDyPConfig().to_dict())
+    assert new == SiDyPConfig()

@@ -44,7 +44,7 @@ class TorchBackend:
         from ..diffusion import ReverseSchedule
         from ..model_io import load_torch_models
 
-        config = SiDyPConfig.from_dict(bundle.manifest["config"])
+        config = SiDyPConfig.from_bundle(bundle.manifest["config"])
         schedule = ReverseSchedule.build(
             config.diffusion_steps, config.inference_steps, config.timestep_mapping
         )
