@@ -28,23 +28,18 @@ class OnnxBackend:
                  providers: Sequence[str] | None = None, threads: int = 0):
         import onnxruntime as ort
 
-        def options(spinning: bool) -> ort.SessionOptions:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if threads:
-                options.intra_op_num_threads = threads
-            options.add_session_config_entry(
-                "session.intra_op.allow_spinning", "1" if spinning else "0"
-            )
-            return options
-
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        # Idle ORT threads would otherwise spin and steal the cores that faiss and the numpy
+        # refinement need between calls. Spinning made the reverse process 22% faster on an
+        # idle machine but 31% slower with one core busy elsewhere (docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers or default_providers())
         self.precision = "fp32"
-        # The encoder's idle threads would spin and steal the cores that faiss needs right after
-        # it; the reverse process is hundreds of small ops, where spinning saves a quarter of
-        # its time (measured in docs/benchmarks.md).
-        self.encoder = ort.InferenceSession(encoder_path, options(False), providers=providers)
-        self.denoiser = ort.InferenceSession(denoiser_path, options(True), providers=providers)
+        self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
+        self.denoiser = ort.InferenceSession(denoiser_path, options, providers=providers)
 
     @classmethod
     def from_bundle(
