@@ -238,7 +238,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=SHARED / "train.jsonl")
     parser.add_argument("--valid", type=Path, default=SHARED / "valid.jsonl")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0],
+                        help="main runs; `--seeds` with no value runs only the ablations")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--skip-baselines", action="store_true",
                         help="only SiDyP (for ablations)")
@@ -271,7 +272,7 @@ def main() -> None:
               "results": results, "ablations": ablations}
     (args.out / "quality.json").write_text(json.dumps(report, indent=1))
     print_table(results, ablations)
-    if args.plots:
+    if args.plots and results:
         plot(results, args.out, args.plots)
 
 
@@ -332,7 +333,7 @@ def print_table(results: list[dict], ablations: dict[str, list[dict]]) -> None:
         print("\n| variant | seeds | train argmax | train odds 2 (default rule) | "
               "valid argmax | valid default rule | rho |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
-        rows = {"defaults": results, **ablations}
+        rows = {"defaults": results, **ablations} if results else ablations
         for name, rs in rows.items():
             print(f"| {name} | {len(rs)} | "
                   f"{stat(rs, ['sidyp', 'rules', RULES[0][0], 'accuracy'])} | "
@@ -340,9 +341,10 @@ def print_table(results: list[dict], ablations: dict[str, list[dict]]) -> None:
                   f"{stat(rs, ['valid', 'rules', RULES[0][0], 'accuracy'])} | "
                   f"{stat(rs, ['valid', 'rules', DEFAULT_RULE, 'accuracy'])} | "
                   f"{stat(rs, ['noise_ratio'], 1, 3)} |")
-        print(f"| kNN prior alone (no diffusion stage) | {len(results)} | "
-              f"{stat(results, ['prior_only', 'accuracy'])} | – | "
-              f"{stat(results, ['valid', 'prior_only', 'accuracy'])} | – | – |")
+        if results:
+            print(f"| kNN prior alone (no diffusion stage) | {len(results)} | "
+                  f"{stat(results, ['prior_only', 'accuracy'])} | – | "
+                  f"{stat(results, ['valid', 'prior_only', 'accuracy'])} | – | – |")
 
 
 def plot(results: list[dict], out: Path, plots: Path) -> None:
