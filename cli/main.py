@@ -136,7 +136,8 @@ def train(
         bool, typer.Option(help="Per-class label_score calibration from the noise marking.")
     ] = D.class_calibration,
     dynamic_prior: Annotated[
-        bool, typer.Option(help="Refine the kNN prior during Stage II (off: an ablation).")
+        bool, typer.Option(help="Refine the Stage II targets from the denoiser (the paper; off: "
+                           "the static kNN weights, measured better).")
     ] = D.dynamic_prior,
     classifier_dropout: Annotated[float, typer.Option()] = D.classifier_dropout,
     warmup_fraction: Annotated[float, typer.Option(help="Stage I lr warm-up.")] = D.warmup_fraction,

@@ -49,7 +49,7 @@ class SiDyPConfig:
     diffusion_warmup_fraction: float = 0.2  # only certain rows train during this fraction of epochs
     refine_samples: int = 4  # n_s, paper: 4
     coreg_lambda: float = 2.0  # lambda, paper: 2
-    dynamic_prior: bool = True  # False: targets from the static kNN weights (ablation)
+    dynamic_prior: bool = False  # True: the paper's iterative refinement of the targets
     ema_decay: float = 0.99
     use_ema: bool = False  # the authors keep an EMA but evaluate the raw weights
     holdout_fraction: float = 0.1  # rows held out of Stage II to choose the best diffusion epoch
