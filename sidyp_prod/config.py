@@ -30,7 +30,7 @@ class SiDyPConfig:
     coreg_alpha: float = 5.0  # alpha: weight of the KL co-regularisation between branches
     coreg_warmup_fraction: float = 0.1  # alpha = 0 during this fraction of epochs
     grad_clip: float = 1.0
-    snapshots: int = 3  # epochs whose branch weights are recorded as training dynamics features
+    snapshots: int = 1  # epochs whose branch features condition the denoiser (paper: every epoch)
     # Noise marking.
     noise_ratio: float | None = None  # rho; None = estimate from the data (paper: 0.5 given)
     # Dynamic prior.
