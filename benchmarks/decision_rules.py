@@ -17,9 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sidyp_prod.calibration import fit_temperature, temper
 from sidyp_prod.config import SiDyPConfig
-from sidyp_prod.decision import DecisionRule, apply_label_bias, calibrate, decide, fit_label_bias
+from sidyp_prod.decision import (
+    DecisionRule,
+    apply_label_bias,
+    calibrate,
+    decide,
+    fit_calibration,
+)
 from sidyp_prod.evaluate import (
     EvaluationReport,
     evaluate_records,
@@ -53,17 +58,15 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool) -> dict:
     given, gold = arrays["given"], arrays["gold"]
     v_given, v_gold = arrays["v_given"], arrays["v_gold"]
     train, valid = refinement(arrays, "train_"), refinement(arrays, "valid_")
-    clean_fraction = 1.0 - np.asarray(result["class_noise_ratios"])
     out: dict = {}
     for source in SOURCES:
-        raw = train.distribution(source)
-        temperature = fit_temperature(raw, given, 1.0 - result["noise_ratio"])
-        t_dist, v_dist = temper(raw, temperature), temper(valid.distribution(source), temperature)
-        if source == "given":  # rows without a label have nothing to condition on
-            t_dist = np.where((given < 0)[:, None], temper(train.marginal, temperature), t_dist)
-            v_dist = np.where((v_given < 0)[:, None], temper(valid.marginal, temperature), v_dist)
+        temperature, bias = fit_calibration(
+            reported_distribution(train, given, source), given, result["noise_ratio"],
+            result["class_noise_ratios"],
+        )
+        t_dist = reported_distribution(train, given, source, temperature)
+        v_dist = reported_distribution(valid, v_given, source, temperature)
         if per_class:
-            bias = fit_label_bias(t_dist, given, clean_fraction)
             t_dist = apply_label_bias(t_dist, given, bias)
             v_dist = apply_label_bias(v_dist, v_given, bias)
         for k in odds:
@@ -116,12 +119,13 @@ def plot(run: Path, seed: int, out: Path) -> None:
     result = json.loads((run / f"result-{seed}.json").read_text())
     given, gold = arrays["given"], arrays["gold"]
     train = refinement(arrays, "train_")
-    raw = reported_distribution(train, given, config.label_source)
-    temperature = fit_temperature(raw, given, 1.0 - result["noise_ratio"])
-    dist = temper(raw, temperature)
-    bias = fit_label_bias(dist, given, 1.0 - np.asarray(result["class_noise_ratios"]))
+    temperature, bias = fit_calibration(
+        reported_distribution(train, given, config.label_source), given, result["noise_ratio"],
+        result["class_noise_ratios"],
+    )
     rule = DecisionRule.from_config(config, bias)
-    dist = calibrate(dist, given, rule)
+    dist = calibrate(reported_distribution(train, given, config.label_source, temperature),
+                     given, rule)
     pred = decide(dist, given, rule)
     records = [{"given_label": int(g), "gold_label": int(y), "predicted_label": int(p),
                 "confidence": float(dist[i, p])}

@@ -32,7 +32,7 @@ from sidyp_prod.bundle import load_bundle
 from sidyp_prod.engines.ray_engine import MANIFEST, refine_ray
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import ROOT, synthetic_corpus
+from throughput import example_bundle, synthetic_corpus
 
 
 def _rows(directory: Path) -> list[str]:
@@ -49,11 +49,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/ray_throughput"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    bundle = args.model
-    if bundle is None:
-        bundle = args.work / "bundle"
-        if not (bundle / "manifest.json").exists():
-            api.train(ROOT / "examples" / "news.jsonl", bundle, overwrite=True)
+    bundle = example_bundle(args.model, args.work, reuse=True)
     labels = list(load_bundle(bundle).manifest["labels"])
     whole = synthetic_corpus(args.work / "corpus.jsonl", args.rows, labels)
     lines = whole.read_text().splitlines(keepends=True)

@@ -39,6 +39,21 @@ WORDS = (
 ).split()
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def example_bundle(model: Path | None, work: Path, reuse: bool = False) -> Path:
+    """``model``, or a bundle trained with the defaults on the example corpus into WORK/bundle
+    (kept from an earlier run with ``reuse``)."""
+    if model is not None:
+        return model
+    bundle = work / "bundle"
+    if not (reuse and (bundle / "manifest.json").exists()):
+        api.train(ROOT / "examples" / "news.jsonl", bundle, overwrite=True)
+    return bundle
+
+
 def synthetic_corpus(path: Path, rows: int, labels: list[str], seed: int = 0) -> Path:
     """Rows of 15-40 words (SemEval sentences average 21), with LLM labels from the label set."""
     rng = random.Random(seed)
@@ -138,16 +153,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/throughput"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    bundle = args.model
-    if bundle is None:
-        bundle = args.work / "bundle"
-        api.train(ROOT / "examples" / "news.jsonl", bundle, overwrite=True)
+    bundle = example_bundle(args.model, args.work)
     labels = load_bundle(bundle).manifest["labels"]
     corpus = synthetic_corpus(args.work / "rows.jsonl", args.rows, labels)
 
     results: dict = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
+        "machine": machine(),
         "rows": args.rows,
     }
     if not args.skip_throughput:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -26,13 +25,14 @@ import numpy as np
 
 from sidyp_prod import api
 from sidyp_prod.backends import load_backend
+from sidyp_prod.backends.onnx_backend import GRAPH_VERSION
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.export.onnx import export_onnx
 from sidyp_prod.export.triton import write_triton_repository
 from sidyp_prod.triton_server import Ports, TritonServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import ROOT, synthetic_corpus
+from throughput import example_bundle, machine, synthetic_corpus
 
 
 def median_call_ms(call, repeats: int = 200) -> float:
@@ -64,20 +64,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18100, help="HTTP port; gRPC +1, metrics +2")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    bundle_dir = args.model
-    if bundle_dir is None:
-        bundle_dir = args.work / "bundle"
-        api.train(ROOT / "examples" / "news.jsonl", bundle_dir, overwrite=True)
+    bundle_dir = example_bundle(args.model, args.work)
     bundle = load_bundle(bundle_dir)
-    if bundle.manifest.get("onnx", {}).get("graph_version") != 2:
+    if bundle.manifest.get("onnx", {}).get("graph_version") != GRAPH_VERSION:
         export_onnx(bundle_dir)
         bundle = load_bundle(bundle_dir)
     corpus = synthetic_corpus(args.work / "rows.jsonl", args.rows, bundle.manifest["labels"])
     repository = write_triton_repository(bundle_dir, args.work / "triton_models")
 
     results: dict = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
+        "machine": machine(),
         "rows": args.rows,
     }
     local = load_backend(bundle, "onnx")

@@ -16,7 +16,6 @@ from .backends import load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .backends.torch_backend import TorchBackend
 from .bundle import file_digest, load_bundle
-from .calibration import fit_temperature, temper
 from .config import SiDyPConfig
 from .corpus import (
     AtomicWriter,
@@ -28,7 +27,7 @@ from .corpus import (
     iter_corpus,
     label_set_from_rows,
 )
-from .decision import DecisionRule, class_noise_ratios, fit_label_bias
+from .decision import DecisionRule, class_noise_ratios, fit_calibration
 from .diffusion import text_key
 from .encoder import DEFAULT_ENCODER, load_pretrained, pad_ids, pad_token_id, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
@@ -196,16 +195,12 @@ def train(
             )
         )
     refinement = BatchRefinement.concatenate(parts)
-    # Gold-free calibration: the mean label_score must equal the estimated clean fraction.
-    temperature = fit_temperature(
-        reported_distribution(refinement, given, config.label_source), given,
-        1.0 - result.noise_ratio,
-    )
-    # Per-class step: each class's mean label_score must equal its clean-marked fraction.
+    # Gold-free calibration: the mean label_score must equal the estimated clean fraction, and
+    # each class's mean label_score its clean-marked fraction.
     class_noise = class_noise_ratios(result.clean, given, len(label_set))
-    label_bias = fit_label_bias(
-        temper(reported_distribution(refinement, given, config.label_source), temperature),
-        given, 1.0 - class_noise,
+    temperature, label_bias = fit_calibration(
+        reported_distribution(refinement, given, config.label_source), given,
+        result.noise_ratio, class_noise,
     )
     decision = DecisionRule.from_config(config, label_bias)
     predictions = output_fields(
@@ -267,6 +262,7 @@ def refine_rows(
     """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
+    decision = DecisionRule.from_config(config, model.label_bias)
     given = _given_indices(rows, model.labels)
     texts = [r.text for r in rows]
     # Length-sorted encoder batches waste little compute on padding; outputs keep input order.
@@ -284,8 +280,7 @@ def refine_rows(
             [text_key(texts[i]) for i in batch], settings,
         )
         return output_fields(
-            refined, given[batch], model.labels, config.label_source, model.temperature,
-            DecisionRule.from_config(config, model.label_bias),
+            refined, given[batch], model.labels, config.label_source, model.temperature, decision
         )
 
     batches = list(_chunks(order, config.encode_batch_size))

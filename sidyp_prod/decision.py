@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import fit_temperature, temper
 from .config import CHANGE_RULES
 
 
@@ -96,6 +97,16 @@ def fit_label_bias(
                 hi = mid
         bias[c] = (lo + hi) / 2
     return bias
+
+
+def fit_calibration(
+    dist: np.ndarray, given: np.ndarray, noise_ratio: float, class_noise: np.ndarray
+) -> tuple[float, np.ndarray]:
+    """Both gold-free steps, fitted on the training rows' distribution: the temperature at which
+    the mean label_score is 1 - rho, then the per-class bias on the tempered distribution."""
+    temperature = fit_temperature(dist, given, 1.0 - noise_ratio)
+    bias = fit_label_bias(temper(dist, temperature), given, 1.0 - np.asarray(class_noise))
+    return temperature, bias
 
 
 def calibrate(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,11 @@ class ReverseSchedule:
             # The authors' code: own short cosine schedule, step index passed as the timestep.
             return cls(np.arange(infer_steps, dtype=np.int64), cosine_alpha_bar(infer_steps))
         raise ValueError(f"unknown timestep mapping {mapping!r}")
+
+    @classmethod
+    def from_config(cls, config: Any) -> ReverseSchedule:
+        """The schedule a SiDyPConfig's diffusion settings describe."""
+        return cls.build(config.diffusion_steps, config.inference_steps, config.timestep_mapping)
 
     @property
     def steps(self) -> int:

@@ -36,9 +36,7 @@ class RefineSettings:
         return cls(
             n_classes=n_classes,
             scale=config.simplex_scale,
-            schedule=ReverseSchedule.build(
-                config.diffusion_steps, config.inference_steps, config.timestep_mapping
-            ),
+            schedule=ReverseSchedule.from_config(config),
             refine_samples=config.refine_samples,
             knn_k=config.knn_k,
             tau_certain=config.tau_certain,

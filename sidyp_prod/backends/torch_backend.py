@@ -45,10 +45,8 @@ class TorchBackend:
         from ..model_io import load_torch_models
 
         config = SiDyPConfig.from_bundle(bundle.manifest["config"])
-        schedule = ReverseSchedule.build(
-            config.diffusion_steps, config.inference_steps, config.timestep_mapping
-        )
-        return cls(*load_torch_models(bundle), schedule, config.simplex_scale, device)
+        return cls(*load_torch_models(bundle), ReverseSchedule.from_config(config),
+                   config.simplex_scale, device)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
