@@ -30,32 +30,25 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from sidyp_prod.backends.triton_backend import DENOISER_MODEL, DTYPES, ENCODER_MODEL, triton_dims
 from sidyp_prod.bundle import Bundle, file_digest, load_bundle
 from sidyp_prod.export.onnx import onnx_paths
 
-ENCODER_MODEL = "sidyp_encoder"
-DENOISER_MODEL = "sidyp_denoiser"
 REFINE_MODEL = "sidyp_refine"
 DEFAULT_REPOSITORY = "triton_models"
 CONFIG_NAMES = ("python", "cpu", "tensorrt")  # configs/NAME.pbtxt besides config.pbtxt
 LABELS_FILE = "labels.txt"
-DTYPES = {"float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 # Requests queue this long for the dynamic batcher to merge them; small, the callers batch too.
 QUEUE_DELAY_US = 2000
 # Chains per denoiser request: B rows x (C + n_s) chains go through the reverse process.
 DENOISER_MAX_BATCH = 4096
 
 
-def _dims(shape: list) -> list[int]:
-    """A manifest shape (first axis = the batch) -> Triton dims: the rest, -1 where variable."""
-    return [d if isinstance(d, int) else -1 for d in shape[1:]]
-
-
 def _tensor(name: str, spec: list, label_file: bool = False) -> str:
     *shape, dtype = spec
-    dims = ", ".join(str(d) for d in _dims(shape))
+    dims = ", ".join(str(d) for d in triton_dims(shape))
     label = f' label_filename: "{LABELS_FILE}"' if label_file else ""
-    return f'  {{ name: "{name}" data_type: {DTYPES[dtype]} dims: [ {dims} ]{label} }}'
+    return f'  {{ name: "{name}" data_type: {DTYPES[dtype][1]} dims: [ {dims} ]{label} }}'
 
 
 def _parameters(values: dict[str, str]) -> str:

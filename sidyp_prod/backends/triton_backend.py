@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
 ENCODER_MODEL = "sidyp_encoder"
 DENOISER_MODEL = "sidyp_denoiser"
+# Manifest dtype -> (the client's tensor type, the model config's data_type).
 DTYPES = {"float32": ("FP32", "TYPE_FP32"), "int64": ("INT64", "TYPE_INT64")}
+
+
+def triton_dims(shape: list) -> list[int]:
+    """A manifest shape (first axis = the batch) -> Triton dims: the rest, -1 where variable."""
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
+
 TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED")
 TRANSIENT_TEXT = (
     "unavailable", "connect", "connection", "timed out", "timeout", "socket closed",
@@ -184,8 +191,7 @@ class TritonBackend:
         def call() -> list:
             tensors = []
             for name, value in inputs.items():
-                dtype = "INT64" if value.dtype == np.int64 else "FP32"
-                tensor = module.InferInput(name, list(value.shape), dtype)
+                tensor = module.InferInput(name, list(value.shape), DTYPES[value.dtype.name][0])
                 tensor.set_data_from_numpy(value)
                 tensors.append(tensor)
             requested = [module.InferRequestedOutput(n) for n in outputs]
@@ -245,7 +251,7 @@ def config_problems(config: dict, record: dict, model: str) -> list[str]:
             continue
         for name, spec in expected.items():
             *shape, dtype = spec
-            dims = [d if isinstance(d, int) else -1 for d in shape[1:]]
+            dims = triton_dims(shape)
             got = served[name]
             if got.get("data_type") != DTYPES[dtype][1]:
                 problems.append(f"{model}.{name}: type {got.get('data_type')}, bundle {dtype}")

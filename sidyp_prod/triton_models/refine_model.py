@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from sidyp_prod.backends.triton_backend import DENOISER_MODEL, ENCODER_MODEL
+
 ENCODER_OUTPUTS = ["probs", "conditioning", "embedding"]
 
 
@@ -38,7 +40,7 @@ class ServerModels:
         from sidyp_prod.backends.base import EncodedBatch
 
         outputs = self._call(
-            "sidyp_encoder",
+            ENCODER_MODEL,
             {"input_ids": input_ids, "attention_mask": attention_mask},
             ENCODER_OUTPUTS,
         )
@@ -51,7 +53,7 @@ class ServerModels:
             inputs = {"noise": noise[part].astype(np.float32),
                       "conditioning": conditioning[part].astype(np.float32),
                       "y_given": y_given[part].astype(np.float32)}
-            parts.append(self._call("sidyp_denoiser", inputs, ["logits"])[0])
+            parts.append(self._call(DENOISER_MODEL, inputs, ["logits"])[0])
         return np.concatenate(parts)
 
 
