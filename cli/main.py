@@ -245,11 +245,9 @@ def refine(
     from sidyp_prod.stream import ResumeError
 
     if engine == "ray":
-        if triton_url:
-            backend, options = "triton", {"url": triton_url,
-                                          "retry_seconds": triton_retry_seconds}
-        else:
-            options = {}
+        from sidyp_prod.backends import backend_choice
+
+        backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
         _refine_ray(corpus, model, out, backend=backend, precision=precision,
                     backend_options=options,
                     fields=_fields(text_field, label_field, id_field), strict=strict,

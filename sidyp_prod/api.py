@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backends import load_backend
+from .backends import backend_choice, load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .backends.torch_backend import TorchBackend
 from .bundle import file_digest, load_bundle
@@ -326,9 +326,7 @@ def refine(
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
     bundle = load_bundle(model)
     loaded = load_model(bundle)
-    if triton_url:
-        backend = "triton"
-    options = {"url": triton_url, "retry_seconds": triton_retry_seconds} if triton_url else {}
+    backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
     runtime = load_backend(bundle, backend, precision=precision, **options)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     sink: ResumableOutput | StdoutOutput

@@ -12,6 +12,16 @@ if TYPE_CHECKING:
 BACKENDS = ("onnx", "torch", "triton")
 
 
+def backend_choice(
+    backend: str, triton_url: str | None = None, triton_retry_seconds: float = 120.0
+) -> tuple[str, dict[str, object]]:
+    """``--backend`` with ``--triton-url`` folded in: the back end's name and the options
+    load_backend needs for it."""
+    if triton_url:
+        return "triton", {"url": triton_url, "retry_seconds": triton_retry_seconds}
+    return backend, {}
+
+
 def load_backend(
     bundle: Bundle,
     name: str = "onnx",
@@ -53,4 +63,4 @@ def load_backend(
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "EncodedBatch", "ModelBackend", "load_backend"]
+__all__ = ["BACKENDS", "EncodedBatch", "ModelBackend", "backend_choice", "load_backend"]
