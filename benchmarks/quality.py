@@ -194,7 +194,8 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
         weights, kind = prior_from_neighbors(encoded.embedding, loaded.indexes, settings)
         parts.append(refine_batch(backend, encoded, weights, kind,
                                   given[start : start + len(batch)],
-                                  [text_key(t) for t in batch], settings))
+                                  [text_key(t) for t in batch], settings,
+                                  update_prior=loaded.config.dynamic_prior))
         priors.append(weights.mean(axis=0))
     return BatchRefinement.concatenate(parts), np.concatenate(priors)
 

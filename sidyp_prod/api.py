@@ -275,9 +275,10 @@ def refine_rows(
             ids, mask = pad_ids([token_ids[i] for i in batch], pad_token_id(model.tokenizer))
         encoded = backend.encode(ids, mask)
         weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+        # New rows get the iterative refinement of their candidates only where training did.
         refined = refine_batch(
             backend, encoded, weights, kind, given[batch],
-            [text_key(texts[i]) for i in batch], settings,
+            [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
         )
         return output_fields(
             refined, given[batch], model.labels, config.label_source, model.temperature, decision

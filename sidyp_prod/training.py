@@ -397,6 +397,7 @@ def _stage_two(
             prior_labels,
             settings,
             config.label_source,
+            config.dynamic_prior,
         )
         history.append(
             {
@@ -474,6 +475,7 @@ def _holdout_accuracy(
     prior_labels: np.ndarray,
     settings: RefineSettings,
     source: str,
+    dynamic_prior: bool,
 ) -> float:
     if len(holdout) == 0:
         return 0.0
@@ -485,7 +487,7 @@ def _holdout_accuracy(
         given[holdout],
         [keys[i] for i in holdout],
         settings,
-        update_prior=True,
+        update_prior=dynamic_prior,
     )
     dist = refined.distribution(source)
     return float((dist.argmax(1) == prior_labels).mean())

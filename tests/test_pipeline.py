@@ -169,3 +169,34 @@ def test_explicit_label_set_keeps_rare_classes(tiny_encoder, tmp_path):
     from sidyp_prod.bundle import load_bundle
 
     assert load_bundle(tmp_path / "b").manifest["labels"] == labels
+
+
+def test_refine_reports_the_knn_candidates_when_training_kept_them(trained, fresh_corpus):
+    """Static prior (the default): training never refined the candidate weights, so neither
+    does refine; a new row's candidates are its neighbours' vote, as a training row's are."""
+    import numpy as np
+
+    from sidyp_prod.api import refine_rows
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.corpus import Row, iter_corpus
+    from sidyp_prod.encoder import tokenize
+    from sidyp_prod.model_io import load_model
+    from sidyp_prod.refinement import RefineSettings, prior_from_neighbors
+
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    model = load_model(loaded)
+    assert not model.config.dynamic_prior
+    backend = load_backend(loaded, "onnx")
+    rows = [r for r in iter_corpus(fresh_corpus) if isinstance(r, Row)][:40]
+    refined = refine_rows(rows, model, backend)
+    ids, mask = tokenize(model.tokenizer, [r.text for r in rows])
+    settings = RefineSettings.from_config(model.config, len(model.labels))
+    weights, _ = prior_from_neighbors(backend.encode(ids, mask).embedding, model.indexes, settings)
+    expected = weights.mean(axis=0)
+    for row, fields, w in zip(rows, refined, expected, strict=True):
+        got = np.zeros(len(model.labels))
+        for label, value in fields["candidates"].items():
+            got[model.labels.index(label)] = value
+        np.testing.assert_allclose(got, w, atol=1e-5, err_msg=row.text)
