@@ -250,7 +250,13 @@ def main() -> None:
                         help="also retrain each stage ablation (ABLATIONS) on these seeds")
     parser.add_argument("--plots", type=Path, default=None,
                         help="write quality-accuracy.png and quality-reliability.png here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (1: the runs in docs/benchmarks.md, two side by side)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     valid = args.valid if args.valid.exists() else None
     results = []
