@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from decision_rules import save_quality_plots  # benchmarks/ is on sys.path when run as a script
+from throughput import machine
 
 from sidyp_prod import api
 from sidyp_prod.backends import load_backend
@@ -274,8 +274,7 @@ def main() -> None:
             ablations.setdefault(name, []).append(
                 run_seed(args.corpus, valid, seed, sub, config, baselines=False))
             print(name, json.dumps(ablations[name][-1]["sidyp"]["rules"]), flush=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    report = {"machine": machine, "corpus": str(args.corpus), "config_overrides": args.config,
+    report = {"machine": machine(), "corpus": str(args.corpus), "config_overrides": args.config,
               "results": results, "ablations": ablations}
     (args.out / "quality.json").write_text(json.dumps(report, indent=1))
     print_table(results, ablations)
