@@ -279,6 +279,7 @@ def refine_rows(
         refined = refine_batch(
             backend, encoded, weights, kind, given[batch],
             [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
+            conditional=config.label_source == "given",
         )
         return output_fields(
             refined, given[batch], model.labels, config.label_source, model.temperature, decision

@@ -50,20 +50,26 @@ class BatchRefinement:
     """Distributions over the C classes for each of B rows (branches already averaged)."""
 
     classifier: np.ndarray  # p(y_given | x), the classifier branches
-    conditional: np.ndarray  # p(y | y_given, x): the denoiser told the row's own given label
+    # p(y | y_given, x): the denoiser told the row's own given label (None: not computed)
+    conditional: np.ndarray | None
     marginal: np.ndarray  # p(y | x) = sum over y' of p(y | y', x) p(y' | x)
     candidates: np.ndarray  # the refined candidate weights (the dynamic prior after refinement)
     prior_kind: np.ndarray  # (M, B) certain / dominant / uncertain per branch
 
     @classmethod
     def concatenate(cls, parts: Sequence[BatchRefinement]) -> BatchRefinement:
-        def cat(name: str, axis: int = 0) -> np.ndarray:
-            return np.concatenate([getattr(p, name) for p in parts], axis=axis)
+        def cat(name: str, axis: int = 0) -> np.ndarray | None:
+            arrays = [getattr(p, name) for p in parts]
+            if any(a is None for a in arrays):
+                return None
+            return np.concatenate(arrays, axis=axis)
 
         return cls(cat("classifier"), cat("conditional"), cat("marginal"), cat("candidates"),
                    cat("prior_kind", axis=1))
 
     def distribution(self, source: str) -> np.ndarray:
+        if source == "given" and self.conditional is None:
+            raise ValueError("p(y | given label, x) was not computed (refine_batch conditional=)")
         if source == "product":
             return product_of_experts(self.marginal, self.classifier)
         return {
@@ -114,6 +120,7 @@ def refine_batch(
     keys: Sequence[int],
     settings: RefineSettings,
     update_prior: bool = True,
+    conditional: bool = True,
 ) -> BatchRefinement:
     """Refine B rows.
 
@@ -121,11 +128,16 @@ def refine_batch(
     random draws so that a row's result does not depend on the batch it is in. With
     ``update_prior`` the non-certain rows' candidate weights get n_s iterative-refinement updates
     from reverse processes conditioned on the given label (as in training); without it the
-    weights are reported as they are (e.g. already refined during training).
+    weights are reported as they are (e.g. already refined during training). The chains
+    conditioned on the row's own label serve only p(y | given, x) and that update: with neither
+    (``conditional=False``, no ``update_prior``) they are skipped: n_s of the n_s + C chains.
     """
     m, b, c = encoded.probs.shape
     n_s, steps = settings.refine_samples, settings.schedule.steps
     noise = row_noise(settings.seed, keys, (n_s + c, steps, m, c))  # (B, n_s + C, T, M, C)
+    if not (conditional or update_prior):
+        # Same draws for the remaining chains, so the marginal does not change.
+        noise, n_s = noise[:, n_s:], 0
     conditioning = encoded.conditioning.transpose(1, 0, 2)  # (B, M, W): rows first
 
     # One reverse call per batch: n_s chains conditioned on the row's own given label (for
@@ -144,7 +156,7 @@ def refine_batch(
     ).reshape(b, k, m, c).transpose(2, 0, 1, 3)  # (M, B, n_s + C, C)
     own_logits, each_logits = logits[:, :, :n_s], logits[:, :, n_s:]
 
-    conditional = softmax(own_logits).mean(axis=(0, 2))
+    p_conditional = softmax(own_logits).mean(axis=(0, 2)) if n_s else None
     weights = np.array(prior_weights, dtype=np.float32, copy=True)
     if update_prior:
         for branch in range(m):
@@ -160,7 +172,7 @@ def refine_batch(
 
     return BatchRefinement(
         classifier=encoded.probs.mean(axis=0),
-        conditional=conditional,
+        conditional=p_conditional,
         marginal=marginal,
         candidates=weights.mean(axis=0),
         prior_kind=prior_kind,
