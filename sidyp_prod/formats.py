@@ -22,37 +22,76 @@ def _batches(source: Path, size: int) -> Iterator[list[dict]]:
         yield batch
 
 
+def _output_fields() -> dict:  # name -> pyarrow.Field
+    """The fields refine adds, typed up front: the same in every file and shard, even where a
+    batch has only nulls there (every row refused by the LLM)."""
+    import pyarrow as pa
+
+    types = {
+        "given_label": pa.string(), "predicted_label": pa.string(), "label_score": pa.float64(),
+        "is_label_issue": pa.bool_(), "confidence": pa.float64(),
+        # a map from label to weight, not a struct of every label seen
+        "candidates": pa.map_(pa.string(), pa.float64()),
+    }
+    return {name: pa.field(name, kind) for name, kind in types.items()}
+
+
+def _table(batch: list[dict], schema=None):  # -> pyarrow.Table
+    """A batch as a table with every field of every row (pyarrow's from_pylist keeps only the
+    first row's keys and would silently drop a field that appears later). A field whose values
+    do not fit one type raises ValueError naming it."""
+    import pyarrow as pa
+
+    names = [f.name for f in schema] if schema is not None else list(
+        dict.fromkeys(key for row in batch for key in row))
+    columns = {}
+    for i, name in enumerate(names):
+        values = [row.get(name) for row in batch]
+        try:
+            columns[name] = pa.array(values, type=None if schema is None else schema.field(i).type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"field {name!r} has values of more than one type: {exc}") from exc
+    return pa.table(columns, schema=schema)
+
+
+def _schema(source: Path, batch_rows: int):  # -> pyarrow.Schema
+    """One schema for every row: the union of the fields of all batches, a field null in one
+    batch taking its type from another (a first pass; memory bounded by the batch)."""
+    import pyarrow as pa
+
+    typed, schema = _output_fields(), None
+    for batch in _batches(source, batch_rows):
+        names = list(dict.fromkeys(key for row in batch for key in row))
+        inferred = _table([{k: v for k, v in row.items() if k not in typed} for row in batch])
+        part = pa.schema([typed.get(name) or inferred.schema.field(name) for name in names])
+        try:
+            schema = part if schema is None else pa.unify_schemas(
+                [schema, part], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ValueError(f"a field has two types: {exc}") from exc
+    return schema if schema is not None else pa.schema([])
+
+
 def jsonl_to_parquet(source: Path, target: Path, batch_rows: int = BATCH_ROWS) -> None:
     """Convert refined JSONL to Parquet batch by batch (memory bounded by the batch).
 
-    Column types are inferred from the first batch, except ``candidates``, a map from label to
-    weight; a later row whose field has another type is an error naming the field.
+    Two passes: the first finds one schema for all rows (every field of every row, so nothing
+    is dropped; a field missing from a row is null there); the second writes. A field with two
+    incompatible types (a number in one row, text in another) is an error naming it, and no
+    Parquet file is left behind.
     """
     try:
-        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:
         message = "Parquet output needs pyarrow: pip install 'sidyp-prod[parquet]'"
         raise RuntimeError(message) from exc
     tmp = target.with_name(target.name + ".tmp")
-    writer = None
     try:
-        for batch in _batches(source, batch_rows):
-            if writer is None:
-                schema = pa.Table.from_pylist(batch).schema
-                candidates = schema.get_field_index("candidates")
-                if candidates >= 0:
-                    schema = schema.set(candidates, pa.field(
-                        "candidates", pa.map_(pa.string(), pa.float64())))
-                writer = pq.ParquetWriter(tmp, schema)
-            try:
-                table = pa.Table.from_pylist(batch, schema=writer.schema)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise ValueError(f"{target}: rows do not share one schema: {exc}") from exc
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:  # no rows: still a valid, empty file
-        pq.write_table(pa.table({}), tmp)
+        schema = _schema(source, batch_rows)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in _batches(source, batch_rows):
+                writer.write_table(_table(batch, schema))
+    except ValueError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{target}: {exc}") from exc
     os.replace(tmp, target)
