@@ -396,7 +396,9 @@ def serve(
 
 @app.command()
 def evaluate(
-    refined: Annotated[Path, typer.Argument(help="Refined JSONL with gold labels.")],
+    refined: Annotated[
+        Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")
+    ],
     gold_field: Annotated[
         str, typer.Option(help="JSON field with the human label.")
     ] = "gold_label",

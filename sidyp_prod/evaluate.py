@@ -145,7 +145,9 @@ def per_class_report(
 class EvaluationReport:
     """Scores of a refined-label file against its gold labels.
 
-    `changed`, `fixed` and `broken` count scored rows only.
+    `changed`, `fixed` and `broken` count scored rows only. A row the LLM left unlabeled counts
+    as changed (it gained a label; fixed when that label is right), so `changed` can exceed
+    refine's "labels changed", which counts only rows that had a label.
     """
 
     n_rows: int
@@ -289,21 +291,39 @@ def evaluate_records(
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream the JSON objects of a JSONL file; blank lines are skipped."""
+    """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet file,
+    or a `--engine ray` output directory (its part-* shards)."""
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    if path.is_dir():
+        shards = sorted(path.glob("part-*.jsonl")) + sorted(path.glob("part-*.parquet"))
+        if not shards:
+            raise ValueError(f"{path}: a directory without part-*.jsonl or part-*.parquet shards")
+        for shard in shards:
+            yield from read_records(shard)
+        return
+    if path.suffix == ".parquet":
+        from .formats import read_parquet_rows
+
+        yield from read_parquet_rows(path)
+        return
+    with path.open("rb") as fh:  # bytes, so that a decoding error names its line
+        for line_no, raw in enumerate(fh, start=1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(rec, dict):
-                raise ValueError(
-                    f"{path}:{line_no}: expected a JSON object, got {type(rec).__name__}"
-                )
-            yield rec
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text (is it JSONL?)") from exc
+            if line.strip():
+                yield _record(path, line_no, line)
+
+
+def _record(path: Path, line_no: int, line: str) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{line_no}: invalid JSON: {exc.msg}") from exc
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(rec).__name__}")
+    return rec
 
 
 def write_plots(

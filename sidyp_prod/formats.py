@@ -95,3 +95,23 @@ def jsonl_to_parquet(source: Path, target: Path, batch_rows: int = BATCH_ROWS) -
         tmp.unlink(missing_ok=True)
         raise ValueError(f"{target}: {exc}") from exc
     os.replace(tmp, target)
+
+
+def read_parquet_rows(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[dict]:
+    """The rows of a Parquet file written by refine, as the JSONL rows were (candidates back to a
+    label -> weight object); memory bounded by the batch."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise RuntimeError(f"{path}: reading Parquet needs pyarrow: "
+                           "pip install 'sidyp-prod[parquet]'") from exc
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        for batch in batches:
+            for row in batch.to_pylist():
+                if isinstance(row.get("candidates"), list):
+                    row["candidates"] = dict(row["candidates"])
+                yield row
+    except pa.ArrowException as exc:
+        raise ValueError(f"{path}: not a readable Parquet file: {exc}") from exc

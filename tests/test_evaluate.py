@@ -282,3 +282,30 @@ def test_write_plots(tmp_path: Path) -> None:
     for p in paths:
         assert p.is_file() and p.stat().st_size > 0
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_records_names_a_file_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"a": 1}\n\xd8\xff\x00\n')
+    with pytest.raises(ValueError, match=r"out\.jsonl:2: not UTF-8"):
+        list(read_records(path))
+
+
+def test_read_records_reads_parquet_and_shard_directories(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    from sidyp_prod.formats import jsonl_to_parquet
+
+    rows = [{"id": i, "label": "a", "candidates": {"a": 0.75, "b": 0.25}} for i in range(3)]
+    source = tmp_path / "out.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    jsonl_to_parquet(source, tmp_path / "out.parquet")
+    assert list(read_records(tmp_path / "out.parquet")) == rows
+    shards = tmp_path / "ray-out"
+    shards.mkdir()
+    jsonl_to_parquet(source, shards / "part-b-1.parquet")
+    (shards / "part-a-1.jsonl").write_text(source.read_text(), encoding="utf-8")
+    (shards / "rejects-a.jsonl").write_text('{"line": 9}\n', encoding="utf-8")
+    assert list(read_records(shards)) == rows + rows
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="without part-"):
+        list(read_records(tmp_path / "empty"))
