@@ -200,3 +200,40 @@ def test_refine_reports_the_knn_candidates_when_training_kept_them(trained, fres
         for label, value in fields["candidates"].items():
             got[model.labels.index(label)] = value
         np.testing.assert_allclose(got, w, atol=1e-5, err_msg=row.text)
+
+
+def test_skipping_the_own_label_chains_leaves_the_marginal_unchanged(trained, fresh_corpus):
+    """refine skips the n_s chains conditioned on the row's own label when nothing uses them;
+    the other chains keep their noise, so p(y | x) is what it was (to float rounding: the
+    denoiser's batch is smaller)."""
+    import numpy as np
+
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.corpus import Row, iter_corpus
+    from sidyp_prod.diffusion import text_key
+    from sidyp_prod.encoder import tokenize
+    from sidyp_prod.model_io import load_model
+    from sidyp_prod.refinement import RefineSettings, prior_from_neighbors, refine_batch
+
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    model = load_model(loaded)
+    backend = load_backend(loaded, "onnx")
+    rows = [r for r in iter_corpus(fresh_corpus) if isinstance(r, Row)][:24]
+    ids, mask = tokenize(model.tokenizer, [r.text for r in rows])
+    encoded = backend.encode(ids, mask)
+    settings = RefineSettings.from_config(model.config, len(model.labels))
+    weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+    given = np.array([model.labels.index(r.label) if r.label else -1 for r in rows])
+    keys = [text_key(r.text) for r in rows]
+    full = refine_batch(backend, encoded, weights, kind, given, keys, settings,
+                        update_prior=False, conditional=True)
+    lean = refine_batch(backend, encoded, weights, kind, given, keys, settings,
+                        update_prior=False, conditional=False)
+    assert lean.conditional is None and full.conditional is not None
+    np.testing.assert_allclose(lean.marginal, full.marginal, atol=1e-6)
+    np.testing.assert_allclose(lean.distribution("product"), full.distribution("product"),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="not computed"):
+        lean.distribution("given")
