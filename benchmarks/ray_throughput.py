@@ -1,4 +1,4 @@
-"""Rows/s of ``refine --engine ray`` with 1 and 2 workers against the single-process refine.
+"""Rows/s of ``refine --engine ray`` (1-2 actors x 1-2 CPUs) against the single-process refine.
 
 Same bundle (default encoder, trained on ``examples/news.jsonl`` unless ``--model``), same
 synthetic rows (from ``throughput.py``), one process, one run: the single-process refine reads
@@ -61,7 +61,7 @@ def main() -> None:
         (parts / f"part-{i}.jsonl").write_text("".join(lines[i * step : (i + 1) * step]))
 
     results: dict[str, float] = {}
-    differing: dict[int, int] = {}
+    differing: dict[str, int] = {}
     start = time.perf_counter()
     api.refine(whole, bundle, args.work / "single.jsonl")
     results["single-process refine"] = args.rows / (time.perf_counter() - start)
@@ -70,14 +70,15 @@ def main() -> None:
     # Two workers need 2 CPUs of their own plus a little for the read/tokenize/write tasks.
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
-        for workers in (1, 2):
-            out = args.work / f"ray-{workers}"
+        # (actors, CPUs each = the threads each actor computes with)
+        for workers, cpus in ((1, 1), (1, 2), (2, 1)):
+            out = args.work / f"ray-{workers}x{cpus}"
             shutil.rmtree(out, ignore_errors=True)
             start = time.perf_counter()
-            refine_ray([parts], bundle, out, workers=workers)
-            results[f"--engine ray, {workers} worker(s)"] = args.rows / (
-                time.perf_counter() - start)
-            differing[workers] = len(set(_rows(out)) ^ set(single)) // 2
+            refine_ray([parts], bundle, out, workers=workers, cpus_per_worker=cpus)
+            name = f"--engine ray, {workers} worker(s) x {cpus} CPU(s)"
+            results[name] = args.rows / (time.perf_counter() - start)
+            differing[name] = len(set(_rows(out)) ^ set(single)) // 2
     finally:
         ray.shutdown()
 
@@ -87,11 +88,10 @@ def main() -> None:
     print("| what | rows/s | ratio |\n| --- | --- | --- |")
     for name, rate in results.items():
         print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")
-    for workers, count in differing.items():
+    for name, count in differing.items():
         # Not zero only where a float lands on a rounding boundary of the 6-decimal outputs:
         # the encoder's sums depend slightly on how rows are batched (padding width).
-        print(f"{workers} worker(s): {count} of {args.rows} rows differ from the single-process "
-              "output")
+        print(f"{name}: {count} of {args.rows} rows differ from the single-process output")
     (args.work / "results.json").write_text(json.dumps(
         {"rows_per_second": results, "differing_rows": differing}, indent=2))
 

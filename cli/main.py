@@ -231,6 +231,10 @@ def refine(
     gpus_per_worker: Annotated[
         float, typer.Option(help="--engine ray: GPUs per actor (0.5 puts two on a GPU).")
     ] = 0.0,
+    cpus_per_worker: Annotated[
+        float, typer.Option(help="--engine ray: CPUs Ray reserves per actor; its ONNX Runtime "
+                            "or torch threads (rounded up).")
+    ] = 1.0,
     output_format: Annotated[
         str, typer.Option("--format", help="--engine ray: shard format, 'jsonl' or 'parquet'.")
     ] = "jsonl",
@@ -251,7 +255,8 @@ def refine(
         _refine_ray(corpus, model, out, backend=backend, precision=precision,
                     backend_options=options,
                     fields=_fields(text_field, label_field, id_field), strict=strict,
-                    workers=workers, gpus_per_worker=gpus_per_worker, address=address,
+                    workers=workers, gpus_per_worker=gpus_per_worker,
+                    cpus_per_worker=cpus_per_worker, address=address,
                     batch_size=chunk_size, output_format=output_format,
                     progress=not quiet, as_json=as_json, resume=resume, rejects=rejects)
         return

@@ -22,6 +22,7 @@ from sidyp_prod.cli.main import app  # noqa: E402
 from sidyp_prod.engines.ray_engine import (  # noqa: E402
     MANIFEST,
     AccountingError,
+    RefineWorker,
     check_spans,
     refine_ray,
 )
@@ -235,6 +236,16 @@ def test_ray_actors_call_a_triton_server(ray_session, trained, multi_corpus, ref
     _, rows, rejects = _ray_output(tmp_path / "out")
     assert sorted(rows) == sorted(line for _, _, line in expected_rows)
     assert rejects == expected_rejects
+
+
+def test_an_actor_computes_on_the_cores_reserved_for_it(trained):
+    """Several actors on one node must not each start a thread per core of the node."""
+    bundle, _, _ = trained
+    worker = RefineWorker(str(bundle), "onnx", "fp32", {}, api.DEFAULT_FIELDS, threads=1)
+    for session in (worker.backend.encoder, worker.backend.denoiser):
+        assert session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        refine_ray([bundle], bundle, bundle.parent / "never", cpus_per_worker=0)
 
 
 def test_check_spans_finds_gaps_duplicates_and_a_lost_tail():

@@ -28,6 +28,7 @@ def load_backend(
     device: str | None = None,
     precision: str = "fp32",
     url: str | None = None,
+    threads: int = 0,
     **options: object,
 ) -> ModelBackend:
     """Build the named back end for a loaded bundle.
@@ -37,18 +38,22 @@ def load_backend(
     ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda";
     ``triton``: the models on the Triton server at ``url`` (grpc://HOST:PORT or
     http://HOST:PORT), checked against the bundle first; ``options`` go to TritonBackend.
+    ``threads`` caps the CPU threads of a local back end (0: the runtime's default, one per
+    core); a process running several back ends side by side (Ray actors) sets it.
     """
     if name == "onnx":
         from .onnx_backend import OnnxBackend
 
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        return OnnxBackend.from_bundle(bundle, providers, precision)
+        return OnnxBackend.from_bundle(bundle, providers, precision, threads)
     if name == "torch":
         import torch
 
         from .torch_backend import TorchBackend
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: torch has no per-module setting
         return TorchBackend.from_bundle(bundle, device)
     if name == "triton":
         from .triton_backend import TritonBackend

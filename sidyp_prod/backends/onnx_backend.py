@@ -43,11 +43,13 @@ class OnnxBackend:
 
     @classmethod
     def from_bundle(
-        cls, bundle: Bundle, providers: Sequence[str] | None = None, precision: str = "fp32"
+        cls, bundle: Bundle, providers: Sequence[str] | None = None, precision: str = "fp32",
+        threads: int = 0,
     ) -> OnnxBackend:
         """``precision``: "fp32", or "int8" for the dynamically quantized encoder (CPU only:
         faster, but its activation scales are per batch, so a row's result then depends
-        slightly on the rows batched with it)."""
+        slightly on the rows batched with it). ``threads``: ONNX Runtime's intra-op threads
+        (0: one per core)."""
         from ..bundle import BundleError
 
         if precision not in ("fp32", "int8"):
@@ -71,7 +73,7 @@ class OnnxBackend:
             raise BundleError(f"bundle {bundle.directory}: no int8 encoder; re-run export")
         encoder = int8_file if precision == "int8" else graphs["encoder"]["file"]
         backend = cls(str(bundle.path(encoder)), str(bundle.path(graphs["denoiser"]["file"])),
-                      providers)
+                      providers, threads)
         backend.precision = precision
         return backend
 

@@ -20,6 +20,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -150,9 +151,11 @@ class RefineWorker:
     """
 
     def __init__(self, bundle_dir: str, backend: str, precision: str,
-                 backend_options: dict[str, Any], fields: FieldNames) -> None:
+                 backend_options: dict[str, Any], fields: FieldNames, threads: int = 0) -> None:
         bundle = load_bundle(bundle_dir)
         self.model = load_model(bundle)
+        if backend != "triton":  # a remote back end computes nothing here
+            backend_options = {**backend_options, "threads": threads}
         self.backend = load_backend(bundle, backend, precision=precision, **backend_options)
         self.fields = fields
         self.labels = frozenset(self.model.labels)
@@ -351,6 +354,8 @@ def refine_ray(
     """
     if workers < 1 or batch_size < 1 or shard_rows < 1:
         raise ValueError("workers, batch_size and shard_rows must be >= 1")
+    if cpus_per_worker <= 0:
+        raise ValueError("cpus_per_worker must be > 0")
     if output_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {output_format!r}")
     out = Path(out)
@@ -391,7 +396,10 @@ def refine_ray(
             fn_constructor_kwargs={"bundle_dir": str(bundle.directory), "backend": backend,
                                    "precision": precision,
                                    "backend_options": dict(backend_options or {}),
-                                   "fields": fields},
+                                   "fields": fields,
+                                   # each actor computes on the cores Ray reserved for it, not
+                                   # on every core of the node beside the other actors
+                                   "threads": max(1, math.ceil(cpus_per_worker))},
         )
         ds = ds.map_batches(
             write_shard, batch_size=shard_rows, batch_format="pyarrow", num_cpus=0.5,
