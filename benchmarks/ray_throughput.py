@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from sidyp_prod.bundle import load_bundle
 from sidyp_prod.engines.ray_engine import MANIFEST, refine_ray
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import example_bundle, synthetic_corpus
+from throughput import example_bundle, machine, synthetic_corpus
 
 
 def _rows(directory: Path) -> list[str]:
@@ -83,8 +82,7 @@ def main() -> None:
         ray.shutdown()
 
     base = results["single-process refine"]
-    print(f"{platform.machine()}, {os.cpu_count()} cores, ray {ray.__version__}, "
-          f"{args.rows} rows in {args.files} files")
+    print(f"{machine()}, ray {ray.__version__}, {args.rows} rows in {args.files} files")
     print("| what | rows/s | ratio |\n| --- | --- | --- |")
     for name, rate in results.items():
         print(f"| {name} | {rate:.1f} | {rate / base:.2f} |")

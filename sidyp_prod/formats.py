@@ -36,21 +36,22 @@ def _output_fields() -> dict:  # name -> pyarrow.Field
     return {name: pa.field(name, kind) for name, kind in types.items()}
 
 
-def _table(batch: list[dict], schema=None):  # -> pyarrow.Table
-    """A batch as a table with every field of every row (pyarrow's from_pylist keeps only the
-    first row's keys and would silently drop a field that appears later). A field whose values
-    do not fit one type raises ValueError naming it."""
+def _array(name: str, values: list, kind=None):  # -> pyarrow.Array
+    """One column; values that do not fit one type raise ValueError naming the field."""
     import pyarrow as pa
 
-    names = [f.name for f in schema] if schema is not None else list(
-        dict.fromkeys(key for row in batch for key in row))
-    columns = {}
-    for i, name in enumerate(names):
-        values = [row.get(name) for row in batch]
-        try:
-            columns[name] = pa.array(values, type=None if schema is None else schema.field(i).type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise ValueError(f"field {name!r} has values of more than one type: {exc}") from exc
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ValueError(f"field {name!r} has values of more than one type: {exc}") from exc
+
+
+def _table(batch: list[dict], schema):  # -> pyarrow.Table
+    """A batch as a table of ``schema``, null where a row lacks a field (pyarrow's from_pylist
+    would take the fields of the first row only)."""
+    import pyarrow as pa
+
+    columns = [_array(f.name, [row.get(f.name) for row in batch], f.type) for f in schema]
     return pa.table(columns, schema=schema)
 
 
@@ -61,9 +62,11 @@ def _schema(source: Path, batch_rows: int):  # -> pyarrow.Schema
 
     typed, schema = _output_fields(), None
     for batch in _batches(source, batch_rows):
-        names = list(dict.fromkeys(key for row in batch for key in row))
-        inferred = _table([{k: v for k, v in row.items() if k not in typed} for row in batch])
-        part = pa.schema([typed.get(name) or inferred.schema.field(name) for name in names])
+        names = dict.fromkeys(key for row in batch for key in row)  # every row's, in order
+        part = pa.schema([
+            typed.get(name) or pa.field(name, _array(name, [row.get(name) for row in batch]).type)
+            for name in names
+        ])
         try:
             schema = part if schema is None else pa.unify_schemas(
                 [schema, part], promote_options="permissive")

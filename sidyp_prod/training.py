@@ -488,6 +488,7 @@ def _holdout_accuracy(
         [keys[i] for i in holdout],
         settings,
         update_prior=dynamic_prior,
+        conditional=source == "given",  # as refine_rows: the own-label chains only when used
     )
     dist = refined.distribution(source)
     return float((dist.argmax(1) == prior_labels).mean())

@@ -39,7 +39,8 @@ def load_backend(
     ``triton``: the models on the Triton server at ``url`` (grpc://HOST:PORT or
     http://HOST:PORT), checked against the bundle first; ``options`` go to TritonBackend.
     ``threads`` caps the CPU threads of a local back end (0: the runtime's default, one per
-    core); a process running several back ends side by side (Ray actors) sets it.
+    core); a process running several back ends side by side (Ray actors) sets it. Triton
+    computes on the server and ignores it.
     """
     if name == "onnx":
         from .onnx_backend import OnnxBackend

@@ -32,16 +32,16 @@ DENOISER_MODEL = "sidyp_denoiser"
 # Manifest dtype -> (the client's tensor type, the model config's data_type).
 DTYPES = {"float32": ("FP32", "TYPE_FP32"), "int64": ("INT64", "TYPE_INT64")}
 
-
-def triton_dims(shape: list) -> list[int]:
-    """A manifest shape (first axis = the batch) -> Triton dims: the rest, -1 where variable."""
-    return [d if isinstance(d, int) else -1 for d in shape[1:]]
-
 TRANSIENT_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED")
 TRANSIENT_TEXT = (
     "unavailable", "connect", "connection", "timed out", "timeout", "socket closed",
     "not ready", "unknown model", "is not found", "broken pipe", "reset by peer", "eof",
 )
+
+
+def triton_dims(shape: list) -> list[int]:
+    """A manifest shape (first axis = the batch) -> Triton dims: the rest, -1 where variable."""
+    return [d if isinstance(d, int) else -1 for d in shape[1:]]
 
 
 class TritonError(RuntimeError):

@@ -154,9 +154,8 @@ class RefineWorker:
                  backend_options: dict[str, Any], fields: FieldNames, threads: int = 0) -> None:
         bundle = load_bundle(bundle_dir)
         self.model = load_model(bundle)
-        if backend != "triton":  # a remote back end computes nothing here
-            backend_options = {**backend_options, "threads": threads}
-        self.backend = load_backend(bundle, backend, precision=precision, **backend_options)
+        self.backend = load_backend(bundle, backend, precision=precision, threads=threads,
+                                    **backend_options)
         self.fields = fields
         self.labels = frozenset(self.model.labels)
 
