@@ -24,6 +24,7 @@ from sidyp_prod.decision import (
     calibrate,
     decide,
     fit_calibration,
+    label_shares,
 )
 from sidyp_prod.evaluate import (
     EvaluationReport,
@@ -52,7 +53,7 @@ def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: Decision
     }
 
 
-def one_seed(run: Path, seed: int, odds: list[float], per_class: bool) -> dict:
+def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool) -> dict:
     arrays = dict(np.load(run / f"arrays-{seed}.npz"))
     result = json.loads((run / f"result-{seed}.json").read_text())
     given, gold = arrays["given"], arrays["gold"]
@@ -60,12 +61,13 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool) -> dict:
     train, valid = refinement(arrays, "train_"), refinement(arrays, "valid_")
     out: dict = {}
     for source in SOURCES:
+        share = label_shares(given, train.marginal.shape[1]) if shares else None
         temperature, bias = fit_calibration(
-            reported_distribution(train, given, source), given, result["noise_ratio"],
-            result["class_noise_ratios"],
+            reported_distribution(train, given, source, label_shares=share), given,
+            result["noise_ratio"], result["class_noise_ratios"],
         )
-        t_dist = reported_distribution(train, given, source, temperature)
-        v_dist = reported_distribution(valid, v_given, source, temperature)
+        t_dist = reported_distribution(train, given, source, temperature, share)
+        v_dist = reported_distribution(valid, v_given, source, temperature, share)
         if per_class:
             t_dist = apply_label_bias(t_dist, given, bias)
             v_dist = apply_label_bias(v_dist, v_given, bias)
@@ -84,9 +86,13 @@ def main() -> None:
                         help="quality-accuracy.png / quality-reliability.png of the defaults here")
     parser.add_argument("--global-only", action="store_true",
                         help="the global temperature only (no per-class step)")
+    parser.add_argument("--no-label-shares", action="store_true",
+                        help="do not divide by the given labels' class shares (before the "
+                        "label_share_correction default)")
     args = parser.parse_args()
     seeds = sorted(int(p.stem.split("-")[1]) for p in args.run.glob("arrays-*.npz"))
-    per_seed = [one_seed(args.run, s, args.odds, not args.global_only) for s in seeds]
+    per_seed = [one_seed(args.run, s, args.odds, not args.global_only, not args.no_label_shares)
+                for s in seeds]
 
     def cell(source: str, k: float, split: str, key: str, scale: float = 100.0) -> str:
         values = [scale * r[(source, k)][split][key] for r in per_seed]
@@ -101,7 +107,8 @@ def main() -> None:
 
     if args.plots:
         plot(args.run, seeds[0], args.plots)
-    print(f"seeds {seeds}; {'global temperature only' if args.global_only else 'per-class'}")
+    print(f"seeds {seeds}; {'global temperature only' if args.global_only else 'per-class'}; "
+          + ("not divided" if args.no_label_shares else "divided") + " by the label shares")
     print("\n| source | odds | train acc. | train fixed/broken (ratio), all seeds | train ECE "
           "| valid acc. | valid fixed/broken |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -119,12 +126,13 @@ def plot(run: Path, seed: int, out: Path) -> None:
     result = json.loads((run / f"result-{seed}.json").read_text())
     given, gold = arrays["given"], arrays["gold"]
     train = refinement(arrays, "train_")
+    shares = label_shares(given, train.marginal.shape[1]) if config.label_share_correction else None
     temperature, bias = fit_calibration(
-        reported_distribution(train, given, config.label_source), given, result["noise_ratio"],
-        result["class_noise_ratios"],
+        reported_distribution(train, given, config.label_source, label_shares=shares), given,
+        result["noise_ratio"], result["class_noise_ratios"],
     )
     rule = DecisionRule.from_config(config, bias)
-    dist = calibrate(reported_distribution(train, given, config.label_source, temperature),
+    dist = calibrate(reported_distribution(train, given, config.label_source, temperature, shares),
                      given, rule)
     pred = decide(dist, given, rule)
     records = [{"given_label": int(g), "gold_label": int(y), "predicted_label": int(p),

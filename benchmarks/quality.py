@@ -146,7 +146,7 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
         for name, rule, odds, per_class in RULES:
             decision = DecisionRule(rule, odds, loaded.label_bias if per_class else None)
             decisions[name] = _score_rule(v_refinement, v_given, v_gold, config.label_source,
-                                          loaded.temperature, decision)
+                                          loaded.temperature, decision, loaded.label_shares)
         result["valid"] = {"llm": score(v_given, v_gold, v_given), "rules": decisions,
                            "prior_only": score(v_prior.argmax(1), v_gold, v_given)}
         arrays.update(v_given=v_given, v_gold=v_gold, **_refinement_arrays(v_refinement, "valid_"))
@@ -201,9 +201,10 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
 
 
 def _score_rule(refinement: BatchRefinement, given: np.ndarray, gold: np.ndarray, source: str,
-                temperature: float, decision: DecisionRule) -> dict:
-    dist = calibrate(reported_distribution(refinement, given, source, temperature), given,
-                     decision)
+                temperature: float, decision: DecisionRule,
+                shares: np.ndarray | None) -> dict:
+    reported = reported_distribution(refinement, given, source, temperature, shares)
+    dist = calibrate(reported, given, decision)
     pred = decide(dist, given, decision)
     scored = score(pred, gold, given)
     scored["ece"] = expected_calibration_error(dist[np.arange(len(pred)), pred], pred == gold)
@@ -224,10 +225,11 @@ def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
         scores[source]["ece"] = expected_calibration_error(dist.max(1), pred == gold)
         scores[source]["temperature"] = temperature
     bias = np.asarray(summary.label_bias)
+    shares = np.asarray(summary.label_shares) if summary.label_shares is not None else None
     scores["rules"] = {
         name: _score_rule(
             summary.refinement, given, gold, config.label_source, summary.temperature,
-            DecisionRule(rule, odds, bias if per_class else None),
+            DecisionRule(rule, odds, bias if per_class else None), shares,
         )
         for name, rule, odds, per_class in RULES
     }

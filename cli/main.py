@@ -135,6 +135,10 @@ def train(
     class_calibration: Annotated[
         bool, typer.Option(help="Per-class label_score calibration from the noise marking.")
     ] = D.class_calibration,
+    label_share_correction: Annotated[
+        bool, typer.Option(help="Divide the distribution by the LLM labels' class shares before "
+                           "calibrating (the experts' learned prior is the LLM's habit).")
+    ] = D.label_share_correction,
     dynamic_prior: Annotated[
         bool, typer.Option(help="Refine the Stage II targets from the denoiser (the paper; off: "
                            "the static kNN weights, measured better).")

@@ -27,7 +27,7 @@ from .corpus import (
     iter_corpus,
     label_set_from_rows,
 )
-from .decision import DecisionRule, class_noise_ratios, fit_calibration
+from .decision import DecisionRule, class_noise_ratios, fit_calibration, label_shares
 from .diffusion import text_key
 from .encoder import DEFAULT_ENCODER, load_pretrained, pad_ids, pad_token_id, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
@@ -63,6 +63,7 @@ class TrainSummary:
     temperature: float
     class_noise_ratios: list[float] = field(default_factory=list)  # rho per given class
     label_bias: list[float] = field(default_factory=list)  # per-class calibration
+    label_shares: list[float] | None = None  # the given labels' class shares, when divided by
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
     rejects: str | None = None
@@ -198,13 +199,14 @@ def train(
     # Gold-free calibration: the mean label_score must equal the estimated clean fraction, and
     # each class's mean label_score its clean-marked fraction.
     class_noise = class_noise_ratios(result.clean, given, len(label_set))
+    shares = label_shares(given, len(label_set)) if config.label_share_correction else None
     temperature, label_bias = fit_calibration(
-        reported_distribution(refinement, given, config.label_source), given,
-        result.noise_ratio, class_noise,
+        reported_distribution(refinement, given, config.label_source, label_shares=shares),
+        given, result.noise_ratio, class_noise,
     )
     decision = DecisionRule.from_config(config, label_bias)
     predictions = output_fields(
-        refinement, given, label_set, config.label_source, temperature, decision
+        refinement, given, label_set, config.label_source, temperature, decision, shares
     )
     result.timings["predict"] = time.perf_counter() - start
 
@@ -222,6 +224,7 @@ def train(
         temperature=temperature,
         class_noise_ratios=[round(float(r), 6) for r in class_noise],
         label_bias=[float(b) for b in label_bias],
+        label_shares=[float(x) for x in shares] if shares is not None else None,
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
@@ -282,7 +285,8 @@ def refine_rows(
             conditional=config.label_source == "given",
         )
         return output_fields(
-            refined, given[batch], model.labels, config.label_source, model.temperature, decision
+            refined, given[batch], model.labels, config.label_source, model.temperature, decision,
+            model.label_shares,
         )
 
     batches = list(_chunks(order, config.encode_batch_size))

@@ -9,6 +9,7 @@ from typing import Any
 # argmax without the per-class step, which is what those bundles did.
 SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
     "change_rule": "argmax", "change_odds": 1.0, "class_calibration": False,
+    "label_share_correction": False,
 }
 
 
@@ -63,6 +64,9 @@ class SiDyPConfig:
     change_rule: str = "odds"
     change_odds: float = 2.0  # labels a change must be expected to fix per label it breaks
     class_calibration: bool = True  # per-class label_score calibration from the noise marking
+    # Divide the distribution by the LLM's label shares first: the experts' learned class prior
+    # is the LLM's habit, not evidence (decision.py, docs/benchmarks.md).
+    label_share_correction: bool = True
     # Runtime.
     seed: int = 0
     encode_batch_size: int = 64

@@ -8,6 +8,13 @@ distribution, changing g -> a fixes the row with probability p[a] and breaks it 
 p[g], so ``odds`` is the number of labels a change must be expected to fix per label it breaks
 (1 = plain argmax).
 
+Before calibration the distribution is divided by each class's share of the training rows' given
+labels (``divide_by_label_shares``). Both experts behind it learn the LLM's label frequencies as
+their class prior: a class the LLM over-uses gets probability because the LLM uses it, not
+because of the text. Divided by the shares, p[a] / p[g] compares how typical the text is of the
+rows the LLM labelled a with how typical it is of those it labelled g (docs/benchmarks.md
+measures it on two corpora with opposite label biases).
+
 Calibration has two gold-free steps. A global temperature makes the mean probability of the given
 labels equal the estimated clean fraction 1 - rho (calibration.py). A per-class bias on the given
 label's log-probability then makes the mean label_score of the rows labelled c equal 1 - rho_c,
@@ -58,6 +65,20 @@ def class_noise_ratios(clean: np.ndarray, given: np.ndarray, n_classes: int) -> 
         if rows.any():
             out[c] = noisy[rows].mean()
     return out
+
+
+def label_shares(given: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each class's share of the labelled rows; a class no row is labelled with counts as one
+    row (so that dividing by its share stays finite)."""
+    labelled = given[given >= 0]
+    counts = np.maximum(np.bincount(labelled, minlength=n_classes).astype(np.float64), 1.0)
+    return counts / counts.sum()
+
+
+def divide_by_label_shares(dist: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """dist[:, c] / shares[c], renormalised: the LLM's label frequencies taken out as a prior."""
+    out = np.asarray(dist, dtype=np.float64) / np.asarray(shares, dtype=np.float64)[None, :]
+    return out / out.sum(axis=1, keepdims=True)
 
 
 def apply_label_bias(dist: np.ndarray, given: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -83,6 +83,7 @@ class LoadedModel:
     indexes: list[NeighborIndex]
     temperature: float = 1.0  # calibration fitted at training time
     label_bias: np.ndarray | None = None  # per-class calibration fitted at training time
+    label_shares: np.ndarray | None = None  # the training labels' class shares, when divided by
 
     @property
     def n_classes(self) -> int:
@@ -112,8 +113,10 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
     # Bundles written before the per-class step have no bias: they keep the global temperature.
     bias = training.get("label_bias")
     label_bias = np.asarray(bias, dtype=np.float64) if bias is not None else None
+    shares = training.get("label_shares") if config.label_share_correction else None
     return LoadedModel(
-        bundle, list(manifest["labels"]), config, tokenizer, indexes, temperature, label_bias
+        bundle, list(manifest["labels"]), config, tokenizer, indexes, temperature, label_bias,
+        np.asarray(shares, dtype=np.float64) if shares is not None else None,
     )
 
 

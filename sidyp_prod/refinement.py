@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .calibration import temper
-from .decision import DecisionRule, calibrate, decide
+from .decision import DecisionRule, calibrate, decide, divide_by_label_shares
 from .diffusion import ReverseSchedule, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
 from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
@@ -180,13 +180,20 @@ def refine_batch(
 
 
 def reported_distribution(
-    refinement: BatchRefinement, given: np.ndarray, source: str, temperature: float = 1.0
+    refinement: BatchRefinement,
+    given: np.ndarray,
+    source: str,
+    temperature: float = 1.0,
+    label_shares: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The distribution behind predicted_label, confidence and label_score, calibrated."""
+    """The distribution behind predicted_label, confidence and label_score: divided by the
+    training labels' class shares when given (decision.py says why), then tempered."""
     dist = refinement.distribution(source)
     if source == "given":
         # A row without a given label has nothing to condition on: use p(y | x).
         dist = np.where((given < 0)[:, None], refinement.marginal, dist)
+    if label_shares is not None:
+        dist = divide_by_label_shares(dist, label_shares)
     return temper(dist, temperature) if temperature != 1.0 else dist
 
 
@@ -197,13 +204,15 @@ def output_fields(
     source: str,
     temperature: float = 1.0,
     decision: DecisionRule | None = None,
+    label_shares: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """The fields each output row gains, in cleanlab's vocabulary.
 
     ``decision`` says when a given label is changed (decision.py); None is the plain argmax.
     """
     decision = decision or DecisionRule(rule="argmax")
-    dist = calibrate(reported_distribution(refinement, given, source, temperature), given, decision)
+    reported = reported_distribution(refinement, given, source, temperature, label_shares)
+    dist = calibrate(reported, given, decision)
     predicted = decide(dist, given, decision)
     rows = []
     for i in range(len(given)):

@@ -8,7 +8,9 @@ from sidyp_prod.decision import (
     apply_label_bias,
     class_noise_ratios,
     decide,
+    divide_by_label_shares,
     fit_label_bias,
+    label_shares,
 )
 from sidyp_prod.refinement import BatchRefinement, output_fields
 
@@ -87,3 +89,34 @@ def test_output_fields_keep_the_given_label_unless_the_evidence_is_strong():
     # A kept label reports its own probability as the confidence.
     assert safe[0]["confidence"] == pytest.approx(0.4)
     assert safe[0]["label_score"] == pytest.approx(0.4)
+
+
+def test_label_shares_count_an_unused_class_as_one_row():
+    given = np.array([0, 0, 0, 1, -1])
+    np.testing.assert_allclose(label_shares(given, 3), [3 / 5, 1 / 5, 1 / 5])
+
+
+def test_dividing_by_label_shares_takes_the_llm_habit_out():
+    dist = np.array([[0.6, 0.4], [0.9, 0.1]])
+    # Equal shares change nothing.
+    np.testing.assert_allclose(divide_by_label_shares(dist, np.array([0.5, 0.5])), dist)
+    # The LLM gave class 0 to 80% of the rows: its probability there was mostly that habit.
+    divided = divide_by_label_shares(dist, np.array([0.8, 0.2]))
+    np.testing.assert_allclose(divided.sum(1), 1.0)
+    np.testing.assert_allclose(divided[0], [0.75 / 2.75, 2.0 / 2.75])
+    assert divided[1].argmax() == 0  # strong text evidence still wins
+
+
+def test_output_fields_divide_by_the_label_shares_before_deciding():
+    dist = np.array([[0.6, 0.4]])
+    refinement = BatchRefinement(
+        classifier=dist, conditional=dist, marginal=dist, candidates=dist,
+        prior_kind=np.zeros((1, 1), dtype=np.int64),
+    )
+    given, rule = np.array([0]), DecisionRule("odds", 2.0)
+    kept = output_fields(refinement, given, ["a", "b"], "marginal", decision=rule)
+    changed = output_fields(refinement, given, ["a", "b"], "marginal", decision=rule,
+                            label_shares=np.array([0.8, 0.2]))
+    assert kept[0]["predicted_label"] == "a"
+    assert changed[0]["predicted_label"] == "b"
+    assert changed[0]["confidence"] == pytest.approx(2.0 / 2.75)

@@ -48,6 +48,20 @@ def test_the_papers_dynamic_prior_also_beats_the_given_labels(trained, tiny_enco
     assert not np.allclose(dynamic.refinement.candidates, static.refinement.candidates)
 
 
+def test_the_bundle_carries_the_label_shares_refine_divides_by(trained, train_corpus):
+    import numpy as np
+
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.model_io import load_model
+
+    bundle, _, summary = trained
+    labels = [r["label"] for r in read(train_corpus) if r["label"] is not None]
+    model = load_model(load_bundle(bundle))
+    expected = [labels.count(name) / len(labels) for name in model.labels]
+    np.testing.assert_allclose(summary.label_shares, expected)
+    np.testing.assert_allclose(model.label_shares, expected)
+
+
 def test_inductive_refinement_beats_the_given_labels(trained, fresh_corpus, tmp_path):
     bundle, _, _ = trained
     summary = api.refine(fresh_corpus, bundle, tmp_path / "out.jsonl")
