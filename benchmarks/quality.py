@@ -32,7 +32,7 @@ from sidyp_prod.bundle import load_bundle
 from sidyp_prod.calibration import fit_temperature, temper
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.corpus import iter_corpus, label_set_from_rows
-from sidyp_prod.decision import DecisionRule, calibrate, decide
+from sidyp_prod.decision import DecisionRule, calibrate, decide, fit_calibration
 from sidyp_prod.diffusion import text_key
 from sidyp_prod.encoder import load_pretrained, tokenize
 from sidyp_prod.evaluate import expected_calibration_error, read_records
@@ -72,14 +72,17 @@ def score(pred: np.ndarray, gold: np.ndarray, given: np.ndarray) -> dict:
 
 # Decision rules scored from the same trained model (the rule is applied after refinement, so
 # changing it needs no retraining): (name, change_rule, change_odds, class_calibration).
+# (name, rule, odds, per-class step, divided by the label shares); the last flag off refits the
+# calibration on the undivided distribution (what a bundle without label_share_correction does).
 RULES = [
-    ("argmax (paper)", "argmax", 1.0, False),
-    ("argmax, per-class calibration", "argmax", 1.0, True),
-    ("odds 1.5, per-class", "odds", 1.5, True),
-    ("odds 2, global temperature only", "odds", 2.0, False),
-    ("odds 2, per-class (default)", "odds", 2.0, True),
-    ("odds 3, per-class", "odds", 3.0, True),
-    ("odds 4, per-class", "odds", 4.0, True),
+    ("argmax (paper)", "argmax", 1.0, False, True),
+    ("argmax, per-class calibration", "argmax", 1.0, True, True),
+    ("odds 1.5, per-class", "odds", 1.5, True, True),
+    ("odds 2, global temperature only", "odds", 2.0, False, True),
+    ("odds 2, per-class (default)", "odds", 2.0, True, True),
+    ("odds 2, per-class, label shares not divided", "odds", 2.0, True, False),
+    ("odds 3, per-class", "odds", 3.0, True, True),
+    ("odds 4, per-class", "odds", 4.0, True, True),
 ]
 DEFAULT_RULE = "odds 2, per-class (default)"
 
@@ -133,7 +136,8 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     result["class_noise_ratios"] = summary.class_noise_ratios
     result["true_class_noise"] = _class_noise(given, gold, len(labels))
     result["prior_kinds"] = summary.prior_kinds
-    result["sidyp"] = sidyp_scores(summary, gold, given, config)
+    calibrations = _calibrations(summary, given, config)
+    result["sidyp"] = sidyp_scores(summary, gold, given, config, calibrations)
     result["refined_file"] = api.evaluate(refined).refined_accuracy
 
     loaded = load_model(load_bundle(bundle))
@@ -143,10 +147,11 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     if v_given is not None:
         v_refinement, v_prior = _refine_valid(v_texts, v_given, loaded, bundle)
         decisions = {}
-        for name, rule, odds, per_class in RULES:
-            decision = DecisionRule(rule, odds, loaded.label_bias if per_class else None)
+        for name, rule, odds, per_class, divided in RULES:
+            temperature, bias, shares = calibrations[divided]
+            decision = DecisionRule(rule, odds, bias if per_class else None)
             decisions[name] = _score_rule(v_refinement, v_given, v_gold, config.label_source,
-                                          loaded.temperature, decision, loaded.label_shares)
+                                          temperature, decision, shares)
         result["valid"] = {"llm": score(v_given, v_gold, v_given), "rules": decisions,
                            "prior_only": score(v_prior.argmax(1), v_gold, v_given)}
         arrays.update(v_given=v_given, v_gold=v_gold, **_refinement_arrays(v_refinement, "valid_"))
@@ -211,8 +216,24 @@ def _score_rule(refinement: BatchRefinement, given: np.ndarray, gold: np.ndarray
     return scored
 
 
+# temperature, per-class bias, label shares (None: not divided)
+Calibration = tuple[float, np.ndarray, np.ndarray | None]
+
+
+def _calibrations(summary: api.TrainSummary, given: np.ndarray,
+                  config: SiDyPConfig) -> dict[bool, Calibration]:
+    """The bundle's calibration (True) and one refitted without the label-share division."""
+    shares = np.asarray(summary.label_shares) if summary.label_shares is not None else None
+    undivided = fit_calibration(
+        reported_distribution(summary.refinement, given, config.label_source), given,
+        summary.noise_ratio, summary.class_noise_ratios,
+    )
+    return {True: (summary.temperature, np.asarray(summary.label_bias), shares),
+            False: (undivided[0], undivided[1], None)}
+
+
 def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
-                 config: SiDyPConfig) -> dict:
+                 config: SiDyPConfig, calibrations: dict[bool, Calibration]) -> dict:
     """Accuracy and calibration of each label source and decision rule, from one trained model."""
     scores: dict = {}
     for source in ("marginal", "given", "candidates"):
@@ -224,15 +245,13 @@ def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
         scores[source]["ece_uncalibrated"] = expected_calibration_error(raw.max(1), pred == gold)
         scores[source]["ece"] = expected_calibration_error(dist.max(1), pred == gold)
         scores[source]["temperature"] = temperature
-    bias = np.asarray(summary.label_bias)
-    shares = np.asarray(summary.label_shares) if summary.label_shares is not None else None
-    scores["rules"] = {
-        name: _score_rule(
-            summary.refinement, given, gold, config.label_source, summary.temperature,
+    scores["rules"] = {}
+    for name, rule, odds, per_class, divided in RULES:
+        temperature, bias, shares = calibrations[divided]
+        scores["rules"][name] = _score_rule(
+            summary.refinement, given, gold, config.label_source, temperature,
             DecisionRule(rule, odds, bias if per_class else None), shares,
         )
-        for name, rule, odds, per_class in RULES
-    }
     scores["classifier"] = score(summary.refinement.classifier.argmax(1), gold, given)
     return scores
 
