@@ -39,7 +39,9 @@ SOURCES = ("marginal", "product", "classifier", "given", "candidates")
 
 def refinement(arrays: dict[str, np.ndarray], prefix: str) -> BatchRefinement:
     parts = {k: arrays[prefix + k] for k in ("classifier", "conditional", "marginal", "candidates")}
-    return BatchRefinement(**parts, prior_kind=np.zeros((1, len(parts["marginal"])), dtype=int))
+    held_out = arrays.get(prefix + "held_out")  # absent from runs made before held_out_folds
+    return BatchRefinement(**parts, prior_kind=np.zeros((1, len(parts["marginal"])), dtype=int),
+                           held_out=held_out)
 
 
 def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: DecisionRule) -> dict:
@@ -53,8 +55,11 @@ def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: Decision
     }
 
 
-def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool) -> dict:
+def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool,
+             held_out: bool = True) -> dict:
     arrays = dict(np.load(run / f"arrays-{seed}.npz"))
+    if not held_out:
+        arrays = {k: v for k, v in arrays.items() if not k.endswith("held_out")}
     result = json.loads((run / f"result-{seed}.json").read_text())
     given, gold = arrays["given"], arrays["gold"]
     v_given, v_gold = arrays["v_given"], arrays["v_gold"]
@@ -89,10 +94,12 @@ def main() -> None:
     parser.add_argument("--no-label-shares", action="store_true",
                         help="do not divide by the given labels' class shares (before the "
                         "label_share_correction default)")
+    parser.add_argument("--no-held-out", action="store_true",
+                        help="the product without the held-out classifier (two experts)")
     args = parser.parse_args()
     seeds = sorted(int(p.stem.split("-")[1]) for p in args.run.glob("arrays-*.npz"))
-    per_seed = [one_seed(args.run, s, args.odds, not args.global_only, not args.no_label_shares)
-                for s in seeds]
+    per_seed = [one_seed(args.run, s, args.odds, not args.global_only, not args.no_label_shares,
+                         not args.no_held_out) for s in seeds]
 
     def cell(source: str, k: float, split: str, key: str, scale: float = 100.0) -> str:
         values = [scale * r[(source, k)][split][key] for r in per_seed]
@@ -108,7 +115,8 @@ def main() -> None:
     if args.plots:
         plot(args.run, seeds[0], args.plots)
     print(f"seeds {seeds}; {'global temperature only' if args.global_only else 'per-class'}; "
-          + ("not divided" if args.no_label_shares else "divided") + " by the label shares")
+          + ("not divided" if args.no_label_shares else "divided") + " by the label shares"
+          + ("; two experts" if args.no_held_out else ""))
     print("\n| source | odds | train acc. | train fixed/broken (ratio), all seeds | train ECE "
           "| valid acc. | valid fixed/broken |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,17 +73,19 @@ def score(pred: np.ndarray, gold: np.ndarray, given: np.ndarray) -> dict:
 
 # Decision rules scored from the same trained model (the rule is applied after refinement, so
 # changing it needs no retraining): (name, change_rule, change_odds, class_calibration).
-# (name, rule, odds, per-class step, divided by the label shares); the last flag off refits the
-# calibration on the undivided distribution (what a bundle without label_share_correction does).
+# (name, rule, odds, per-class step, variant). A variant other than "trained" re-scores the same
+# models as a bundle trained without that setting would (calibration refitted): "undivided"
+# without label_share_correction, "two experts" without the held-out classifier.
 RULES = [
-    ("argmax (paper)", "argmax", 1.0, False, True),
-    ("argmax, per-class calibration", "argmax", 1.0, True, True),
-    ("odds 1.5, per-class", "odds", 1.5, True, True),
-    ("odds 2, global temperature only", "odds", 2.0, False, True),
-    ("odds 2, per-class (default)", "odds", 2.0, True, True),
-    ("odds 2, per-class, label shares not divided", "odds", 2.0, True, False),
-    ("odds 3, per-class", "odds", 3.0, True, True),
-    ("odds 4, per-class", "odds", 4.0, True, True),
+    ("argmax (paper)", "argmax", 1.0, False, "trained"),
+    ("argmax, per-class calibration", "argmax", 1.0, True, "trained"),
+    ("odds 1.5, per-class", "odds", 1.5, True, "trained"),
+    ("odds 2, global temperature only", "odds", 2.0, False, "trained"),
+    ("odds 2, per-class (default)", "odds", 2.0, True, "trained"),
+    ("odds 2, per-class, label shares not divided", "odds", 2.0, True, "undivided"),
+    ("odds 2, per-class, no held-out classifier", "odds", 2.0, True, "two experts"),
+    ("odds 3, per-class", "odds", 3.0, True, "trained"),
+    ("odds 4, per-class", "odds", 4.0, True, "trained"),
 ]
 DEFAULT_RULE = "odds 2, per-class (default)"
 
@@ -147,10 +150,11 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     if v_given is not None:
         v_refinement, v_prior = _refine_valid(v_texts, v_given, loaded, bundle)
         decisions = {}
-        for name, rule, odds, per_class, divided in RULES:
-            temperature, bias, shares = calibrations[divided]
+        for name, rule, odds, per_class, variant in RULES:
+            temperature, bias, shares, held_out = calibrations[variant]
             decision = DecisionRule(rule, odds, bias if per_class else None)
-            decisions[name] = _score_rule(v_refinement, v_given, v_gold, config.label_source,
+            refinement = v_refinement if held_out else replace(v_refinement, held_out=None)
+            decisions[name] = _score_rule(refinement, v_given, v_gold, config.label_source,
                                           temperature, decision, shares)
         result["valid"] = {"llm": score(v_given, v_gold, v_given), "rules": decisions,
                            "prior_only": score(v_prior.argmax(1), v_gold, v_given)}
@@ -176,7 +180,8 @@ def _class_noise(given: np.ndarray, gold: np.ndarray, n_classes: int) -> list[fl
 
 def _refinement_arrays(refinement: BatchRefinement, prefix: str) -> dict[str, np.ndarray]:
     return {prefix + name: getattr(refinement, name)
-            for name in ("classifier", "conditional", "marginal", "candidates")}
+            for name in ("classifier", "conditional", "marginal", "candidates", "held_out")
+            if getattr(refinement, name) is not None}
 
 
 def _prior(embedding: np.ndarray, loaded: LoadedModel) -> np.ndarray:
@@ -197,10 +202,12 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
         ids, mask = tokenize(loaded.tokenizer, batch)
         encoded = backend.encode(ids, mask)
         weights, kind = prior_from_neighbors(encoded.embedding, loaded.indexes, settings)
-        parts.append(refine_batch(backend, encoded, weights, kind,
-                                  given[start : start + len(batch)],
-                                  [text_key(t) for t in batch], settings,
-                                  update_prior=loaded.config.dynamic_prior))
+        refined = refine_batch(backend, encoded, weights, kind, given[start : start + len(batch)],
+                               [text_key(t) for t in batch], settings,
+                               update_prior=loaded.config.dynamic_prior)
+        if loaded.config.held_out_folds:  # as refine_rows: the ensemble is held out for new rows
+            refined = replace(refined, held_out=refined.classifier)
+        parts.append(refined)
         priors.append(weights.mean(axis=0))
     return BatchRefinement.concatenate(parts), np.concatenate(priors)
 
@@ -216,24 +223,28 @@ def _score_rule(refinement: BatchRefinement, given: np.ndarray, gold: np.ndarray
     return scored
 
 
-# temperature, per-class bias, label shares (None: not divided)
-Calibration = tuple[float, np.ndarray, np.ndarray | None]
+# temperature, per-class bias, label shares (None: not divided), held-out expert kept
+Calibration = tuple[float, np.ndarray, np.ndarray | None, bool]
 
 
 def _calibrations(summary: api.TrainSummary, given: np.ndarray,
-                  config: SiDyPConfig) -> dict[bool, Calibration]:
-    """The bundle's calibration (True) and one refitted without the label-share division."""
+                  config: SiDyPConfig) -> dict[str, Calibration]:
+    """Per RULES variant: the bundle's calibration, or one refitted as that variant would."""
     shares = np.asarray(summary.label_shares) if summary.label_shares is not None else None
-    undivided = fit_calibration(
-        reported_distribution(summary.refinement, given, config.label_source), given,
-        summary.noise_ratio, summary.class_noise_ratios,
-    )
-    return {True: (summary.temperature, np.asarray(summary.label_bias), shares),
-            False: (undivided[0], undivided[1], None)}
+    two = replace(summary.refinement, held_out=None)
+
+    def refit(refinement: BatchRefinement, divide: np.ndarray | None) -> tuple[float, np.ndarray]:
+        reported = reported_distribution(refinement, given, config.label_source,
+                                         label_shares=divide)
+        return fit_calibration(reported, given, summary.noise_ratio, summary.class_noise_ratios)
+
+    return {"trained": (summary.temperature, np.asarray(summary.label_bias), shares, True),
+            "undivided": (*refit(summary.refinement, None), None, True),
+            "two experts": (*refit(two, shares), shares, False)}
 
 
 def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
-                 config: SiDyPConfig, calibrations: dict[bool, Calibration]) -> dict:
+                 config: SiDyPConfig, calibrations: dict[str, Calibration]) -> dict:
     """Accuracy and calibration of each label source and decision rule, from one trained model."""
     scores: dict = {}
     for source in ("marginal", "given", "candidates"):
@@ -246,10 +257,11 @@ def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
         scores[source]["ece"] = expected_calibration_error(dist.max(1), pred == gold)
         scores[source]["temperature"] = temperature
     scores["rules"] = {}
-    for name, rule, odds, per_class, divided in RULES:
-        temperature, bias, shares = calibrations[divided]
+    for name, rule, odds, per_class, variant in RULES:
+        temperature, bias, shares, held_out = calibrations[variant]
+        refinement = summary.refinement if held_out else replace(summary.refinement, held_out=None)
         scores["rules"][name] = _score_rule(
-            summary.refinement, given, gold, config.label_source, temperature,
+            refinement, given, gold, config.label_source, temperature,
             DecisionRule(rule, odds, bias if per_class else None), shares,
         )
     scores["classifier"] = score(summary.refinement.classifier.argmax(1), gold, given)

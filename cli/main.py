@@ -139,6 +139,10 @@ def train(
         bool, typer.Option(help="Divide the distribution by the LLM labels' class shares before "
                            "calibrating (the experts' learned prior is the LLM's habit).")
     ] = D.label_share_correction,
+    held_out_folds: Annotated[
+        int, typer.Option(help="Folds of classifiers that never saw a training row's label: the "
+                          "product's third expert for --refined-out (0: off).")
+    ] = D.held_out_folds,
     dynamic_prior: Annotated[
         bool, typer.Option(help="Refine the Stage II targets from the denoiser (the paper; off: "
                            "the static kNN weights, measured better).")

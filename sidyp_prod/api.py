@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,8 @@ def train(
             )
         )
     refinement = BatchRefinement.concatenate(parts)
+    if features.held_out_probs is not None:
+        refinement = replace(refinement, held_out=features.held_out_probs)
     # Gold-free calibration: the mean label_score must equal the estimated clean fraction, and
     # each class's mean label_score its clean-marked fraction.
     class_noise = class_noise_ratios(result.clean, given, len(label_set))
@@ -284,6 +286,9 @@ def refine_rows(
             [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
             conditional=config.label_source == "given",
         )
+        if config.held_out_folds:
+            # The ensemble never saw a new row's label: it is its own held-out classifier.
+            refined = replace(refined, held_out=refined.classifier)
         return output_fields(
             refined, given[batch], model.labels, config.label_source, model.temperature, decision,
             model.label_shares,

@@ -9,7 +9,7 @@ from typing import Any
 # argmax without the per-class step, which is what those bundles did.
 SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
     "change_rule": "argmax", "change_odds": 1.0, "class_calibration": False,
-    "label_share_correction": False,
+    "label_share_correction": False, "held_out_folds": 0,
 }
 
 
@@ -67,6 +67,9 @@ class SiDyPConfig:
     # Divide the distribution by the LLM's label shares first: the experts' learned class prior
     # is the LLM's habit, not evidence (decision.py, docs/benchmarks.md).
     label_share_correction: bool = True
+    # Folds of single-branch classifiers fine-tuned on the other folds' labels: for a training
+    # row, the product's third expert is a classifier that never saw its label (0: two experts).
+    held_out_folds: int = 5
     # Runtime.
     seed: int = 0
     encode_batch_size: int = 64
@@ -91,6 +94,8 @@ class SiDyPConfig:
     def validate(self) -> None:
         if self.branches < 1:
             raise ValueError("branches must be >= 1")
+        if self.held_out_folds == 1 or self.held_out_folds < 0:
+            raise ValueError("held_out_folds must be 0 (off) or >= 2")
         if not 1 <= self.snapshots <= self.classifier_epochs:
             raise ValueError("snapshots must be between 1 and classifier_epochs")
         if self.noise_ratio is not None and not 0.0 <= self.noise_ratio < 1.0:

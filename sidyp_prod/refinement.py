@@ -55,6 +55,9 @@ class BatchRefinement:
     marginal: np.ndarray  # p(y | x) = sum over y' of p(y | y', x) p(y' | x)
     candidates: np.ndarray  # the refined candidate weights (the dynamic prior after refinement)
     prior_kind: np.ndarray  # (M, B) certain / dominant / uncertain per branch
+    # p(y_given | x) from classifiers that never saw the row's label: out-of-fold ones for a
+    # training row, the ensemble itself for a new row (None: the product has two experts).
+    held_out: np.ndarray | None = None
 
     @classmethod
     def concatenate(cls, parts: Sequence[BatchRefinement]) -> BatchRefinement:
@@ -65,13 +68,15 @@ class BatchRefinement:
             return np.concatenate(arrays, axis=axis)
 
         return cls(cat("classifier"), cat("conditional"), cat("marginal"), cat("candidates"),
-                   cat("prior_kind", axis=1))
+                   cat("prior_kind", axis=1), cat("held_out"))
 
     def distribution(self, source: str) -> np.ndarray:
         if source == "given" and self.conditional is None:
             raise ValueError("p(y | given label, x) was not computed (refine_batch conditional=)")
         if source == "product":
-            return product_of_experts(self.marginal, self.classifier)
+            if self.held_out is None:
+                return product_of_experts(self.marginal, self.classifier)
+            return product_of_experts(self.marginal, self.classifier, self.held_out)
         return {
             "marginal": self.marginal,
             "given": self.conditional,
@@ -85,7 +90,9 @@ def product_of_experts(*dists: np.ndarray) -> np.ndarray:
 
     The denoiser's p(y | x) and the classifier ensemble err differently (one follows the kNN
     prior over sentence embeddings, the other the LLM labels), so requiring both to move away
-    from a given label is stronger evidence than either alone (docs/benchmarks.md).
+    from a given label is stronger evidence than either alone (docs/benchmarks.md). On a
+    training row the ensemble has seen the row's own label and leans towards it; a held-out
+    classifier, which has not, is the third expert there (``BatchRefinement.held_out``).
     """
     log = sum(np.log(d + 1e-4) for d in dists) / len(dists)
     p = np.exp(log - log.max(axis=-1, keepdims=True))

@@ -8,7 +8,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ class RowFeatures:
     probs: np.ndarray  # (M, N, C) the final classifiers' probabilities
     dynamics: np.ndarray  # (M, N, S*H) raw training dynamics, before the denoiser's projection
     embedding: np.ndarray  # (N, H) sentence embeddings
+    # (N, C) out-of-fold classifier probabilities (held_out_folds > 0), else None
+    held_out_probs: np.ndarray | None = None
 
 
 @dataclass
@@ -262,6 +264,30 @@ def _branch_outputs(
             features[m, rows] = pooled.numpy()
             probs[m, rows] = b.head(pooled).softmax(-1).numpy()
     return features, probs
+
+
+def out_of_fold_probs(
+    cache: _TrunkCache,
+    top: LayerStack,
+    shape: BertShape,
+    given: np.ndarray,
+    n_classes: int,
+    config: SiDyPConfig,
+    rng: np.random.Generator,
+    folds: int,
+) -> np.ndarray:
+    """(N, C) p(y_given | x) of one classifier (a single branch: the trunk, the top layer(s), a
+    head) per fold, fine-tuned on the LLM labels of the other folds: for every row, the
+    prediction of a classifier that never saw its label (cleanlab's out-of-sample probabilities)."""
+    plain = replace(config, branches=1, snapshots=1, coreg_alpha=0.0)
+    fold = rng.permutation(len(given)) % folds
+    probs = np.zeros((len(given), n_classes), dtype=np.float32)
+    for k in range(folds):
+        train_given = np.where(fold == k, -1, given)
+        stage = _stage_one(cache, top, shape, train_given, n_classes, plain, rng, progress=False)
+        _, fold_probs = _branch_outputs(stage.branches, cache, plain.encode_batch_size)
+        probs[fold == k] = fold_probs[0, fold == k]
+    return probs
 
 
 class _DenoiserBackend:
@@ -559,6 +585,13 @@ def train_sidyp(
         for s, state in enumerate(stage_one.snapshot_states[m]):
             encoder.snapshots[m][s].load_state_dict(state)
         encoder.heads[m].load_state_dict(branch.head.state_dict())
+    if config.held_out_folds:
+        # Last, so that every earlier stage draws the same random numbers with or without it.
+        start = time.perf_counter()
+        features.held_out_probs = out_of_fold_probs(
+            cache, top, shape, given, n_classes, config, rng, config.held_out_folds
+        )
+        timings["held_out"] = time.perf_counter() - start
     return TrainingResult(
         encoder=encoder.eval(),
         denoiser=denoiser,

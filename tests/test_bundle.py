@@ -306,10 +306,12 @@ def test_an_older_bundle_keeps_its_decision_rule():
     from sidyp_prod.config import SiDyPConfig
 
     recorded = SiDyPConfig().to_dict()
-    for added in ("change_rule", "change_odds", "class_calibration", "label_share_correction"):
-        del recorded[added]
+    added = ("change_rule", "change_odds", "class_calibration", "label_share_correction",
+             "held_out_folds")
+    for name in added:
+        del recorded[name]
     old = SiDyPConfig.from_bundle(recorded)
     assert (old.change_rule, old.change_odds, old.class_calibration) == ("argmax", 1.0, False)
-    assert not old.label_share_correction
+    assert not old.label_share_correction and old.held_out_folds == 0
     new = SiDyPConfig.from_bundle(SiDyPConfig().to_dict())
     assert new == SiDyPConfig()

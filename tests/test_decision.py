@@ -120,3 +120,30 @@ def test_output_fields_divide_by_the_label_shares_before_deciding():
     assert kept[0]["predicted_label"] == "a"
     assert changed[0]["predicted_label"] == "b"
     assert changed[0]["confidence"] == pytest.approx(2.0 / 2.75)
+
+
+def test_the_product_takes_the_held_out_classifier_as_a_third_expert():
+    marginal = np.array([[0.5, 0.5]])
+    classifier = np.array([[0.9, 0.1]])  # has seen the row's label (class 0)
+    held_out = np.array([[0.2, 0.8]])  # has not
+    two = BatchRefinement(classifier=classifier, conditional=None, marginal=marginal,
+                          candidates=marginal, prior_kind=np.zeros((1, 1), dtype=np.int64))
+    three = BatchRefinement(classifier=classifier, conditional=None, marginal=marginal,
+                            candidates=marginal, prior_kind=np.zeros((1, 1), dtype=np.int64),
+                            held_out=held_out)
+    assert two.distribution("product")[0].argmax() == 0
+    expected = np.cbrt(marginal * classifier * held_out)
+    np.testing.assert_allclose(three.distribution("product"),
+                               expected / expected.sum(), rtol=1e-3)
+    both = BatchRefinement.concatenate([three, three])
+    assert both.held_out is not None and both.held_out.shape == (2, 2)
+    mixed = BatchRefinement.concatenate([two, three])
+    assert mixed.held_out is None  # all or nothing: a batch without it has two experts
+
+
+def test_held_out_folds_must_be_off_or_at_least_two():
+    from sidyp_prod.config import SiDyPConfig
+
+    with pytest.raises(ValueError, match="held_out_folds"):
+        SiDyPConfig(held_out_folds=1).validate()
+    SiDyPConfig(held_out_folds=0).validate()

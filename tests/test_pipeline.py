@@ -62,6 +62,22 @@ def test_the_bundle_carries_the_label_shares_refine_divides_by(trained, train_co
     np.testing.assert_allclose(model.label_shares, expected)
 
 
+def test_the_held_out_expert_has_not_seen_the_training_rows_labels(trained, train_corpus):
+    import numpy as np
+
+    _, _, summary = trained
+    refinement = summary.refinement
+    rows = read(train_corpus)
+    labels = sorted({r["label"] for r in rows if r["label"] is not None})
+    given = np.array([labels.index(r["label"]) if r["label"] is not None else -1 for r in rows])
+    labelled = np.flatnonzero(given >= 0)
+    in_sample = refinement.classifier[labelled, given[labelled]].mean()
+    held_out = refinement.held_out[labelled, given[labelled]].mean()
+    # The ensemble fitted these very labels (noise included); out-of-fold classifiers did not.
+    assert held_out < in_sample - 0.01, (held_out, in_sample)
+    np.testing.assert_allclose(refinement.held_out.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_inductive_refinement_beats_the_given_labels(trained, fresh_corpus, tmp_path):
     bundle, _, _ = trained
     summary = api.refine(fresh_corpus, bundle, tmp_path / "out.jsonl")
