@@ -22,6 +22,7 @@ from sidyp_prod.decision import (
     DecisionRule,
     apply_label_bias,
     calibrate,
+    calibration_targets,
     decide,
     fit_calibration,
     label_shares,
@@ -55,8 +56,17 @@ def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: Decision
     }
 
 
+def _calibration_targets(result: dict, given: np.ndarray, train: BatchRefinement,
+                         mixture_only: bool = False) -> tuple[float, np.ndarray]:
+    """What `train` fits the calibration to, recomputed (runs made before it existed too);
+    mixture_only: the noise marking's rho alone, as before the held-out estimate joined it."""
+    estimated = result["config"].get("noise_ratio") is None and not mixture_only
+    return calibration_targets(result["noise_ratio"], result["class_noise_ratios"], given,
+                               train.held_out if estimated else None)
+
+
 def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool,
-             held_out: bool = True) -> dict:
+             held_out: bool = True, mixture_only: bool = False) -> dict:
     arrays = dict(np.load(run / f"arrays-{seed}.npz"))
     if not held_out:
         arrays = {k: v for k, v in arrays.items() if not k.endswith("held_out")}
@@ -65,11 +75,11 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
     v_given, v_gold = arrays["v_given"], arrays["v_gold"]
     train, valid = refinement(arrays, "train_"), refinement(arrays, "valid_")
     out: dict = {}
+    targets = _calibration_targets(result, given, train, mixture_only)
     for source in SOURCES:
         share = label_shares(given, train.marginal.shape[1]) if shares else None
         temperature, bias = fit_calibration(
-            reported_distribution(train, given, source, label_shares=share), given,
-            result["noise_ratio"], result["class_noise_ratios"],
+            reported_distribution(train, given, source, label_shares=share), given, *targets
         )
         t_dist = reported_distribution(train, given, source, temperature, share)
         v_dist = reported_distribution(valid, v_given, source, temperature, share)
@@ -96,10 +106,13 @@ def main() -> None:
                         "label_share_correction default)")
     parser.add_argument("--no-held-out", action="store_true",
                         help="the product without the held-out classifier (two experts)")
+    parser.add_argument("--mixture-rho", action="store_true",
+                        help="calibrate to the noise marking's rho alone (before the held-out "
+                        "classifiers' estimate was averaged in)")
     args = parser.parse_args()
     seeds = sorted(int(p.stem.split("-")[1]) for p in args.run.glob("arrays-*.npz"))
     per_seed = [one_seed(args.run, s, args.odds, not args.global_only, not args.no_label_shares,
-                         not args.no_held_out) for s in seeds]
+                         not args.no_held_out, args.mixture_rho) for s in seeds]
 
     def cell(source: str, k: float, split: str, key: str, scale: float = 100.0) -> str:
         values = [scale * r[(source, k)][split][key] for r in per_seed]
@@ -116,7 +129,8 @@ def main() -> None:
         plot(args.run, seeds[0], args.plots)
     print(f"seeds {seeds}; {'global temperature only' if args.global_only else 'per-class'}; "
           + ("not divided" if args.no_label_shares else "divided") + " by the label shares"
-          + ("; two experts" if args.no_held_out else ""))
+          + ("; two experts" if args.no_held_out else "")
+          + ("; calibrated to the mixture's rho" if args.mixture_rho else ""))
     print("\n| source | odds | train acc. | train fixed/broken (ratio), all seeds | train ECE "
           "| valid acc. | valid fixed/broken |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -137,7 +151,7 @@ def plot(run: Path, seed: int, out: Path) -> None:
     shares = label_shares(given, train.marginal.shape[1]) if config.label_share_correction else None
     temperature, bias = fit_calibration(
         reported_distribution(train, given, config.label_source, label_shares=shares), given,
-        result["noise_ratio"], result["class_noise_ratios"],
+        *_calibration_targets(result, given, train),
     )
     rule = DecisionRule.from_config(config, bias)
     dist = calibrate(reported_distribution(train, given, config.label_source, temperature, shares),

@@ -33,7 +33,13 @@ from sidyp_prod.bundle import load_bundle
 from sidyp_prod.calibration import fit_temperature, temper
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.corpus import iter_corpus, label_set_from_rows
-from sidyp_prod.decision import DecisionRule, calibrate, decide, fit_calibration
+from sidyp_prod.decision import (
+    DecisionRule,
+    calibrate,
+    calibration_targets,
+    decide,
+    fit_calibration,
+)
 from sidyp_prod.diffusion import text_key
 from sidyp_prod.encoder import load_pretrained, tokenize
 from sidyp_prod.evaluate import expected_calibration_error, read_records
@@ -75,7 +81,8 @@ def score(pred: np.ndarray, gold: np.ndarray, given: np.ndarray) -> dict:
 # changing it needs no retraining): (name, change_rule, change_odds, class_calibration).
 # (name, rule, odds, per-class step, variant). A variant other than "trained" re-scores the same
 # models as a bundle trained without that setting would (calibration refitted): "undivided"
-# without label_share_correction, "two experts" without the held-out classifier.
+# without label_share_correction, "two experts" without the held-out classifier, "mixture rho"
+# calibrated to the noise marking's rho alone (decision.calibration_targets).
 RULES = [
     ("argmax (paper)", "argmax", 1.0, False, "trained"),
     ("argmax, per-class calibration", "argmax", 1.0, True, "trained"),
@@ -84,6 +91,7 @@ RULES = [
     ("odds 2, per-class (default)", "odds", 2.0, True, "trained"),
     ("odds 2, per-class, label shares not divided", "odds", 2.0, True, "undivided"),
     ("odds 2, per-class, no held-out classifier", "odds", 2.0, True, "two experts"),
+    ("odds 2, per-class, calibrated to the mixture's rho", "odds", 2.0, True, "mixture rho"),
     ("odds 3, per-class", "odds", 3.0, True, "trained"),
     ("odds 4, per-class", "odds", 4.0, True, "trained"),
 ]
@@ -137,6 +145,7 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     result["seconds_stages"] = summary.seconds
     result["noise_ratio"] = summary.noise_ratio
     result["class_noise_ratios"] = summary.class_noise_ratios
+    result["calibration_noise_ratio"] = summary.calibration_noise_ratio
     result["true_class_noise"] = _class_noise(given, gold, len(labels))
     result["prior_kinds"] = summary.prior_kinds
     calibrations = _calibrations(summary, given, config)
@@ -233,23 +242,29 @@ def _calibrations(summary: api.TrainSummary, given: np.ndarray,
     shares = np.asarray(summary.label_shares) if summary.label_shares is not None else None
     two = replace(summary.refinement, held_out=None)
 
-    def refit(refinement: BatchRefinement, divide: np.ndarray | None) -> tuple[float, np.ndarray]:
+    def refit(refinement: BatchRefinement, divide: np.ndarray | None,
+              mixture_only: bool = False) -> tuple[float, np.ndarray]:
         reported = reported_distribution(refinement, given, config.label_source,
                                          label_shares=divide)
-        return fit_calibration(reported, given, summary.noise_ratio, summary.class_noise_ratios)
+        average = summary.noise_ratio_estimated and not mixture_only
+        targets = calibration_targets(summary.noise_ratio, summary.class_noise_ratios, given,
+                                      refinement.held_out if average else None)
+        return fit_calibration(reported, given, *targets)
 
     return {"trained": (summary.temperature, np.asarray(summary.label_bias), shares, True),
             "undivided": (*refit(summary.refinement, None), None, True),
-            "two experts": (*refit(two, shares), shares, False)}
+            "two experts": (*refit(two, shares), shares, False),
+            "mixture rho": (*refit(summary.refinement, shares, mixture_only=True), shares, True)}
 
 
 def sidyp_scores(summary: api.TrainSummary, gold: np.ndarray, given: np.ndarray,
                  config: SiDyPConfig, calibrations: dict[str, Calibration]) -> dict:
     """Accuracy and calibration of each label source and decision rule, from one trained model."""
     scores: dict = {}
+    calibrated_noise = summary.calibration_noise_ratio or summary.noise_ratio
     for source in ("marginal", "given", "candidates"):
         raw = reported_distribution(summary.refinement, given, source)
-        temperature = fit_temperature(raw, given, 1.0 - summary.noise_ratio)
+        temperature = fit_temperature(raw, given, 1.0 - calibrated_noise)
         dist = temper(raw, temperature)
         pred = dist.argmax(1)
         scores[source] = score(pred, gold, given)

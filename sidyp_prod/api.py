@@ -27,7 +27,13 @@ from .corpus import (
     iter_corpus,
     label_set_from_rows,
 )
-from .decision import DecisionRule, class_noise_ratios, fit_calibration, label_shares
+from .decision import (
+    DecisionRule,
+    calibration_targets,
+    class_noise_ratios,
+    fit_calibration,
+    label_shares,
+)
 from .diffusion import text_key
 from .encoder import DEFAULT_ENCODER, load_pretrained, pad_ids, pad_token_id, tokenize
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
@@ -62,6 +68,8 @@ class TrainSummary:
     best_diffusion_epoch: int
     temperature: float
     class_noise_ratios: list[float] = field(default_factory=list)  # rho per given class
+    # The rho the calibration fitted to (decision.calibration_targets); None: noise_ratio.
+    calibration_noise_ratio: float | None = None
     label_bias: list[float] = field(default_factory=list)  # per-class calibration
     label_shares: list[float] | None = None  # the given labels' class shares, when divided by
     seconds: dict[str, float] = field(default_factory=dict)
@@ -82,7 +90,9 @@ class TrainSummary:
             f"rows              {self.rows} trained, {self.rejected} rejected, "
             f"{self.unlabeled} without an LLM label",
             f"classes           {self.classes}",
-            f"noise ratio       {self.noise_ratio:.3f} ({how})",
+            f"noise ratio       {self.noise_ratio:.3f} ({how})"
+            + (f", calibrated to {self.calibration_noise_ratio:.3f}"
+               if self.calibration_noise_ratio not in (None, self.noise_ratio) else ""),
             f"prior candidates  {kinds}",
             f"labels changed    {self.labels_changed}",
             "seconds           " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
@@ -199,12 +209,17 @@ def train(
     if features.held_out_probs is not None:
         refinement = replace(refinement, held_out=features.held_out_probs)
     # Gold-free calibration: the mean label_score must equal the estimated clean fraction, and
-    # each class's mean label_score its clean-marked fraction.
+    # each class's mean label_score its clean-marked fraction (a noise ratio the user gave is
+    # taken as it is).
     class_noise = class_noise_ratios(result.clean, given, len(label_set))
+    calibration_noise, calibration_class_noise = calibration_targets(
+        result.noise_ratio, class_noise, given,
+        features.held_out_probs if result.noise_ratio_estimated else None,
+    )
     shares = label_shares(given, len(label_set)) if config.label_share_correction else None
     temperature, label_bias = fit_calibration(
         reported_distribution(refinement, given, config.label_source, label_shares=shares),
-        given, result.noise_ratio, class_noise,
+        given, calibration_noise, calibration_class_noise,
     )
     decision = DecisionRule.from_config(config, label_bias)
     predictions = output_fields(
@@ -225,6 +240,7 @@ def train(
         best_diffusion_epoch=result.best_diffusion_epoch,
         temperature=temperature,
         class_noise_ratios=[round(float(r), 6) for r in class_noise],
+        calibration_noise_ratio=calibration_noise,
         label_bias=[float(b) for b in label_bias],
         label_shares=[float(x) for x in shares] if shares is not None else None,
         seconds={k: round(v, 2) for k, v in result.timings.items()},

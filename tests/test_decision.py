@@ -6,6 +6,7 @@ import pytest
 from sidyp_prod.decision import (
     DecisionRule,
     apply_label_bias,
+    calibration_targets,
     class_noise_ratios,
     decide,
     divide_by_label_shares,
@@ -147,3 +148,21 @@ def test_held_out_folds_must_be_off_or_at_least_two():
     with pytest.raises(ValueError, match="held_out_folds"):
         SiDyPConfig(held_out_folds=1).validate()
     SiDyPConfig(held_out_folds=0).validate()
+
+
+def test_calibration_targets_average_the_mixture_and_the_held_out_classifiers():
+    given = np.array([0, 0, 1, 1, -1])
+    held_out = np.array([[0.9, 0.1], [0.5, 0.5], [0.4, 0.6], [0.2, 0.8], [0.0, 1.0]])
+    class_noise = np.array([0.2, 0.4])
+    # Without held-out probabilities the marking's estimates are the targets, unchanged.
+    rho, per_class = calibration_targets(0.3, class_noise, given)
+    assert rho == 0.3
+    np.testing.assert_array_equal(per_class, class_noise)
+    # Held-out p(given): 0.9, 0.5, 0.6, 0.8 (the unlabeled row does not count): noise 0.3.
+    rho, per_class = calibration_targets(0.5, class_noise, given, held_out)
+    assert rho == pytest.approx(0.4)
+    np.testing.assert_allclose(per_class, class_noise * 0.4 / 0.5)
+    # A marking that found no noise cannot be scaled: every class gets the overall target.
+    rho, per_class = calibration_targets(0.0, np.zeros(2), given, held_out)
+    assert rho == pytest.approx(0.15)
+    np.testing.assert_allclose(per_class, [0.15, 0.15])

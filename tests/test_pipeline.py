@@ -76,6 +76,11 @@ def test_the_held_out_expert_has_not_seen_the_training_rows_labels(trained, trai
     # The ensemble fitted these very labels (noise included); out-of-fold classifiers did not.
     assert held_out < in_sample - 0.01, (held_out, in_sample)
     np.testing.assert_allclose(refinement.held_out.sum(axis=1), 1.0, rtol=1e-5)
+    # The calibration's target sits between the mixture's rho and the held-out classifiers'.
+    held_out_noise = 1.0 - held_out
+    low, high = sorted((summary.noise_ratio, held_out_noise))
+    assert low <= summary.calibration_noise_ratio <= high
+    assert summary.calibration_noise_ratio == pytest.approx((low + high) / 2, abs=1e-6)
 
 
 def test_inductive_refinement_beats_the_given_labels(trained, fresh_corpus, tmp_path):
@@ -188,6 +193,18 @@ def test_bundle_records_every_hyper_parameter(trained):
     assert set(manifest["files"]) >= {"encoder.safetensors", "denoiser.safetensors",
                                       "reference.safetensors", "tokenizer.json"}
     assert manifest["training"]["noise_ratio"] == pytest.approx(summary.noise_ratio)
+
+
+def test_a_noise_ratio_the_user_gives_is_what_the_calibration_fits(tiny_encoder, tmp_path):
+    rows = make_rows(120, seed=5)
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    config = tiny_config(classifier_epochs=2, diffusion_epochs=3, noise_ratio=0.3)
+    summary = api.train(corpus, tmp_path / "b", config, encoder=str(tiny_encoder),
+                        refined_out=tmp_path / "r.jsonl", export=False)
+    # Not averaged with the held-out classifiers' estimate: the user knows better.
+    assert summary.noise_ratio == summary.calibration_noise_ratio == 0.3
+    scores = [r["label_score"] for r in read(tmp_path / "r.jsonl") if r["label_score"] is not None]
+    assert sum(scores) / len(scores) == pytest.approx(0.7, abs=0.03)
 
 
 def test_explicit_label_set_keeps_rare_classes(tiny_encoder, tmp_path):
