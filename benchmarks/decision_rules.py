@@ -56,13 +56,20 @@ def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: Decision
     }
 
 
-def _calibration_targets(result: dict, given: np.ndarray, train: BatchRefinement,
-                         mixture_only: bool = False) -> tuple[float, np.ndarray]:
-    """What `train` fits the calibration to, recomputed (runs made before it existed too);
-    mixture_only: the noise marking's rho alone, as before the held-out estimate joined it."""
-    estimated = result["config"].get("noise_ratio") is None and not mixture_only
-    return calibration_targets(result["noise_ratio"], result["class_noise_ratios"], given,
-                               train.held_out if estimated else None)
+def refit_calibration(refinement: BatchRefinement, given: np.ndarray, source: str,
+                      shares: np.ndarray | None, noise_ratio: float, class_noise: list[float],
+                      average: bool) -> tuple[float, np.ndarray]:
+    """Temperature and per-class bias as `train` fits them to the reported distribution;
+    average: the held-out estimate averaged into rho (`train` does so when rho was estimated
+    and held-out probabilities exist), off: the noise marking's rho alone."""
+    targets = calibration_targets(noise_ratio, class_noise, given,
+                                  refinement.held_out if average else None)
+    reported = reported_distribution(refinement, given, source, label_shares=shares)
+    return fit_calibration(reported, given, *targets)
+
+
+def _estimated(result: dict) -> bool:
+    return result["config"].get("noise_ratio") is None
 
 
 def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool,
@@ -75,12 +82,11 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
     v_given, v_gold = arrays["v_given"], arrays["v_gold"]
     train, valid = refinement(arrays, "train_"), refinement(arrays, "valid_")
     out: dict = {}
-    targets = _calibration_targets(result, given, train, mixture_only)
+    average = _estimated(result) and not mixture_only
     for source in SOURCES:
         share = label_shares(given, train.marginal.shape[1]) if shares else None
-        temperature, bias = fit_calibration(
-            reported_distribution(train, given, source, label_shares=share), given, *targets
-        )
+        temperature, bias = refit_calibration(train, given, source, share, result["noise_ratio"],
+                                              result["class_noise_ratios"], average)
         t_dist = reported_distribution(train, given, source, temperature, share)
         v_dist = reported_distribution(valid, v_given, source, temperature, share)
         if per_class:
@@ -149,10 +155,9 @@ def plot(run: Path, seed: int, out: Path) -> None:
     given, gold = arrays["given"], arrays["gold"]
     train = refinement(arrays, "train_")
     shares = label_shares(given, train.marginal.shape[1]) if config.label_share_correction else None
-    temperature, bias = fit_calibration(
-        reported_distribution(train, given, config.label_source, label_shares=shares), given,
-        *_calibration_targets(result, given, train),
-    )
+    temperature, bias = refit_calibration(train, given, config.label_source, shares,
+                                          result["noise_ratio"], result["class_noise_ratios"],
+                                          _estimated(result))
     rule = DecisionRule.from_config(config, bias)
     dist = calibrate(reported_distribution(train, given, config.label_source, temperature, shares),
                      given, rule)

@@ -23,7 +23,10 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from decision_rules import save_quality_plots  # benchmarks/ is on sys.path when run as a script
+from decision_rules import (  # benchmarks/ is on sys.path when run as a script
+    refit_calibration,
+    save_quality_plots,
+)
 from throughput import machine
 
 from sidyp_prod import api
@@ -33,13 +36,7 @@ from sidyp_prod.bundle import load_bundle
 from sidyp_prod.calibration import fit_temperature, temper
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.corpus import iter_corpus, label_set_from_rows
-from sidyp_prod.decision import (
-    DecisionRule,
-    calibrate,
-    calibration_targets,
-    decide,
-    fit_calibration,
-)
+from sidyp_prod.decision import DecisionRule, calibrate, decide
 from sidyp_prod.diffusion import text_key
 from sidyp_prod.encoder import load_pretrained, tokenize
 from sidyp_prod.evaluate import expected_calibration_error, read_records
@@ -244,12 +241,9 @@ def _calibrations(summary: api.TrainSummary, given: np.ndarray,
 
     def refit(refinement: BatchRefinement, divide: np.ndarray | None,
               mixture_only: bool = False) -> tuple[float, np.ndarray]:
-        reported = reported_distribution(refinement, given, config.label_source,
-                                         label_shares=divide)
-        average = summary.noise_ratio_estimated and not mixture_only
-        targets = calibration_targets(summary.noise_ratio, summary.class_noise_ratios, given,
-                                      refinement.held_out if average else None)
-        return fit_calibration(reported, given, *targets)
+        return refit_calibration(refinement, given, config.label_source, divide,
+                                 summary.noise_ratio, summary.class_noise_ratios,
+                                 summary.noise_ratio_estimated and not mixture_only)
 
     return {"trained": (summary.temperature, np.asarray(summary.label_bias), shares, True),
             "undivided": (*refit(summary.refinement, None), None, True),
