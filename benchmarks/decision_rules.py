@@ -22,9 +22,7 @@ from sidyp_prod.decision import (
     DecisionRule,
     apply_label_bias,
     calibrate,
-    calibration_targets,
     decide,
-    fit_calibration,
     label_shares,
 )
 from sidyp_prod.evaluate import (
@@ -33,7 +31,7 @@ from sidyp_prod.evaluate import (
     expected_calibration_error,
     write_plots,
 )
-from sidyp_prod.refinement import BatchRefinement, reported_distribution
+from sidyp_prod.refinement import BatchRefinement, fit_output_calibration, reported_distribution
 
 SOURCES = ("marginal", "product", "classifier", "given", "candidates")
 
@@ -56,18 +54,6 @@ def scores(dist: np.ndarray, given: np.ndarray, gold: np.ndarray, rule: Decision
     }
 
 
-def refit_calibration(refinement: BatchRefinement, given: np.ndarray, source: str,
-                      shares: np.ndarray | None, noise_ratio: float, class_noise: list[float],
-                      average: bool) -> tuple[float, np.ndarray]:
-    """Temperature and per-class bias as `train` fits them to the reported distribution;
-    average: the held-out estimate averaged into rho (`train` does so when rho was estimated
-    and held-out probabilities exist), off: the noise marking's rho alone."""
-    targets = calibration_targets(noise_ratio, class_noise, given,
-                                  refinement.held_out if average else None)
-    reported = reported_distribution(refinement, given, source, label_shares=shares)
-    return fit_calibration(reported, given, *targets)
-
-
 def _estimated(result: dict) -> bool:
     return result["config"].get("noise_ratio") is None
 
@@ -85,8 +71,9 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
     average = _estimated(result) and not mixture_only
     for source in SOURCES:
         share = label_shares(given, train.marginal.shape[1]) if shares else None
-        temperature, bias = refit_calibration(train, given, source, share, result["noise_ratio"],
-                                              result["class_noise_ratios"], average)
+        temperature, bias, _ = fit_output_calibration(
+            train, given, source, result["noise_ratio"], result["class_noise_ratios"], share,
+            average)
         t_dist = reported_distribution(train, given, source, temperature, share)
         v_dist = reported_distribution(valid, v_given, source, temperature, share)
         if per_class:
@@ -155,9 +142,9 @@ def plot(run: Path, seed: int, out: Path) -> None:
     given, gold = arrays["given"], arrays["gold"]
     train = refinement(arrays, "train_")
     shares = label_shares(given, train.marginal.shape[1]) if config.label_share_correction else None
-    temperature, bias = refit_calibration(train, given, config.label_source, shares,
-                                          result["noise_ratio"], result["class_noise_ratios"],
-                                          _estimated(result))
+    temperature, bias, _ = fit_output_calibration(
+        train, given, config.label_source, result["noise_ratio"], result["class_noise_ratios"],
+        shares, _estimated(result))
     rule = DecisionRule.from_config(config, bias)
     dist = calibrate(reported_distribution(train, given, config.label_source, temperature, shares),
                      given, rule)

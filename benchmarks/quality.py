@@ -23,10 +23,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from decision_rules import (  # benchmarks/ is on sys.path when run as a script
-    refit_calibration,
-    save_quality_plots,
-)
+from decision_rules import save_quality_plots  # benchmarks/ is on sys.path as a script
 from throughput import machine
 
 from sidyp_prod import api
@@ -44,6 +41,8 @@ from sidyp_prod.model_io import REFERENCE_FILE, LoadedModel, load_model
 from sidyp_prod.refinement import (
     BatchRefinement,
     RefineSettings,
+    fit_output_calibration,
+    for_new_rows,
     prior_from_neighbors,
     refine_batch,
     reported_distribution,
@@ -211,9 +210,7 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
         refined = refine_batch(backend, encoded, weights, kind, given[start : start + len(batch)],
                                [text_key(t) for t in batch], settings,
                                update_prior=loaded.config.dynamic_prior)
-        if loaded.config.held_out_folds:  # as refine_rows: the ensemble is held out for new rows
-            refined = replace(refined, held_out=refined.classifier)
-        parts.append(refined)
+        parts.append(for_new_rows(refined, loaded.config.held_out_folds))
         priors.append(weights.mean(axis=0))
     return BatchRefinement.concatenate(parts), np.concatenate(priors)
 
@@ -241,9 +238,11 @@ def _calibrations(summary: api.TrainSummary, given: np.ndarray,
 
     def refit(refinement: BatchRefinement, divide: np.ndarray | None,
               mixture_only: bool = False) -> tuple[float, np.ndarray]:
-        return refit_calibration(refinement, given, config.label_source, divide,
-                                 summary.noise_ratio, summary.class_noise_ratios,
-                                 summary.noise_ratio_estimated and not mixture_only)
+        temperature, bias, _ = fit_output_calibration(
+            refinement, given, config.label_source, summary.noise_ratio,
+            summary.class_noise_ratios, divide,
+            summary.noise_ratio_estimated and not mixture_only)
+        return temperature, bias
 
     return {"trained": (summary.temperature, np.asarray(summary.label_bias), shares, True),
             "undivided": (*refit(summary.refinement, None), None, True),

@@ -29,24 +29,32 @@ from .corpus import (
 )
 from .decision import (
     DecisionRule,
-    calibration_targets,
     class_noise_ratios,
-    fit_calibration,
     label_shares,
 )
 from .diffusion import text_key
-from .encoder import DEFAULT_ENCODER, load_pretrained, pad_ids, pad_token_id, tokenize
+from .encoder import (
+    DEFAULT_ENCODER,
+    load_pretrained,
+    pad_ids,
+    pad_token_id,
+    padded_width,
+    tokenize,
+    unpadded_ids,
+    width_batches,
+)
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import jsonl_to_parquet
 from .model_io import LoadedModel, load_model, save_trained
 from .refinement import (
     BatchRefinement,
     RefineSettings,
+    fit_output_calibration,
+    for_new_rows,
     kind_counts,
     output_fields,
     prior_from_neighbors,
     refine_batch,
-    reported_distribution,
 )
 from .stream import ResumableOutput, StdoutOutput
 from .training import train_sidyp
@@ -212,14 +220,10 @@ def train(
     # each class's mean label_score its clean-marked fraction (a noise ratio the user gave is
     # taken as it is).
     class_noise = class_noise_ratios(result.clean, given, len(label_set))
-    calibration_noise, calibration_class_noise = calibration_targets(
-        result.noise_ratio, class_noise, given,
-        features.held_out_probs if result.noise_ratio_estimated else None,
-    )
     shares = label_shares(given, len(label_set)) if config.label_share_correction else None
-    temperature, label_bias = fit_calibration(
-        reported_distribution(refinement, given, config.label_source, label_shares=shares),
-        given, calibration_noise, calibration_class_noise,
+    temperature, label_bias, calibration_noise = fit_output_calibration(
+        refinement, given, config.label_source, result.noise_ratio, class_noise, shares,
+        average_held_out=result.noise_ratio_estimated,
     )
     decision = DecisionRule.from_config(config, label_bias)
     predictions = output_fields(
@@ -277,7 +281,8 @@ def refine_rows(
 
     ``token_ids`` are the rows' unpadded ids (``encoder.unpadded_ids``) when an earlier stage
     already tokenized them (the Ray engine tokenizes on CPU workers, away from the model
-    actors); they are padded here into exactly the arrays the tokenizer would have produced.
+    actors); either way each row is padded to a width of its own (``encoder.width_batches``), so
+    its output does not depend on the other rows in ``rows``.
     A back end with ``parallel_batches`` > 1 (a remote server) gets that many encoder batches in
     flight at once; results do not depend on it, since each row's noise is seeded by its text.
     """
@@ -286,15 +291,14 @@ def refine_rows(
     decision = DecisionRule.from_config(config, model.label_bias)
     given = _given_indices(rows, model.labels)
     texts = [r.text for r in rows]
-    # Length-sorted encoder batches waste little compute on padding; outputs keep input order.
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    if token_ids is None:
+        token_ids = unpadded_ids(*tokenize(model.tokenizer, texts))
+    pad_id = pad_token_id(model.tokenizer)
+    lengths = [len(ids) for ids in token_ids]
 
     def refine_one(batch: np.ndarray) -> list[dict]:
-        if token_ids is None:
-            ids, mask = tokenize(model.tokenizer, [texts[i] for i in batch])
-        else:
-            ids, mask = pad_ids([token_ids[i] for i in batch], pad_token_id(model.tokenizer))
-        encoded = backend.encode(ids, mask)
+        ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
+        encoded = _encode(backend, ids, mask)
         weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
         # New rows get the iterative refinement of their candidates only where training did.
         refined = refine_batch(
@@ -302,15 +306,13 @@ def refine_rows(
             [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
             conditional=config.label_source == "given",
         )
-        if config.held_out_folds:
-            # The ensemble never saw a new row's label: it is its own held-out classifier.
-            refined = replace(refined, held_out=refined.classifier)
         return output_fields(
-            refined, given[batch], model.labels, config.label_source, model.temperature, decision,
-            model.label_shares,
+            for_new_rows(refined, config.held_out_folds), given[batch], model.labels,
+            config.label_source, model.temperature, decision, model.label_shares,
         )
 
-    batches = list(_chunks(order, config.encode_batch_size))
+    # Outputs keep input order; the batches only decide what is encoded together.
+    batches = width_batches(lengths, config.encode_batch_size)
     parallel = int(getattr(backend, "parallel_batches", 1))
     if parallel > 1 and len(batches) > 1:
         with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
@@ -322,6 +324,15 @@ def refine_rows(
         for i, extra in zip(batch, fields, strict=True):
             extras[i] = extra
     return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
+
+
+def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
+    """``backend.encode``, with a lone row encoded beside a copy of itself: ONNX Runtime's CPU
+    kernels round a one-row batch differently from the same row in a larger one on some CPUs."""
+    if len(ids) > 1:
+        return backend.encode(ids, mask)
+    pair = backend.encode(np.repeat(ids, 2, axis=0), np.repeat(mask, 2, axis=0))
+    return EncodedBatch(pair.probs[:, :1], pair.conditioning[:, :1], pair.embedding[:1])
 
 
 def refine(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,16 +85,45 @@ def unpadded_ids(ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     return [row[: int(m.sum())] for row, m in zip(ids, mask, strict=True)]
 
 
-def pad_ids(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of :func:`unpadded_ids`: right-pad to the batch maximum exactly as the
-    tokenizer does, so pre-tokenized rows reach the encoder as the same arrays."""
-    width = max(len(r) for r in rows)
+def pad_ids(
+    rows: list[np.ndarray], pad_id: int, width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of :func:`unpadded_ids`: right-pad to ``width`` (default the batch maximum,
+    as the tokenizer pads), so pre-tokenized rows reach the encoder as the same arrays."""
+    width = max(len(r) for r in rows) if width is None else width
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
     return ids, mask
+
+
+# Padded widths are multiples of this: few distinct widths waste little compute on padding.
+WIDTH_STEP = 8
+
+
+def padded_width(length: int) -> int:
+    """The width a row of ``length`` tokens is padded to: a function of the row alone."""
+    return max(WIDTH_STEP, -(-length // WIDTH_STEP) * WIDTH_STEP)
+
+
+def width_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices in encoder batches, shortest rows first, each batch one padded width.
+
+    A row's encoder output must not depend on which rows share its chunk (resumed and
+    differently chunked runs write the same bytes). ONNX Runtime's CPU kernels give the same
+    row different float roundings at different padded widths on some CPUs (AVX2), so a row is
+    always padded to :func:`padded_width` of its own length and batched only with rows of that
+    width.
+    """
+    widths = np.array([padded_width(n) for n in lengths], dtype=np.int64)
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches = []
+    for width in np.unique(widths):
+        same = order[widths[order] == width]
+        batches.extend(same[i : i + batch_size] for i in range(0, len(same), batch_size))
+    return batches
 
 
 def pad_token_id(tokenizer: Tokenizer) -> int:

@@ -8,6 +8,7 @@ import numpy as np
 # Flat search on small query batches is several times slower through faiss' non-BLAS path;
 # a low threshold sends every batch through BLAS.
 faiss.cvar.distance_compute_blas_threshold = 1
+EXACT_BLOCK = 256  # queries whose neighbour distances are recomputed at once
 
 
 def gpu_available() -> bool:
@@ -36,11 +37,32 @@ class NeighborIndex:
         k_eff = min(k, len(self))
         if k_eff == 0:
             return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1)
-        squared, ids = self.index.search(queries, k_eff)
-        distances = np.sqrt(np.maximum(squared, 0.0))
+        _, ids = self.index.search(queries, k_eff)
+        distances, ids = self._exact_distances(queries, ids)
         labels = np.where(ids >= 0, self.labels[np.maximum(ids, 0)], -1)
         if k_eff < k:
             pad = k - k_eff
             distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
             labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
         return distances, labels
+
+    def _exact_distances(
+        self, queries: np.ndarray, ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Distances to the found neighbours recomputed row by row, nearest first (ties by id).
+
+        faiss computes them through BLAS as |q|^2 + |x|^2 - 2 q.x, whose rounding depends on the
+        query batch and the thread count on some CPUs; the kNN vote must not, or a resumed or
+        differently chunked run would write different bytes.
+        """
+        distances = np.empty(ids.shape, dtype=np.float64)
+        for start in range(0, len(ids), EXACT_BLOCK):  # bounded memory: block x k x dim floats
+            block = ids[start : start + EXACT_BLOCK]
+            vectors = self.index.reconstruct_batch(np.maximum(block, 0).reshape(-1))
+            diff = vectors.reshape(*block.shape, -1).astype(np.float64) - queries[
+                start : start + EXACT_BLOCK, None, :
+            ].astype(np.float64)
+            distances[start : start + EXACT_BLOCK] = np.sqrt((diff * diff).sum(axis=-1))
+        distances[ids < 0] = np.inf
+        order = np.lexsort((ids, distances), axis=-1)
+        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(ids, order, axis=1)

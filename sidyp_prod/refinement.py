@@ -7,14 +7,21 @@ computes the encoder or the denoiser.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .calibration import temper
-from .decision import DecisionRule, calibrate, decide, divide_by_label_shares
+from .decision import (
+    DecisionRule,
+    calibrate,
+    calibration_targets,
+    decide,
+    divide_by_label_shares,
+    fit_calibration,
+)
 from .diffusion import ReverseSchedule, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
 from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
@@ -202,6 +209,37 @@ def reported_distribution(
     if label_shares is not None:
         dist = divide_by_label_shares(dist, label_shares)
     return temper(dist, temperature) if temperature != 1.0 else dist
+
+
+class OutputCalibration(NamedTuple):
+    temperature: float
+    label_bias: np.ndarray
+    noise_ratio: float  # the overall noise ratio fitted to
+
+
+def fit_output_calibration(
+    refinement: BatchRefinement,
+    given: np.ndarray,
+    source: str,
+    noise_ratio: float,
+    class_noise: np.ndarray,
+    label_shares: np.ndarray | None = None,
+    average_held_out: bool = True,
+) -> OutputCalibration:
+    """Temperature and per-class bias fitted gold-free on the training rows' reported
+    distribution, to the noise ratios of ``calibration_targets``: with ``average_held_out`` and
+    held-out probabilities in ``refinement``, rho is averaged with the held-out estimate (train
+    does so when rho was estimated; a noise ratio the user gave is taken as it is)."""
+    held_out = refinement.held_out if average_held_out else None
+    targets = calibration_targets(noise_ratio, class_noise, given, held_out)
+    reported = reported_distribution(refinement, given, source, label_shares=label_shares)
+    return OutputCalibration(*fit_calibration(reported, given, *targets), targets[0])
+
+
+def for_new_rows(refined: BatchRefinement, held_out_folds: int) -> BatchRefinement:
+    """A bundle trained with held-out classifiers gives a training row a third expert that never
+    saw its label; the ensemble never saw a new row's label, so it stands in for that row."""
+    return replace(refined, held_out=refined.classifier) if held_out_folds else refined
 
 
 def output_fields(

@@ -13,7 +13,12 @@ from sidyp_prod.decision import (
     fit_label_bias,
     label_shares,
 )
-from sidyp_prod.refinement import BatchRefinement, output_fields
+from sidyp_prod.refinement import (
+    BatchRefinement,
+    fit_output_calibration,
+    for_new_rows,
+    output_fields,
+)
 
 
 def test_odds_rule_changes_only_on_strong_evidence():
@@ -166,3 +171,39 @@ def test_calibration_targets_average_the_mixture_and_the_held_out_classifiers():
     rho, per_class = calibration_targets(0.0, np.zeros(2), given, held_out)
     assert rho == pytest.approx(0.15)
     np.testing.assert_allclose(per_class, [0.15, 0.15])
+
+
+def test_a_new_rows_held_out_expert_is_the_ensemble_when_the_bundle_has_held_out_folds():
+    marginal = np.array([[0.5, 0.5]])
+    refined = BatchRefinement(classifier=np.array([[0.9, 0.1]]), conditional=None,
+                              marginal=marginal, candidates=marginal,
+                              prior_kind=np.zeros((1, 1), dtype=np.int64))
+    assert for_new_rows(refined, 0).held_out is None  # two experts, as the bundle was trained
+    np.testing.assert_array_equal(for_new_rows(refined, 5).held_out, refined.classifier)
+
+
+def test_output_calibration_fits_the_targets_it_reports():
+    rng = np.random.default_rng(0)
+    n = 400
+    given = rng.integers(0, 2, n)
+    marginal = rng.dirichlet([2.0, 2.0], n)
+    held_out = rng.dirichlet([2.0, 2.0], n)
+    refinement = BatchRefinement(classifier=marginal, conditional=None, marginal=marginal,
+                                 candidates=marginal, prior_kind=np.zeros((1, n), dtype=np.int64),
+                                 held_out=held_out)
+    class_noise = np.array([0.3, 0.5])
+    alone = fit_output_calibration(refinement, given, "product", 0.4, class_noise,
+                                   average_held_out=False)
+    averaged = fit_output_calibration(refinement, given, "product", 0.4, class_noise)
+    assert alone.noise_ratio == 0.4
+    expected, _ = calibration_targets(0.4, class_noise, given, held_out)
+    assert averaged.noise_ratio == pytest.approx(expected)
+    # Each class's mean label score lands on its (scaled) clean fraction after calibration.
+    for calibration, scale in ((alone, 1.0), (averaged, expected / 0.4)):
+        rule = DecisionRule("argmax", label_bias=calibration.label_bias)
+        fields = output_fields(refinement, given, ["a", "b"], "product",
+                               calibration.temperature, rule)
+        scores = np.array([f["label_score"] for f in fields])
+        for c in (0, 1):
+            target = 1 - class_noise[c] * scale
+            assert scores[given == c].mean() == pytest.approx(target, abs=2e-3)

@@ -55,3 +55,16 @@ def test_reverse_process_module_computes_the_numpy_reference():
 
         reference = reverse_process(step, noise.transpose(1, 2, 0, 3), schedule, 5.0)
     np.testing.assert_allclose(ours.numpy(), reference.transpose(1, 0, 2), atol=1e-5)
+
+
+def test_encoder_batches_pad_each_row_to_a_width_of_its_own():
+    from sidyp_prod.encoder import WIDTH_STEP, padded_width, width_batches
+
+    assert [padded_width(n) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 24]
+    lengths = [3, 17, 9, 8, 30, 2, 12, 16, 5]
+    batches = width_batches(lengths, batch_size=2)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:  # one width per batch, at most batch_size rows
+        assert len({padded_width(lengths[i]) for i in batch}) == 1 and len(batch) <= 2
+    widths = [padded_width(lengths[b[0]]) for b in batches]
+    assert widths == sorted(widths) and all(w % WIDTH_STEP == 0 for w in widths)

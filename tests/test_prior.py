@@ -36,3 +36,34 @@ def test_refinement_raises_a_predicted_candidate_only():
     np.testing.assert_allclose(out[0], [*(raised / raised.sum()), 0], rtol=1e-6)
     np.testing.assert_allclose(out[1], w[1])  # class 2 is not a candidate: unchanged
     assert out.sum(1) == pytest.approx([1, 1])
+
+
+def test_neighbour_search_does_not_depend_on_the_query_batch_or_threads():
+    import faiss
+
+    from sidyp_prod.neighbors import NeighborIndex
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(500, 48)).astype(np.float32)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    queries = reference[:40] + 0.05 * rng.normal(size=(40, 48)).astype(np.float32)
+    index = NeighborIndex(reference, rng.integers(0, 4, 500), use_gpu=False)
+    distances, labels = index.search(queries, 10)
+    # The true distances, nearest first.
+    expected = np.sort(np.linalg.norm(queries[:, None, :].astype(np.float64)
+                                      - reference[None].astype(np.float64), axis=-1), axis=1)
+    np.testing.assert_allclose(distances, expected[:, :10], rtol=1e-12)
+    threads = faiss.omp_get_max_threads()
+    try:
+        for n in (1, 2):
+            faiss.omp_set_num_threads(n)
+            one_by_one = [index.search(queries[i : i + 1], 10) for i in range(len(queries))]
+            # Bit-identical: a resumed or differently chunked refine must write the same bytes.
+            np.testing.assert_array_equal(np.concatenate([d for d, _ in one_by_one]), distances)
+            np.testing.assert_array_equal(np.concatenate([lab for _, lab in one_by_one]), labels)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    # Fewer references than k: padded with infinite distances and label -1.
+    small = NeighborIndex(reference[:3], np.arange(3), use_gpu=False)
+    d, lab = small.search(queries[:2], 5)
+    assert np.isinf(d[:, 3:]).all() and (lab[:, 3:] == -1).all() and (lab[:, :3] >= 0).all()
