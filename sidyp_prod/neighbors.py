@@ -9,6 +9,9 @@ import numpy as np
 # a low threshold sends every batch through BLAS.
 faiss.cvar.distance_compute_blas_threshold = 1
 EXACT_BLOCK = 256  # queries whose neighbour distances are recomputed at once
+GPU_MAX_K = 2048  # the most neighbours faiss' GPU search returns
+TIE_MARGIN = 8  # extra neighbours fetched so that faiss' rounding cannot change the k nearest
+TIE_TOLERANCE = 1e-5  # of |q|^2 + |x|^2: well beyond faiss' float32 rounding
 
 
 def gpu_available() -> bool:
@@ -22,10 +25,14 @@ class NeighborIndex:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         self.labels = np.asarray(labels, dtype=np.int64)
         index: faiss.Index = faiss.IndexFlatL2(embeddings.shape[1])
+        self._max_fetch = len(embeddings)
         if (gpu_available() if use_gpu is None else use_gpu) and len(embeddings):
+            self._max_fetch = min(len(embeddings), GPU_MAX_K)
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, 0, index)
         index.add(embeddings)
+        squared_norms = (embeddings.astype(np.float64) ** 2).sum(axis=1)
+        self._max_squared_norm = float(squared_norms.max(initial=0.0))
         self.index = index
 
     def __len__(self) -> int:
@@ -37,14 +44,31 @@ class NeighborIndex:
         k_eff = min(k, len(self))
         if k_eff == 0:
             return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1)
-        _, ids = self.index.search(queries, k_eff)
-        distances, ids = self._exact_distances(queries, ids)
+        distances, ids = self._nearest(queries, k_eff)
         labels = np.where(ids >= 0, self.labels[np.maximum(ids, 0)], -1)
         if k_eff < k:
             pad = k - k_eff
             distances = np.pad(distances, ((0, 0), (0, pad)), constant_values=np.inf)
             labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
         return distances, labels
+
+    def _nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest by exact distance, ties broken by the lower id: the same neighbours
+        whatever the query batch. faiss ranks by its own rounded distances and picks among
+        equally distant references (duplicate texts) by its heap's order, so it is asked for
+        a margin of extra neighbours, more until the k-th's distance is clear of the last
+        fetched one, and the k nearest are chosen here."""
+        fetch = min(k + TIE_MARGIN, self._max_fetch)
+        # faiss' error in a squared distance grows with |q|^2 + |x|^2 (float32 arithmetic)
+        rounding = TIE_TOLERANCE * ((queries.astype(np.float64) ** 2).sum(axis=1)
+                                    + self._max_squared_norm)
+        while True:
+            _, ids = self.index.search(queries, fetch)
+            distances, ids = self._exact_distances(queries, ids)
+            gap = distances[:, fetch - 1] ** 2 - distances[:, k - 1] ** 2
+            if fetch == self._max_fetch or not np.any(gap <= rounding):
+                return distances[:, :k], ids[:, :k]
+            fetch = min(2 * fetch, self._max_fetch)
 
     def _exact_distances(
         self, queries: np.ndarray, ids: np.ndarray

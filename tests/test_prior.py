@@ -67,3 +67,25 @@ def test_neighbour_search_does_not_depend_on_the_query_batch_or_threads():
     small = NeighborIndex(reference[:3], np.arange(3), use_gpu=False)
     d, lab = small.search(queries[:2], 5)
     assert np.isinf(d[:, 3:]).all() and (lab[:, 3:] == -1).all() and (lab[:, :3] >= 0).all()
+
+
+def test_equally_distant_references_are_chosen_by_id_whatever_the_batch():
+    from sidyp_prod.neighbors import NeighborIndex
+
+    rng = np.random.default_rng(1)
+    unique = rng.normal(size=(200, 16)).astype(np.float32)
+    # 40 copies of one vector (duplicate texts), scattered among the others.
+    reference = np.concatenate([unique, np.repeat(unique[:1], 40, axis=0)])
+    order = rng.permutation(len(reference))
+    reference = reference[order]
+    copies = np.flatnonzero((reference == unique[0]).all(axis=1))
+    labels = np.arange(len(reference)) % 3
+    index = NeighborIndex(reference, labels, use_gpu=False)
+    queries = np.concatenate([unique[:1] + 0.01, rng.normal(size=(20, 16)).astype(np.float32)])
+    distances, found = index.search(queries, 10)
+    # Ties at the k-th neighbour go to the lowest ids: the same rows in any batch.
+    np.testing.assert_array_equal(found[0], labels[np.sort(copies)[:10]])
+    for i in range(len(queries)):
+        d, lab = index.search(queries[i : i + 1], 10)
+        np.testing.assert_array_equal(d[0], distances[i])
+        np.testing.assert_array_equal(lab[0], found[i])
