@@ -27,11 +27,7 @@ from .corpus import (
     iter_corpus,
     label_set_from_rows,
 )
-from .decision import (
-    DecisionRule,
-    class_noise_ratios,
-    label_shares,
-)
+from .decision import DecisionRule, class_noise_ratios, label_shares
 from .diffusion import text_key
 from .encoder import (
     DEFAULT_ENCODER,

@@ -43,7 +43,7 @@ class NeighborIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k_eff = min(k, len(self))
         if k_eff == 0:
-            return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1)
+            return np.full((len(queries), k), np.inf), np.full((len(queries), k), -1)
         distances, ids = self._nearest(queries, k_eff)
         labels = np.where(ids >= 0, self.labels[np.maximum(ids, 0)], -1)
         if k_eff < k:
