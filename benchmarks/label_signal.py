@@ -37,9 +37,9 @@ from quality import SHARED  # benchmarks/ is on sys.path when run as a script
 from throughput import machine
 
 from sidyp_prod.config import SiDyPConfig
-from sidyp_prod.encoder import load_pretrained
+from sidyp_prod.pretrained import load_pretrained
 from sidyp_prod.prior import knn_vote
-from sidyp_prod.training import _encode_trunk
+from sidyp_prod.training import sentence_embeddings
 
 
 def read(path: Path) -> list[dict]:
@@ -127,8 +127,8 @@ def main() -> None:
 
     config = SiDyPConfig()
     pretrained = load_pretrained(None)
-    emb = _encode_trunk([r["text"] for r in train], pretrained, config, progress=False)[3]
-    v_emb = _encode_trunk([r["text"] for r in valid], pretrained, config, progress=False)[3]
+    emb = sentence_embeddings([r["text"] for r in train], pretrained, config)
+    v_emb = sentence_embeddings([r["text"] for r in valid], pretrained, config)
     gold, v_gold = labels(train, "gold_label"), labels(valid, "gold_label")
     report(args.corpus.parent.name, emb, labels(train, "label"), gold, n)
 

@@ -35,9 +35,10 @@ from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.corpus import iter_corpus, label_set_from_rows
 from sidyp_prod.decision import DecisionRule, calibrate, decide
 from sidyp_prod.diffusion import text_key
-from sidyp_prod.encoder import load_pretrained, tokenize
+from sidyp_prod.encoder import tokenize
 from sidyp_prod.evaluate import expected_calibration_error, read_records
 from sidyp_prod.model_io import REFERENCE_FILE, LoadedModel, load_model
+from sidyp_prod.pretrained import load_pretrained
 from sidyp_prod.refinement import (
     BatchRefinement,
     RefineSettings,

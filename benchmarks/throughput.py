@@ -28,7 +28,7 @@ from sidyp_prod import api
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.encoder import tokenize
 from sidyp_prod.model_io import load_model, load_torch_models
-from sidyp_prod.models import additive_attention_mask, mean_pool
+from sidyp_prod.transformer import pool
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -73,10 +73,8 @@ class _SentenceEncoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         e = self.encoder
-        hidden = e.sentence_top(
-            e.trunk(input_ids, attention_mask), additive_attention_mask(attention_mask)
-        )
-        return mean_pool(hidden, attention_mask)
+        hidden = e.sentence_top(e.trunk(input_ids, attention_mask), attention_mask)
+        return pool(hidden, attention_mask, e.pooling)
 
 
 def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[str, float]:

@@ -38,6 +38,20 @@ Rejects = Annotated[
 Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad row (exit code 2).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+Encoder = Annotated[
+    str | None,
+    typer.Option(help="Classifier encoder: a local Hugging Face checkpoint directory or a model "
+                 "id in the local cache (BERT, MPNet, RoBERTa, DeBERTa-v2, XLM-R; default: the "
+                 "packaged all-MiniLM-L6-v2). Never downloaded."),
+]
+Device = Annotated[
+    str, typer.Option(help="Where to train: auto (CUDA when available), cpu, cuda, cuda:N.")
+]
+MaxTrainRows = Annotated[
+    int | None,
+    typer.Option(help="Train on a sample of this many rows drawn per LLM label (every class "
+                 "kept, chosen by --seed; 0: every row); the rest are refined as new rows."),
+]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -67,10 +81,9 @@ def train(
         str | None,
         typer.Option(help="Label set: comma list or a file (one per line), else from the data."),
     ] = None,
-    encoder: Annotated[
-        str | None,
-        typer.Option(help="Local BERT directory (default: the bundled all-MiniLM-L6-v2)."),
-    ] = None,
+    encoder: Encoder = None,
+    device: Device = "auto",
+    max_train_rows: MaxTrainRows = D.max_train_rows,
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
@@ -86,8 +99,9 @@ def train(
         int, typer.Option(help="Recorded training-dynamics snapshots.")
     ] = D.snapshots,
     trainable_layers: Annotated[
-        int, typer.Option(help="Top encoder layers each branch tunes.")
-    ] = D.trainable_layers,
+        str, typer.Option(help="Top encoder layers each branch tunes, or 'all' (the paper's "
+                          "full fine-tune).")
+    ] = str(D.trainable_layers),
     max_length: Annotated[
         int, typer.Option(help="Token limit; longer texts are truncated.")
     ] = D.max_length,
@@ -172,6 +186,7 @@ def train(
 
     params = {k: v for k, v in locals().items() if k in SiDyPConfig.__dataclass_fields__}
     try:
+        params["trainable_layers"] = _layers(trainable_layers)
         config = SiDyPConfig.from_dict(params)
         config.validate()
         summary = api.train(
@@ -187,10 +202,21 @@ def train(
             overwrite=overwrite,
             progress=not quiet,
             log=None if quiet else lambda m: typer.echo(m, err=True),
+            device=device,
         )
     except (InputError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
+
+
+def _layers(value: str) -> int | str:
+    """``--trainable-layers``: a number of layers or 'all'."""
+    if value.strip().lower() == "all":
+        return "all"
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--trainable-layers {value!r}: a number of layers or 'all'") from None
 
 
 @app.command()
@@ -200,12 +226,30 @@ def refine(
         typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too); with --engine ray, "
                        "any number of files, globs and directories."),
     ],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="A trained bundle to apply. Without it, refine "
+                     "trains on CORPUS first (its rows get labels from classifiers that never "
+                     "saw them) and keeps the bundle (--save-model)."),
+    ] = None,
     out: Annotated[
-        str,
+        str | None,
         typer.Option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout; with "
-                     "--engine ray, a new directory of shards and a manifest."),
-    ],
+                     "--engine ray, a new directory of shards and a manifest "
+                     "(default: CORPUS.refined.jsonl beside the input)."),
+    ] = None,
+    save_model: Annotated[
+        Path | None,
+        typer.Option(help="Without --model: where the trained bundle is kept "
+                     "(default: CORPUS.sidyp-model/ beside the input)."),
+    ] = None,
+    max_train_rows: MaxTrainRows = D.max_train_rows,
+    encoder: Encoder = None,
+    device: Device = "auto",
+    seed: Annotated[int, typer.Option(help="Without --model: the training seed.")] = D.seed,
+    overwrite: Annotated[
+        bool, typer.Option(help="Without --model: replace an existing --save-model bundle.")
+    ] = False,
     backend: Annotated[
         str, typer.Option(help="Runtime: 'onnx' (ONNX Runtime) or 'torch'.")
     ] = "onnx",
@@ -272,6 +316,14 @@ def refine(
         _fail(f"unknown engine {engine!r}; choose 'local' or 'ray'")
     if len(corpus) != 1:
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
+    if model is None:
+        _refine_untrained(corpus[0], out, save_model=save_model, max_train_rows=max_train_rows,
+                          encoder=encoder, device=device, seed=seed, overwrite=overwrite,
+                          fields=_fields(text_field, label_field, id_field), rejects=rejects,
+                          strict=strict, resume=resume, chunk_size=chunk_size, quiet=quiet,
+                          as_json=as_json)
+        return
+    out = out or str(api.default_refined_path(corpus[0]))
     try:
         summary = api.refine(
             corpus[0],
@@ -298,11 +350,37 @@ def refine(
         typer.echo(json.dumps(summary.to_dict()), err=True)
 
 
-def _refine_ray(corpus: list[Path], model: Path, out: str, *, as_json: bool, resume: bool,
-                rejects: Path | None, **options) -> None:
+def _refine_untrained(corpus: Path, out: str | None, *, max_train_rows: int | None, seed: int,
+                      quiet: bool, as_json: bool, **options) -> None:
+    """``refine CORPUS`` without --model: train on it, then refine every row."""
+    from sidyp_prod import api
+    from sidyp_prod.bundle import BundleError
+    from sidyp_prod.corpus import InputError
+    from sidyp_prod.stream import ResumeError
+
+    if out == "-":
+        _fail("refine without --model writes a file: give --out PATH (or omit it)")
+    try:
+        config = SiDyPConfig(max_train_rows=max_train_rows, seed=seed)
+        config.validate()
+        summary = api.refine_corpus(
+            corpus, out, config, progress=not quiet,
+            log=None if quiet else lambda m: typer.echo(m, err=True), **options,
+        )
+    except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError,
+            FileExistsError) as exc:
+        _fail(str(exc))
+    _report(summary, as_json)
+
+
+def _refine_ray(corpus: list[Path], model: Path | None, out: str | None, *, as_json: bool,
+                resume: bool, rejects: Path | None, **options) -> None:
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError
 
+    if model is None or out is None:
+        _fail("--engine ray applies a trained bundle: give --model and --out "
+              "(train one with `sidyp-prod train`, or run refine without --engine ray)")
     if resume or rejects or out == "-":
         _fail("--engine ray writes a new directory (rejects in their own shards): "
               "--resume, --rejects and '-' do not apply")

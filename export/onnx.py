@@ -27,7 +27,7 @@ from sidyp_prod.bundle import (
     load_bundle,
     sha256_file,
 )
-from sidyp_prod.model_io import load_model
+from sidyp_prod.model_io import encoder_hidden_size, load_model
 
 ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder.int8.onnx"
@@ -125,7 +125,7 @@ def export_onnx(
     }
     if int8:
         files[ENCODER_INT8_ONNX] = quantized_int8_bytes(files[ENCODER_ONNX])
-    hidden = manifest["encoder"]["bert"]["hidden_size"]
+    hidden = encoder_hidden_size(manifest)
     graphs = {
         "opset": OPSET,
         "graph_version": GRAPH_VERSION,

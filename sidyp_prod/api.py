@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -14,7 +16,6 @@ from tqdm.auto import tqdm
 
 from .backends import backend_choice, load_backend
 from .backends.base import EncodedBatch, ModelBackend
-from .backends.torch_backend import TorchBackend
 from .bundle import file_digest, load_bundle
 from .config import SiDyPConfig
 from .corpus import (
@@ -30,8 +31,6 @@ from .corpus import (
 from .decision import DecisionRule, class_noise_ratios, label_shares
 from .diffusion import text_key
 from .encoder import (
-    DEFAULT_ENCODER,
-    load_pretrained,
     pad_ids,
     pad_token_id,
     padded_width,
@@ -53,7 +52,6 @@ from .refinement import (
     refine_batch,
 )
 from .stream import ResumableOutput, StdoutOutput
-from .training import train_sidyp
 
 DEFAULT_FIELDS = FieldNames()
 
@@ -79,12 +77,18 @@ class TrainSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
     rejects: str | None = None
+    refined_as_new: int = 0  # --refined-out rows past the training sample, refined as new rows
+    corpus: dict[str, Any] = field(default_factory=dict)  # the trained corpus's file identity
+    # The training rows' refined fields by input line (not printed): refine_corpus reuses them.
+    predictions: dict[int, dict] = field(default_factory=dict, repr=False, compare=False)
     # Every distribution for every trained row, for benchmarks and callers that want more than
     # the refined labels; not part of the printed or JSON summary.
     refinement: BatchRefinement | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "refinement"}
+        hidden = ("refinement", "predictions")
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__
+                if k not in hidden}
 
     def to_text(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.prior_kinds.items())
@@ -102,7 +106,9 @@ class TrainSummary:
             "seconds           " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
         ]
         if self.refined_out:
-            lines.append(f"refined labels    {self.refined_out}")
+            lines.append(f"refined labels    {self.refined_out}"
+                         + (f" ({self.rows} trained on, {self.refined_as_new} refined as new)"
+                            if self.refined_as_new else ""))
         if self.rejected:
             lines.append(f"rejects           {self.rejects}")
         return "\n".join(lines)
@@ -165,30 +171,47 @@ def train(
     export: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    device: str = "auto",
 ) -> TrainSummary:
     """Train SiDyP on a JSONL corpus of (text, LLM label) rows and save a model bundle at ``out``.
 
     ``refined_out`` also writes the corpus's own refined labels (transductive relabeling).
     ``export`` also writes the ONNX graphs into the bundle (what ``refine`` runs by default).
+    ``encoder`` is a local Hugging Face checkpoint directory or a model id in the local cache
+    (default: the packaged all-MiniLM-L6-v2); ``device`` is ``auto``, ``cpu``, ``cuda`` or
+    ``cuda:N`` (auto: CUDA when available).
     """
+    from .device import resolve_device
+    from .pretrained import load_pretrained
+    from .training import train_sidyp
+
     config = config or SiDyPConfig()
     config.validate()
-    rows, rejected = _split_rows(iter_corpus(corpus, fields, labels, strict=strict))
+    torch_device = resolve_device(device)
+    rows, rejected, label_set, usable = _training_rows(
+        corpus, fields, labels, strict, config.max_train_rows, config.seed
+    )
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     if rejected:
         _write_rejects(rejects_path, rejected)
-    label_set = list(labels) if labels else label_set_from_rows(rows)
     if len(label_set) < 2:
         raise ValueError(f"{corpus}: need at least two classes, found {label_set}")
     given = _given_indices(rows, label_set)
     texts = [r.text for r in rows]
     pretrained = load_pretrained(encoder)
-    result = train_sidyp(texts, given, len(label_set), pretrained, config, progress, log)
+    result = train_sidyp(
+        texts, given, len(label_set), pretrained, config, progress, log, torch_device,
+        work_dir=Path(out).absolute().parent,
+    )
+
+    from .backends.torch_backend import TorchBackend
 
     start = time.perf_counter()
     settings = RefineSettings.from_config(config, len(label_set))
     # The training rows' encoder outputs are already known: only the denoiser runs.
-    transductive = TorchBackend(None, result.denoiser, settings.schedule, settings.scale)
+    transductive = TorchBackend(
+        None, result.denoiser, settings.schedule, settings.scale, str(torch_device)
+    )
     features = result.features
     conditioning = transductive.condition(features.dynamics)
     keys = [text_key(t) for t in texts]
@@ -246,20 +269,72 @@ def train(
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
+        corpus=_file_identity(corpus),
         refinement=refinement,
     )
     training_record = {**summary.to_dict(), "history": result.history}
-    save_trained(out, result, label_set, config, pretrained, encoder or DEFAULT_ENCODER,
+    save_trained(out, result, label_set, config, pretrained, pretrained.name,
                  training_record, overwrite=overwrite)
     if export:
         from .export.onnx import export_onnx
 
         export_onnx(out)
-    if refined_out:
+    if refined_out and len(rows) == usable:
         with AtomicWriter(refined_out) as writer:
             for row, extra in zip(rows, predictions, strict=True):
                 writer.write_json({**row.record, **extra})
+    elif refined_out:
+        trained = {row.line_no: extra for row, extra in zip(rows, predictions, strict=True)}
+        refined = refine(corpus, out, refined_out, backend="onnx" if export else "torch",
+                         fields=fields, rejects=rejects_path, known=trained)
+        summary.refined_as_new = refined.refined - len(rows)
+    summary.predictions = {row.line_no: extra for row, extra in zip(rows, predictions,
+                                                                    strict=True)}
     return summary
+
+
+def _training_rows(
+    corpus: str | Path,
+    fields: FieldNames,
+    labels: Sequence[str] | None,
+    strict: bool,
+    max_rows: int | None,
+    seed: int,
+) -> tuple[list[Row], list[Reject], list[str], int]:
+    """(training rows, rejects, label set, usable rows in the corpus). Past ``max_rows`` (0 or
+    None: no limit) the training rows are a sample drawn per LLM label
+    (``sampling.stratified_sample``): a first pass keeps only each row's label code, a second
+    reads the chosen rows."""
+    from .sampling import stratified_sample
+
+    if not max_rows or str(corpus) == "-":  # stdin cannot be read twice: sample in memory
+        rows, rejected = _split_rows(iter_corpus(corpus, fields, labels, strict=strict))
+        label_set = list(labels) if labels else label_set_from_rows(rows)
+        usable = len(rows)
+        if max_rows and usable > max_rows:
+            index = {label: i for i, label in enumerate(label_set)}
+            codes = np.array([index.get(r.label, -1) if r.label is not None else -1
+                              for r in rows], dtype=np.int64)
+            rows = [rows[i] for i in stratified_sample(codes, max_rows, seed)]
+        return rows, rejected, label_set, usable
+    seen: dict[str, int] = {}
+    codes: list[int] = []
+    lines: list[int] = []
+    rejected = []
+    for item in iter_corpus(corpus, fields, labels, strict=strict):
+        if isinstance(item, Reject):
+            rejected.append(item)
+            continue
+        codes.append(-1 if item.label is None else seen.setdefault(item.label, len(seen)))
+        lines.append(item.line_no)
+    label_set = list(labels) if labels else sorted(seen)
+    chosen = stratified_sample(np.asarray(codes, dtype=np.int64), max_rows, seed)
+    wanted = set(np.asarray(lines, dtype=np.int64)[chosen].tolist())
+    rows = [
+        item for item in iter_corpus(corpus, fields, labels)
+        if isinstance(item, Row) and item.line_no in wanted
+    ]
+    return rows, rejected, label_set, len(codes)
 
 
 def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
@@ -322,6 +397,19 @@ def refine_rows(
     return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
 
 
+def _refine_chunk(
+    rows: Sequence[Row], model: LoadedModel, backend: ModelBackend,
+    known: Mapping[int, dict] | None,
+) -> list[dict]:
+    """``refine_rows`` for the rows whose fields are not ``known`` already; input order kept."""
+    if not known:
+        return refine_rows(rows, model, backend)
+    fresh = [r for r in rows if r.line_no not in known]
+    refined = iter(refine_rows(fresh, model, backend) if fresh else [])
+    return [{**r.record, **known[r.line_no]} if r.line_no in known else next(refined)
+            for r in rows]
+
+
 def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
     """``backend.encode``, with a lone row encoded beside a copy of itself: ONNX Runtime's CPU
     kernels round a one-row batch differently from the same row in a larger one on some CPUs."""
@@ -346,8 +434,12 @@ def refine(
     progress: bool = False,
     triton_url: str | None = None,
     triton_retry_seconds: float = 120.0,
+    known: Mapping[int, dict] | None = None,
 ) -> RefineSummary:
     """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
+
+    ``known`` maps input line numbers to refined fields already computed (the training rows'
+    own, from classifiers that never saw their labels): those rows take them as they are.
 
     ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
     JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
@@ -389,7 +481,7 @@ def refine(
     line = done_lines
 
     def flush() -> None:
-        sink.write_chunk(refine_rows(rows, loaded, runtime), rejected, line)
+        sink.write_chunk(_refine_chunk(rows, loaded, runtime, known), rejected, line)
         bar.update(len(rows) + len(rejected))
         rows.clear()
         rejected.clear()
@@ -420,6 +512,129 @@ def refine(
     return RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
                          (p.refined - refined_before) / elapsed,
                          str(rejects_path) if p.rejected else None)
+
+
+@dataclass
+class CorpusSummary:
+    """``refine CORPUS`` without a bundle: what training did and what refining did."""
+
+    model: str
+    trained: TrainSummary | None  # None: a finished training was reused (--resume)
+    refined: RefineSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "reused_model": self.trained is None,
+                "train": self.trained.to_dict() if self.trained else None,
+                "refine": self.refined.to_dict()}
+
+    def to_text(self) -> str:
+        r = self.refined
+        trained = self.trained.rows if self.trained else None
+        lines = [self.trained.to_text() if self.trained else
+                 f"model             {self.model} (reused: its training had finished)"]
+        lines.append(r.to_text())
+        if trained is not None:
+            lines.append(f"rows              {trained} trained on, {r.refined - trained} refined "
+                         "as new rows")
+        lines.append(f"model kept in     {self.model} (refine new rows: sidyp-prod refine NEW "
+                     f"--model {self.model})")
+        return "\n".join(lines)
+
+
+def default_refined_path(corpus: str | Path) -> Path:
+    """'data/corpus.jsonl' -> 'data/corpus.refined.jsonl' (beside the input)."""
+    return _beside(corpus, ".refined.jsonl")
+
+
+def default_model_path(corpus: str | Path) -> Path:
+    """'data/corpus.jsonl' -> 'data/corpus.sidyp-model/' (beside the input)."""
+    return _beside(corpus, ".sidyp-model")
+
+
+def _beside(corpus: str | Path, suffix: str) -> Path:
+    path = Path(corpus)
+    name = path.name
+    for ext in (".gz", ".zst"):
+        name = name.removesuffix(ext)
+    return path.with_name((Path(name).stem if Path(name).suffix else name) + suffix)
+
+
+def refine_corpus(
+    corpus: str | Path,
+    out: str | Path | None = None,
+    config: SiDyPConfig | None = None,
+    *,
+    save_model: str | Path | None = None,
+    fields: FieldNames = DEFAULT_FIELDS,
+    labels: Sequence[str] | None = None,
+    encoder: str | None = None,
+    device: str = "auto",
+    rejects: str | Path | None = None,
+    strict: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    chunk_size: int = 1024,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> CorpusSummary:
+    """Train on a corpus and write every row's refined label: the one-command path.
+
+    The training rows (a sample of ``config.max_train_rows`` drawn per LLM label past that
+    size) get their labels from classifiers that never saw them, as ``train --refined-out``
+    gives them; the rest stream through the saved bundle as new rows. The bundle is kept at
+    ``save_model`` (default beside the corpus). With ``resume`` a finished training is reused
+    (its bundle verified, trained on this very file) and a killed refine phase continues.
+    """
+    if str(corpus) == "-":
+        raise ValueError("refine without --model trains first: give the corpus as a file")
+    out = Path(out) if out is not None else default_refined_path(corpus)
+    model_dir = Path(save_model) if save_model is not None else default_model_path(corpus)
+    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    # The training rows' fields, kept beside the output until it is finished.
+    known_path = out.with_name(out.name + ".training.jsonl")
+    trained: TrainSummary | None = None
+    known = _reusable_training(model_dir, corpus, known_path) if resume else None
+    if known is None:
+        if model_dir.exists() and not (resume or overwrite):
+            raise FileExistsError(
+                f"{model_dir} exists: pass --resume to reuse a finished training of this "
+                "corpus, --overwrite to replace it, or --save-model DIR"
+            )
+        trained = train(corpus, model_dir, config, fields=fields, labels=labels,
+                        encoder=encoder, rejects=rejects_path, strict=strict,
+                        overwrite=True, progress=progress, log=log, device=device)
+        known = trained.predictions
+        with AtomicWriter(known_path) as writer:
+            for line_no, extra in known.items():
+                writer.write_json({"line": line_no, "fields": extra})
+    journal = out.with_name(out.name + ".journal.json")
+    refined = refine(corpus, model_dir, out, fields=fields, rejects=rejects_path, strict=strict,
+                     chunk_size=chunk_size, resume=resume and trained is None and journal.exists(),
+                     progress=progress, known=known)
+    known_path.unlink(missing_ok=True)
+    return CorpusSummary(str(model_dir), trained, refined)
+
+
+def _reusable_training(
+    model_dir: Path, corpus: str | Path, known_path: Path
+) -> dict[int, dict] | None:
+    """The training rows' fields of a finished training of this very corpus file, or None."""
+    from .bundle import BundleError
+
+    if not (model_dir / "manifest.json").is_file() or not known_path.is_file():
+        return None
+    try:
+        bundle = load_bundle(model_dir)  # verifies every file's hash
+    except BundleError:
+        return None
+    if bundle.manifest.get("training", {}).get("corpus") != _file_identity(corpus):
+        return None
+    known = {}
+    with known_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            item = json.loads(line)
+            known[int(item["line"])] = item["fields"]
+    return known
 
 
 def _file_identity(path: str | Path) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from .config import SiDyPConfig
-from .encoder import PretrainedEncoder
-from .models import BertShape
-from .training import _encode_trunk, out_of_fold_probs
+from .device import Precision
+from .pretrained import PretrainedEncoder
+from .training import _encode_trunk, _Run, out_of_fold_probs
 
 
 def cross_fitted_classifier_probs(
@@ -18,11 +21,19 @@ def cross_fitted_classifier_probs(
     pretrained: PretrainedEncoder,
     config: SiDyPConfig,
     folds: int = 5,
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Out-of-fold p(y | x), (N, C), of one classifier (SiDyP's branch architecture: the frozen
     trunk, the top layer(s) and a head) fine-tuned on the LLM labels of the other folds."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    _, top, cache, _ = _encode_trunk(texts, pretrained, config, progress=False)
-    shape = BertShape.from_config(pretrained.config)
-    return out_of_fold_probs(cache, top, shape, given, n_classes, config, rng, folds)
+    device = device or torch.device("cpu")
+    run = _Run(device, Precision(device), pretrained.pooling.mode)
+    with tempfile.TemporaryDirectory(prefix="sidyp-baseline-") as tmp:
+        _, top, cache, _ = _encode_trunk(
+            texts, pretrained, config, Path(tmp), device, run.precision, progress=False
+        )
+        try:
+            return out_of_fold_probs(cache, top, given, n_classes, config, rng, folds, run)
+        finally:
+            cache.close()

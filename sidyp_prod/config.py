@@ -19,7 +19,8 @@ class SiDyPConfig:
 
     # Encoder: the frozen lower trunk is shared; each branch fine-tunes copies of the top layers.
     max_length: int = 128  # paper: 128
-    trainable_layers: int = 1  # top transformer layers each branch fine-tunes (paper: all 12)
+    # Top transformer layers each branch fine-tunes, or "all" (paper: all 12 of bert-base).
+    trainable_layers: int | str = 1
     # Stage I: classifier ensemble and training dynamics.
     branches: int = 2  # paper: 3
     classifier_epochs: int = 6  # paper: 20
@@ -70,12 +71,26 @@ class SiDyPConfig:
     # Folds of single-branch classifiers fine-tuned on the other folds' labels: for a training
     # row, the product's third expert is a classifier that never saw its label (0: two experts).
     held_out_folds: int = 5
+    # Training sample: at most this many rows, drawn per LLM label (0 or None: every row); the
+    # rest of the corpus is refined as new rows.
+    max_train_rows: int | None = 10_000
     # Runtime.
     seed: int = 0
     encode_batch_size: int = 64
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolved_trainable_layers(self, depth: int) -> int:
+        """``trainable_layers`` as a number of layers of an encoder ``depth`` layers deep."""
+        if self.trainable_layers == "all":
+            return depth
+        layers = int(self.trainable_layers)
+        if not 1 <= layers <= depth:
+            raise ValueError(
+                f"trainable_layers {layers}: the encoder has {depth} layers (1..{depth} or 'all')"
+            )
+        return layers
 
     @classmethod
     def from_bundle(cls, values: dict[str, Any]) -> SiDyPConfig:
@@ -94,6 +109,12 @@ class SiDyPConfig:
     def validate(self) -> None:
         if self.branches < 1:
             raise ValueError("branches must be >= 1")
+        if self.trainable_layers != "all" and (
+            not isinstance(self.trainable_layers, int) or self.trainable_layers < 1
+        ):
+            raise ValueError("trainable_layers must be a positive number of layers or 'all'")
+        if self.max_train_rows not in (None, 0) and self.max_train_rows < 2:
+            raise ValueError("max_train_rows must be 0 (no limit) or >= 2")
         if self.held_out_folds == 1 or self.held_out_folds < 0:
             raise ValueError("held_out_folds must be 0 (off) or >= 2")
         if not 1 <= self.snapshots <= self.classifier_epochs:

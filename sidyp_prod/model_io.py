@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +11,40 @@ import torch
 from tokenizers import Tokenizer
 
 from . import __version__
-from .bundle import Bundle, save_bundle
+from .bundle import Bundle, BundleError, save_bundle, sha256_file
 from .config import SiDyPConfig
-from .encoder import PretrainedEncoder, configure_tokenizer
-from .models import BertShape, DenoiserEnsemble, SiDyPEncoder
+from .encoder import configure_tokenizer
+from .models import DenoiserEnsemble, SiDyPEncoder
 from .neighbors import NeighborIndex
+from .pretrained import PretrainedEncoder
 from .training import TrainingResult
 
 ENCODER_FILE = "encoder.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
 REFERENCE_FILE = "reference.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def encoder_record(pretrained: PretrainedEncoder, name: str) -> dict[str, Any]:
+    """What the bundle says of its encoder: enough to rebuild the architecture without the
+    checkpoint (its transformers config), and what identifies the checkpoint it came from."""
+    weights = [p for p in sorted(pretrained.directory.glob("*.safetensors"))]
+    return {
+        "name": name,
+        "family": pretrained.family,
+        "config": pretrained.config.to_dict(),
+        "hidden_size": int(pretrained.config.hidden_size),
+        "pooling": pretrained.pooling.to_dict(),
+        "pad_token": pretrained.pad_token,
+        "checkpoint_sha256": {p.name: sha256_file(p) for p in weights},
+        "sentence_embedding": f"{pretrained.pooling.mode}-pooled pretrained top layers, "
+                              "L2-normalised",
+    }
+
+
+def encoder_hidden_size(manifest: dict[str, Any]) -> int:
+    record = manifest["encoder"]
+    return int(record["hidden_size"] if "hidden_size" in record else record["bert"]["hidden_size"])
 
 
 def _numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -41,18 +64,14 @@ def save_trained(
     tokenizer = Tokenizer.from_str(pretrained.tokenizer.to_str())
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    shape = BertShape.from_config(pretrained.config)
+    depth = int(pretrained.config.num_hidden_layers)
+    config = replace(config, trainable_layers=config.resolved_trainable_layers(depth))
     manifest = {
         "kind": "sidyp-prod-bundle",
         "sidyp_prod_version": __version__,
         "labels": labels,
         "config": config.to_dict(),
-        "encoder": {
-            "name": encoder_name,
-            "bert": shape.__dict__,
-            "pooling": "mean",
-            "sentence_embedding": "mean-pooled pretrained top layers, L2-normalised",
-        },
+        "encoder": encoder_record(pretrained, encoder_name),
         "branches": config.branches,
         "snapshot_epochs": result.snapshot_epochs,
         "feature_dim": int(result.features.dynamics.shape[-1]),
@@ -94,8 +113,9 @@ def load_bundle_tokenizer(bundle: Bundle) -> Tokenizer:
     """The bundle's tokenizer, truncating and padding as the encoder expects; on its own so a
     tokenizing stage need not build the reference set's indexes."""
     config = SiDyPConfig.from_bundle(bundle.manifest["config"])
+    pad_token = bundle.manifest["encoder"].get("pad_token", "[PAD]")  # older bundles: BERT's
     return configure_tokenizer(
-        Tokenizer.from_file(str(bundle.path(TOKENIZER_FILE))), config.max_length
+        Tokenizer.from_file(str(bundle.path(TOKENIZER_FILE))), config.max_length, pad_token
     )
 
 
@@ -123,16 +143,28 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
 def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:
     manifest = bundle.manifest
     config = SiDyPConfig.from_bundle(manifest["config"])
-    shape = BertShape(**manifest["encoder"]["bert"])
+    record = manifest["encoder"]
+    arrays = bundle.arrays(ENCODER_FILE)
+    if "bert" in record:  # written by sidyp-prod 0.1's hand-written BERT
+        model, pooling = _legacy_bert_model(record["bert"]), "mean"
+        arrays = legacy_encoder_state(arrays)
+    else:
+        model, pooling = _model_from_config(record), record["pooling"]["mode"]
     n_classes = len(manifest["labels"])
     encoder = SiDyPEncoder(
-        shape,
-        config.trainable_layers,
+        model,
+        config.resolved_trainable_layers(int(model.config.num_hidden_layers)),
         manifest["branches"],
         len(manifest["snapshot_epochs"]),
         n_classes,
+        pooling,
     )
-    encoder.load_state_dict(_torch_state(bundle.arrays(ENCODER_FILE)))
+    missing, unexpected = encoder.load_state_dict(_torch_state(arrays), strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"bundle {bundle.directory}: {ENCODER_FILE} does not match its encoder record "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
     denoiser = DenoiserEnsemble(
         manifest["branches"],
         n_classes,
@@ -142,6 +174,56 @@ def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:
     )
     denoiser.load_state_dict(_torch_state(bundle.arrays(DENOISER_FILE)))
     return encoder.eval(), denoiser.eval()
+
+
+def _model_from_config(record: dict[str, Any]) -> Any:
+    """The transformers architecture of a bundle's encoder, with untrained weights (the bundle's
+    own state dict replaces them)."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    values = dict(record["config"])
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    return AutoModel.from_config(config).eval()
+
+
+# sidyp-prod 0.1's BERT layer names -> transformers' BertLayer names.
+_LEGACY_LAYER_NAMES = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_out": "attention.output.dense",
+    "attention_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_norm": "output.LayerNorm",
+}
+
+
+def _legacy_bert_model(shape: dict[str, Any]) -> Any:
+    from transformers import BertConfig, BertModel
+
+    return BertModel(BertConfig(**shape), add_pooling_layer=False).eval()
+
+
+def legacy_encoder_state(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A 0.1 bundle's encoder weights under the names of the transformers-based encoder: the
+    same BERT arithmetic (exact GELU, token type 0, absolute positions), so the same labels."""
+    mapped = {}
+    for key, value in arrays.items():
+        parts = key.split(".")
+        if parts[0] == "trunk" and parts[1] == "stack":  # trunk.stack.layers.i.name.p
+            i, name, p = parts[3], parts[4], parts[5]
+            key = f"trunk.lower.encoder.layer.{i}.{_LEGACY_LAYER_NAMES[name]}.{p}"
+        elif parts[0] == "sentence_top":  # sentence_top.layers.i.name.p
+            i, name, p = parts[2], parts[3], parts[4]
+            key = f"sentence_top.encoder.layer.{i}.{_LEGACY_LAYER_NAMES[name]}.{p}"
+        elif parts[0] == "snapshots":  # snapshots.m.s.layers.i.name.p
+            m, s, i, name, p = parts[1], parts[2], parts[4], parts[5], parts[6]
+            key = f"snapshots.{m}.{s}.encoder.layer.{i}.{_LEGACY_LAYER_NAMES[name]}.{p}"
+        mapped[key] = value
+    return mapped
 
 
 def _torch_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

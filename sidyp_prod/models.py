@@ -1,159 +1,17 @@
-"""PyTorch modules: a BERT encoder split into a frozen trunk and per-branch top layers, and the
-label denoiser. Written out explicitly (not through transformers' BertModel) so that weights load
-from any BERT checkpoint and the graphs export to ONNX without version-specific attention code.
-"""
+"""PyTorch modules: the SiDyP encoder (a transformers encoder split into a frozen trunk and
+per-branch top layers, sidyp_prod.transformer) and the label denoiser."""
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class BertShape:
-    """The parts of a BERT config the encoder needs."""
-
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-    type_vocab_size: int
-    layer_norm_eps: float
-    hidden_act: str = "gelu"
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> BertShape:
-        if config.get("model_type", "bert") != "bert":
-            raise ValueError(f"only BERT-family encoders are supported, got {config['model_type']}")
-        return cls(
-            vocab_size=config["vocab_size"],
-            hidden_size=config["hidden_size"],
-            num_hidden_layers=config["num_hidden_layers"],
-            num_attention_heads=config["num_attention_heads"],
-            intermediate_size=config["intermediate_size"],
-            max_position_embeddings=config["max_position_embeddings"],
-            type_vocab_size=config.get("type_vocab_size", 2),
-            layer_norm_eps=config.get("layer_norm_eps", 1e-12),
-            hidden_act=config.get("hidden_act", "gelu"),
-        )
-
-
-class BertEmbeddings(nn.Module):
-    def __init__(self, shape: BertShape):
-        super().__init__()
-        self.word_embeddings = nn.Embedding(shape.vocab_size, shape.hidden_size)
-        self.position_embeddings = nn.Embedding(shape.max_position_embeddings, shape.hidden_size)
-        self.token_type_embeddings = nn.Embedding(shape.type_vocab_size, shape.hidden_size)
-        self.LayerNorm = nn.LayerNorm(shape.hidden_size, eps=shape.layer_norm_eps)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
-        # Single-segment input: token type 0 everywhere.
-        h = h + self.token_type_embeddings.weight[0]
-        return self.LayerNorm(h)
-
-
-class BertLayer(nn.Module):
-    """One post-LayerNorm BERT block; parameter names follow the Hugging Face checkpoints."""
-
-    def __init__(self, shape: BertShape, dropout: float = 0.0):
-        super().__init__()
-        h = shape.hidden_size
-        self.heads = shape.num_attention_heads
-        self.query = nn.Linear(h, h)
-        self.key = nn.Linear(h, h)
-        self.value = nn.Linear(h, h)
-        self.attention_out = nn.Linear(h, h)
-        self.attention_norm = nn.LayerNorm(h, eps=shape.layer_norm_eps)
-        self.intermediate = nn.Linear(h, shape.intermediate_size)
-        self.output = nn.Linear(shape.intermediate_size, h)
-        self.output_norm = nn.LayerNorm(h, eps=shape.layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-        b, n, d = h.shape
-        head_dim = d // self.heads
-
-        def split(x: torch.Tensor) -> torch.Tensor:
-            return x.view(b, n, self.heads, head_dim).transpose(1, 2)
-
-        q, k, v = split(self.query(h)), split(self.key(h)), split(self.value(h))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(head_dim) + additive_mask
-        context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
-        h = self.attention_norm(h + self.dropout(self.attention_out(context)))
-        inner = F.gelu(self.intermediate(h))
-        return self.output_norm(h + self.dropout(self.output(inner)))
-
-    HF_NAMES: ClassVar[dict[str, str]] = {
-        "query": "attention.self.query",
-        "key": "attention.self.key",
-        "value": "attention.self.value",
-        "attention_out": "attention.output.dense",
-        "attention_norm": "attention.output.LayerNorm",
-        "intermediate": "intermediate.dense",
-        "output": "output.dense",
-        "output_norm": "output.LayerNorm",
-    }
-
-
-def additive_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, N) 0/1 mask -> (B, 1, 1, N) additive mask for the attention scores."""
-    return (1.0 - attention_mask[:, None, None, :].float()) * -1e4
-
-
-def mean_pool(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask[..., None].to(h.dtype)
-    return (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-class LayerStack(nn.Module):
-    def __init__(self, shape: BertShape, n_layers: int, dropout: float = 0.0):
-        super().__init__()
-        self.layers = nn.ModuleList(BertLayer(shape, dropout) for _ in range(n_layers))
-
-    def forward(self, h: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            h = layer(h, additive_mask)
-        return h
-
-
-class Trunk(nn.Module):
-    """Embeddings plus the frozen lower layers shared by every branch and snapshot."""
-
-    def __init__(self, shape: BertShape, n_layers: int):
-        super().__init__()
-        self.embeddings = BertEmbeddings(shape)
-        self.stack = LayerStack(shape, n_layers)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.stack(self.embeddings(input_ids), additive_attention_mask(attention_mask))
-
-
-def load_bert_weights(trunk: Trunk, top: LayerStack, state: dict[str, torch.Tensor]) -> None:
-    """Copy a Hugging Face BERT state dict into a trunk and the pretrained top layers."""
-    state = {k.removeprefix("bert."): v for k, v in state.items()}
-    emb = {
-        k.removeprefix("embeddings."): v
-        for k, v in state.items()
-        if k.startswith("embeddings.") and "position_ids" not in k
-    }
-    trunk.embeddings.load_state_dict(emb)
-    layers = [*trunk.stack.layers, *top.layers]
-    for i, layer in enumerate(layers):
-        layer_state = {}
-        for ours, theirs in BertLayer.HF_NAMES.items():
-            for p in ("weight", "bias"):
-                layer_state[f"{ours}.{p}"] = state[f"encoder.layer.{i}.{theirs}.{p}"]
-        layer.load_state_dict(layer_state)
+from .transformer import EncoderSlice, Trunk, pool, sentence_embedding
 
 
 class SiDyPEncoder(nn.Module):
@@ -162,39 +20,45 @@ class SiDyPEncoder(nn.Module):
     Outputs: the branches' classifier probabilities (M, B, C), the training-dynamics features
     (M, B, S*H: one pooled vector per recorded snapshot of each branch) and the normalised
     sentence embedding (B, H) from the untouched pretrained top layers, for neighbour search.
+    ``model`` is a transformers encoder (pretrained, or built from a bundle's config and then
+    loaded from its state dict); ``pooling`` is the checkpoint's pooling mode.
     """
 
     def __init__(
         self,
-        shape: BertShape,
+        model: Any,
         trainable_layers: int,
         branches: int,
         snapshots: int,
         n_classes: int,
+        pooling: str = "mean",
     ):
         super().__init__()
-        self.shape = shape
-        trunk_layers = shape.num_hidden_layers - trainable_layers
-        if trunk_layers < 0:
-            raise ValueError("trainable_layers exceeds the encoder's depth")
-        self.trunk = Trunk(shape, trunk_layers)
-        self.sentence_top = LayerStack(shape, trainable_layers)
+        depth = int(model.config.num_hidden_layers)
+        if not 1 <= trainable_layers <= depth:
+            raise ValueError(f"trainable_layers must be between 1 and the encoder's depth {depth}")
+        self.pooling = pooling
+        self.trunk = Trunk(model, depth - trainable_layers)
+        self.sentence_top = EncoderSlice(model, depth - trainable_layers, depth, share=True)
         self.snapshots = nn.ModuleList(
-            nn.ModuleList(LayerStack(shape, trainable_layers) for _ in range(snapshots))
+            nn.ModuleList(
+                EncoderSlice(model, depth - trainable_layers, depth) for _ in range(snapshots)
+            )
             for _ in range(branches)
         )
-        self.heads = nn.ModuleList(nn.Linear(shape.hidden_size, n_classes) for _ in range(branches))
+        hidden = int(model.config.hidden_size)
+        self.heads = nn.ModuleList(nn.Linear(hidden, n_classes) for _ in range(branches))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden = self.trunk(input_ids, attention_mask)
-        mask = additive_attention_mask(attention_mask)
-        sentence = mean_pool(self.sentence_top(hidden, mask), attention_mask)
-        embedding = F.normalize(sentence, dim=-1)
+        top = self.sentence_top(hidden, attention_mask)
+        embedding = sentence_embedding(top, attention_mask, self.pooling)
         probs, dynamics = [], []
         for branch, head in zip(self.snapshots, self.heads, strict=True):
-            pooled = [mean_pool(stack(hidden, mask), attention_mask) for stack in branch]
+            pooled = [pool(stack(hidden, attention_mask), attention_mask, self.pooling)
+                      for stack in branch]
             dynamics.append(torch.cat(pooled, dim=-1))
             probs.append(head(pooled[-1]).softmax(-1))  # the last snapshot is the final epoch
         return torch.stack(probs), torch.stack(dynamics), embedding

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,24 +21,16 @@ from tqdm.auto import tqdm
 
 from .backends.base import EncodedBatch
 from .config import SiDyPConfig
+from .device import Precision
 from .diffusion import cosine_alpha_bar, simplex, text_key
-from .encoder import PretrainedEncoder, configure_tokenizer, tokenize
-from .models import (
-    EMA,
-    BertShape,
-    DenoiserEnsemble,
-    LayerStack,
-    ReverseProcess,
-    SiDyPEncoder,
-    Trunk,
-    additive_attention_mask,
-    load_bert_weights,
-    mean_pool,
-)
+from .encoder import configure_tokenizer, tokenize
+from .models import EMA, DenoiserEnsemble, ReverseProcess, SiDyPEncoder
 from .neighbors import NeighborIndex
 from .noise import centroid_distances, estimate_noise_ratio, mark_noisy, noise_scores
+from .pretrained import PretrainedEncoder
 from .prior import CERTAIN
 from .refinement import RefineSettings, prior_from_neighbors, refine_batch
+from .transformer import EncoderSlice, Trunk, pool, sentence_embedding, set_dropout
 
 
 @dataclass
@@ -88,21 +83,50 @@ def linear_warmup_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class _TrunkCache:
-    """The frozen trunk's hidden states of every row, computed once (the trunk never trains)."""
+class HiddenStateCache:
+    """The frozen trunk's hidden states of every row, computed once (the trunk never trains) and
+    kept on disk in fp16, read back a batch at a time: RAM does not grow with the corpus.
 
-    def __init__(self, hidden: list[torch.Tensor]):
-        self.hidden = hidden
+    Reads use ``os.pread`` rather than a memory map, so the pages land in the page cache (which
+    the kernel reclaims) and not in the process's resident set."""
 
-    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = [self.hidden[r].shape[0] for r in rows]
-        n, d = max(lengths), self.hidden[rows[0]].shape[1]
-        h = torch.zeros(len(rows), n, d)
-        mask = torch.zeros(len(rows), n, dtype=torch.long)
+    def __init__(self, directory: Path, n_rows: int, hidden_size: int):
+        self.path = directory / "trunk-states.f16"
+        self.hidden_size = hidden_size
+        self.offsets = np.zeros(n_rows, dtype=np.int64)
+        self.lengths = np.zeros(n_rows, dtype=np.int64)
+        self._end = 0
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def put(self, row: int, states: np.ndarray) -> None:
+        data = np.ascontiguousarray(states, dtype=np.float16).tobytes()
+        os.pwrite(self._fd, data, self._end)
+        self.offsets[row], self.lengths[row] = self._end, len(states)
+        self._end += len(data)
+
+    def get(self, row: int) -> np.ndarray:
+        n = int(self.lengths[row])
+        data = os.pread(self._fd, n * self.hidden_size * 2, int(self.offsets[row]))
+        return np.frombuffer(data, dtype=np.float16).reshape(n, self.hidden_size)
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, H) float32 states, zero-padded to the longest row, and the (B, N) mask."""
+        n = int(self.lengths[rows].max())
+        h = np.zeros((len(rows), n, self.hidden_size), dtype=np.float32)
+        mask = np.zeros((len(rows), n), dtype=np.int64)
         for i, r in enumerate(rows):
-            h[i, : lengths[i]] = self.hidden[r]
-            mask[i, : lengths[i]] = 1
-        return h, mask
+            states = self.get(int(r))
+            h[i, : len(states)] = states
+            mask[i, : len(states)] = 1
+        return torch.from_numpy(h).to(device), torch.from_numpy(mask).to(device)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -110,43 +134,94 @@ def _batches(order: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield order[start : start + size]
 
 
+def length_grouped_batches(
+    rows: np.ndarray,
+    lengths: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    pool_batches: int = 50,
+) -> list[np.ndarray]:
+    """Shuffled training batches of similar lengths (little padding): the rows are shuffled, cut
+    into pools of ``pool_batches`` batches, sorted by length within a pool, batched, and the
+    batches shuffled again."""
+    shuffled = rng.permutation(rows)
+    batches: list[np.ndarray] = []
+    pool_size = size * pool_batches
+    for start in range(0, len(shuffled), pool_size):
+        block = shuffled[start : start + pool_size]
+        block = block[np.argsort(lengths[block], kind="stable")]
+        batches.extend(_batches(block, size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 @torch.inference_mode()
 def _encode_trunk(
-    texts: list[str], pretrained: PretrainedEncoder, config: SiDyPConfig, progress: bool
-) -> tuple[Trunk, LayerStack, _TrunkCache, np.ndarray]:
-    shape = BertShape.from_config(pretrained.config)
-    trunk = Trunk(shape, shape.num_hidden_layers - config.trainable_layers).eval()
-    top = LayerStack(shape, config.trainable_layers).eval()
-    load_bert_weights(trunk, top, {k: torch.from_numpy(v) for k, v in pretrained.weights.items()})
-    tokenizer = configure_tokenizer(pretrained.tokenizer, config.max_length)
-    hidden: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    embeddings = np.zeros((len(texts), shape.hidden_size), dtype=np.float32)
+    texts: list[str],
+    pretrained: PretrainedEncoder,
+    config: SiDyPConfig,
+    work_dir: Path,
+    device: torch.device,
+    precision: Precision,
+    progress: bool,
+) -> tuple[Trunk, EncoderSlice, HiddenStateCache, np.ndarray]:
+    model = pretrained.model
+    depth = int(model.config.num_hidden_layers)
+    trainable = config.resolved_trainable_layers(depth)
+    trunk = Trunk(model, depth - trainable).to(device).eval()
+    top = EncoderSlice(model, depth - trainable, depth, share=True).to(device).eval()
+    tokenizer = configure_tokenizer(pretrained.tokenizer, config.max_length, pretrained.pad_token)
+    hidden_size = int(model.config.hidden_size)
+    cache = HiddenStateCache(work_dir, len(texts), hidden_size)
+    embeddings = np.zeros((len(texts), hidden_size), dtype=np.float32)
     # Length-sorted batches waste little compute on padding.
     order = np.argsort([len(t) for t in texts], kind="stable")
     bar = tqdm(total=len(texts), desc="encode", unit="rows", disable=not progress)
     for rows in _batches(order, config.encode_batch_size):
         ids, mask = tokenize(tokenizer, [texts[r] for r in rows])
-        ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-        h = trunk(ids_t, mask_t)
-        sentence = mean_pool(top(h, additive_attention_mask(mask_t)), mask_t)
-        embeddings[rows] = F.normalize(sentence, dim=-1).numpy()
+        ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        with precision.autocast():
+            h = trunk(ids_t, mask_t)
+            sentence = sentence_embedding(top(h, mask_t).float(), mask_t, pretrained.pooling.mode)
+        embeddings[rows] = sentence.float().cpu().numpy()
+        states = h.float().cpu().numpy()
         for i, r in enumerate(rows):
-            hidden[r] = h[i, : int(mask[i].sum())].clone()
+            cache.put(int(r), states[i, : int(mask[i].sum())])
         bar.update(len(rows))
     bar.close()
-    return trunk, top, _TrunkCache(hidden), embeddings
+    return trunk, top, cache, embeddings
+
+
+def sentence_embeddings(
+    texts: list[str],
+    pretrained: PretrainedEncoder,
+    config: SiDyPConfig,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """(N, H) the neighbour search's sentence embeddings of ``texts``, as training computes them."""
+    device = device or torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="sidyp-embed-") as tmp:
+        _, _, cache, embeddings = _encode_trunk(
+            texts, pretrained, config, Path(tmp), device, Precision(device), progress=False
+        )
+        cache.close()
+    return embeddings
 
 
 class _Branch(nn.Module):
-    def __init__(self, top: LayerStack, shape: BertShape, n_classes: int, dropout: float):
+    def __init__(self, top: EncoderSlice, n_classes: int, dropout: float, pooling: str):
         super().__init__()
-        self.stack = LayerStack(shape, len(top.layers), dropout)
-        self.stack.load_state_dict(top.state_dict())
+        self.stack = copy.deepcopy(top)  # a copy of the pretrained top layers to fine-tune
+        set_dropout(self.stack, dropout)
+        for p in self.stack.parameters():
+            p.requires_grad_(False)
+        for p in self.stack.trainable_parameters():
+            p.requires_grad_(True)
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(shape.hidden_size, n_classes)
+        self.head = nn.Linear(top.hidden_size, n_classes)
 
     def features(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mean_pool(self.stack(h, additive_attention_mask(mask)), mask)
+        return pool(self.stack(h, mask), mask, self.pooling).float()
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.features(h, mask)))
@@ -170,27 +245,39 @@ class _StageOne:
     history: list[dict[str, float]]
 
 
+@dataclass
+class _Run:
+    """Where and how a training run computes."""
+
+    device: torch.device
+    precision: Precision
+    pooling: str
+    progress: bool = False
+
+
 def _stage_one(
-    cache: _TrunkCache,
-    top: LayerStack,
-    shape: BertShape,
+    cache: HiddenStateCache,
+    top: EncoderSlice,
     given: np.ndarray,
     n_classes: int,
     config: SiDyPConfig,
     rng: np.random.Generator,
-    progress: bool,
+    run: _Run,
 ) -> _StageOne:
     """Fine-tune M branches together and record their training dynamics."""
     n = len(given)
     labelled = np.flatnonzero(given >= 0)
     branches = [
-        _Branch(top, shape, n_classes, config.classifier_dropout) for _ in range(config.branches)
+        _Branch(top, n_classes, config.classifier_dropout, run.pooling).to(run.device)
+        for _ in range(config.branches)
     ]
+    stack_params = [p for b in branches for p in b.stack.trainable_parameters()]
     params = [
-        {"params": [p for b in branches for p in b.stack.parameters()], "lr": config.classifier_lr},
+        {"params": stack_params, "lr": config.classifier_lr},
         {"params": [p for b in branches for p in b.head.parameters()], "lr": config.head_lr},
     ]
     optimizer = torch.optim.Adam(params)
+    scaler = run.precision.scaler()
     steps_per_epoch = math.ceil(len(labelled) / config.classifier_batch_size)
     total = steps_per_epoch * config.classifier_epochs
     scheduler = linear_warmup_schedule(optimizer, total, int(config.warmup_fraction * total))
@@ -199,43 +286,52 @@ def _stage_one(
     own_distances = np.zeros((config.classifier_epochs, config.branches, n))
     snapshot_features: list[np.ndarray] = []
     snapshot_states: list[list[dict]] = [[] for _ in branches]
-    centroids = np.zeros((config.branches, len(recorded), n_classes, shape.hidden_size))
+    hidden_size = branches[0].head.in_features
+    centroids = np.zeros((config.branches, len(recorded), n_classes, hidden_size))
     history = []
-    labels_t = torch.from_numpy(given)
+    labels_t = torch.from_numpy(given).to(run.device)
     bar = tqdm(
         total=total * len(branches) * config.classifier_batch_size,
         desc="stage I",
         unit="rows",
-        disable=not progress,
+        disable=not run.progress,
     )
     for epoch in range(config.classifier_epochs):
         alpha = 0.0 if epoch < coreg_epochs else config.coreg_alpha
         for b in branches:
             b.train()
         losses = []
-        for rows in _batches(rng.permutation(labelled), config.classifier_batch_size):
-            h, mask = cache.batch(rows)
-            logits = torch.stack([b(h, mask) for b in branches])
-            target = labels_t[rows]
+        batches = length_grouped_batches(
+            labelled, cache.lengths, config.classifier_batch_size, rng
+        )
+        for rows in batches:
+            h, mask = cache.batch(rows, run.device)
+            with run.precision.autocast():
+                logits = torch.stack([b(h, mask) for b in branches]).float()
+            target = labels_t[torch.from_numpy(rows).to(run.device)]
             ce = torch.stack([F.cross_entropy(lg, target) for lg in logits]).mean()
             loss = ce + alpha * coregularization(logits.softmax(-1)) if len(branches) > 1 else ce
             optimizer.zero_grad()
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], config.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             losses.append(float(loss.detach()))
             bar.update(len(rows) * len(branches))
-        features, probs = _branch_outputs(branches, cache, config.encode_batch_size)
+        features, probs = _branch_outputs(branches, cache, config.encode_batch_size, run)
         for m, feats in enumerate(features):
             dist = centroid_distances(feats, given, n_classes)
             own = dist[np.arange(n), np.clip(given, 0, None)]
             own_distances[epoch, m] = np.where(given >= 0, own, np.nan)
         if epoch in recorded:
             s = recorded.index(epoch)
-            snapshot_features.append(np.stack(features))
+            snapshot_features.append(features)
             for m, b in enumerate(branches):
-                snapshot_states[m].append(copy.deepcopy(b.stack.state_dict()))
+                snapshot_states[m].append(
+                    {k: v.detach().cpu().clone() for k, v in b.stack.state_dict().items()}
+                )
                 for c in range(n_classes):
                     members = given == c
                     if members.any():
@@ -248,33 +344,35 @@ def _stage_one(
 
 @torch.inference_mode()
 def _branch_outputs(
-    branches: list[_Branch], cache: _TrunkCache, batch_size: int
+    branches: list[_Branch], cache: HiddenStateCache, batch_size: int, run: _Run
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every row's pooled features (M, N, H) and classifier probabilities (M, N, C)."""
-    n = len(cache.hidden)
+    n = len(cache)
     features = np.zeros((len(branches), n, branches[0].head.in_features), dtype=np.float32)
     probs = np.zeros((len(branches), n, branches[0].head.out_features), dtype=np.float32)
-    order = np.argsort([h.shape[0] for h in cache.hidden], kind="stable")
+    order = np.argsort(cache.lengths, kind="stable")
     for b in branches:
         b.eval()
     for rows in _batches(order, batch_size):
-        h, mask = cache.batch(rows)
+        h, mask = cache.batch(rows, run.device)
         for m, b in enumerate(branches):
-            pooled = b.features(h, mask)
-            features[m, rows] = pooled.numpy()
-            probs[m, rows] = b.head(pooled).softmax(-1).numpy()
+            with run.precision.autocast():
+                pooled = b.features(h, mask)
+                logits = b.head(pooled).float()
+            features[m, rows] = pooled.cpu().numpy()
+            probs[m, rows] = logits.softmax(-1).cpu().numpy()
     return features, probs
 
 
 def out_of_fold_probs(
-    cache: _TrunkCache,
-    top: LayerStack,
-    shape: BertShape,
+    cache: HiddenStateCache,
+    top: EncoderSlice,
     given: np.ndarray,
     n_classes: int,
     config: SiDyPConfig,
     rng: np.random.Generator,
     folds: int,
+    run: _Run,
 ) -> np.ndarray:
     """(N, C) p(y_given | x) of one classifier (a single branch: the trunk, the top layer(s), a
     head) per fold, fine-tuned on the LLM labels of the other folds: for every row, the
@@ -282,10 +380,11 @@ def out_of_fold_probs(
     plain = replace(config, branches=1, snapshots=1, coreg_alpha=0.0)
     fold = rng.permutation(len(given)) % folds
     probs = np.zeros((len(given), n_classes), dtype=np.float32)
+    quiet = replace(run, progress=False)
     for k in range(folds):
         train_given = np.where(fold == k, -1, given)
-        stage = _stage_one(cache, top, shape, train_given, n_classes, plain, rng, progress=False)
-        _, fold_probs = _branch_outputs(stage.branches, cache, plain.encode_batch_size)
+        stage = _stage_one(cache, top, train_given, n_classes, plain, rng, quiet)
+        _, fold_probs = _branch_outputs(stage.branches, cache, plain.encode_batch_size, quiet)
         probs[fold == k] = fold_probs[0, fold == k]
     return probs
 
@@ -293,8 +392,11 @@ def out_of_fold_probs(
 class _DenoiserBackend:
     """Lets the backend-agnostic refinement core call the denoiser while it trains."""
 
-    def __init__(self, model: DenoiserEnsemble, settings: RefineSettings):
+    def __init__(
+        self, model: DenoiserEnsemble, settings: RefineSettings, device: torch.device
+    ):
         self.model = model
+        self.device = device
         schedule = settings.schedule
         self.reverse_process = ReverseProcess(
             model, schedule.timesteps, schedule.alpha_bar, settings.scale
@@ -304,9 +406,9 @@ class _DenoiserBackend:
     def _eval(self, method: Callable, *arrays: np.ndarray) -> np.ndarray:
         was_training = self.model.training
         self.model.eval()
-        out = method(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
+        out = method(*(torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in arrays))
         self.model.train(was_training)
-        return out.numpy()
+        return out.cpu().numpy()
 
     def condition(self, dynamics: np.ndarray) -> np.ndarray:
         return self._eval(self.model.condition, dynamics)
@@ -334,18 +436,19 @@ def _stage_two(
     n_classes: int,
     config: SiDyPConfig,
     rng: np.random.Generator,
-    progress: bool,
+    run: _Run,
 ) -> tuple[DenoiserEnsemble, np.ndarray, int, list[dict[str, float]]]:
     """Train the denoisers with iterative refinement; return the best one, the refined weights,
     the chosen epoch and the loss history."""
     m, n, feature_dim = features.dynamics.shape
     settings = RefineSettings.from_config(config, n_classes)
+    device = run.device
     model = DenoiserEnsemble(
         m, n_classes, feature_dim, config.denoiser_width, config.diffusion_steps
-    )
+    ).to(device)
     ema = EMA(model, config.ema_decay)
-    backend = _DenoiserBackend(model, settings)
-    eval_backend = _DenoiserBackend(ema.shadow if config.use_ema else model, settings)
+    backend = _DenoiserBackend(model, settings, device)
+    eval_backend = _DenoiserBackend(ema.shadow if config.use_ema else model, settings, device)
 
     n_hold = round(config.holdout_fraction * n) if n >= 20 else 0
     permutation = rng.permutation(n)
@@ -357,16 +460,16 @@ def _stage_two(
     total = steps_per_epoch * config.diffusion_epochs
     optimizer = torch.optim.Adam(model.parameters(), lr=config.diffusion_lr)
     scheduler = linear_warmup_schedule(optimizer, total, max(1, total // 10), cosine=True)
-    alpha_bar = torch.from_numpy(cosine_alpha_bar(config.diffusion_steps)).float()
+    alpha_bar = torch.from_numpy(cosine_alpha_bar(config.diffusion_steps)).float().to(device)
     warmup_epochs = math.ceil(config.diffusion_warmup_fraction * config.diffusion_epochs)
     weights = prior_weights.copy()
-    dynamics = torch.from_numpy(features.dynamics)
-    y_vectors = torch.from_numpy(simplex(given, n_classes, config.simplex_scale))
+    dynamics = torch.from_numpy(features.dynamics).to(device)
+    y_vectors = torch.from_numpy(simplex(given, n_classes, config.simplex_scale)).to(device)
     scale = config.simplex_scale
     best_state, best_score, best_epoch = copy.deepcopy(eval_backend.model.state_dict()), -1.0, -1
     history = []
     for epoch in tqdm(
-        range(config.diffusion_epochs), desc="stage II", unit="epoch", disable=not progress
+        range(config.diffusion_epochs), desc="stage II", unit="epoch", disable=not run.progress
     ):
         warm = epoch < warmup_epochs
         # Without the dynamic prior (an ablation) the targets keep the kNN weights.
@@ -389,19 +492,26 @@ def _stage_two(
         for rows in _batches(rng.permutation(train_rows), config.diffusion_batch_size):
             if len(rows) < 2:  # BatchNorm needs two rows
                 continue
-            t = torch.from_numpy(rng.integers(0, config.diffusion_steps, len(rows)))
-            eps = torch.from_numpy(rng.standard_normal((len(rows), n_classes)).astype(np.float32))
-            x0 = torch.from_numpy(simplex(targets[:, rows], n_classes, scale))
+            t = torch.from_numpy(rng.integers(0, config.diffusion_steps, len(rows))).to(device)
+            eps = torch.from_numpy(
+                rng.standard_normal((len(rows), n_classes)).astype(np.float32)
+            ).to(device)
+            x0 = torch.from_numpy(simplex(targets[:, rows], n_classes, scale)).to(device)
+            rows_t = torch.from_numpy(rows).to(device)
             ab = alpha_bar[t][None, :, None]
             x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * scale * eps[None]
-            logits = model(x_t, t, dynamics[:, rows], y_vectors[rows])
+            logits = model(x_t, t, dynamics[:, rows_t], y_vectors[rows_t])
             ce = F.cross_entropy(
                 logits.reshape(-1, n_classes),
-                torch.from_numpy(targets[:, rows]).reshape(-1),
+                torch.from_numpy(targets[:, rows]).reshape(-1).to(device),
                 reduction="none",
             ).reshape(m, len(rows))
-            w = torch.from_numpy((target_weight[:, rows] * include[:, rows]).astype(np.float32))
-            count = torch.from_numpy(include[:, rows].sum(1).clip(min=1).astype(np.float32))
+            w = torch.from_numpy(
+                (target_weight[:, rows] * include[:, rows]).astype(np.float32)
+            ).to(device)
+            count = torch.from_numpy(
+                include[:, rows].sum(1).clip(min=1).astype(np.float32)
+            ).to(device)
             loss = ((ce * w).sum(1) / count).mean()
             if m > 1:
                 loss = loss + config.coreg_lambda * coregularization(logits.softmax(-1))
@@ -437,7 +547,7 @@ def _stage_two(
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(eval_backend.model.state_dict())
     model.load_state_dict(best_state)
-    return model.eval(), weights, best_epoch, history
+    return model.cpu().eval(), weights, best_epoch, history
 
 
 def _majority(votes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -528,72 +638,81 @@ def train_sidyp(
     config: SiDyPConfig,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    device: torch.device | None = None,
+    work_dir: str | Path | None = None,
 ) -> TrainingResult:
-    """Run every training stage on (text, given label) pairs; ``given`` is -1 where refused."""
+    """Run every training stage on (text, given label) pairs; ``given`` is -1 where refused.
+
+    ``device`` is where the encoder and denoiser train (default the CPU); the trunk's hidden
+    states go to a temporary file under ``work_dir`` (default the system's temporary directory)
+    that is removed at the end."""
     config.validate()
     given = np.asarray(given, dtype=np.int64)
     if (given >= 0).sum() < 2:
         raise ValueError("need at least two labelled rows to train")
+    device = device or torch.device("cpu")
+    run = _Run(device, Precision(device), pretrained.pooling.mode, progress)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     timings: dict[str, float] = {}
-    shape = BertShape.from_config(pretrained.config)
+    depth = int(pretrained.config.num_hidden_layers)
+    trainable = config.resolved_trainable_layers(depth)
 
-    start = time.perf_counter()
-    trunk, top, cache, embeddings = _encode_trunk(texts, pretrained, config, progress)
-    timings["encode"] = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="sidyp-train-", dir=work_dir) as tmp:
+        start = time.perf_counter()
+        _, top, cache, embeddings = _encode_trunk(
+            texts, pretrained, config, Path(tmp), device, run.precision, progress
+        )
+        timings["encode"] = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            stage_one = _stage_one(cache, top, given, n_classes, config, rng, run)
+            timings["stage_one"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    stage_one = _stage_one(cache, top, shape, given, n_classes, config, rng, progress)
-    timings["stage_one"] = time.perf_counter() - start
+            start = time.perf_counter()
+            labelled = given >= 0
+            scores = [noise_scores(stage_one.own_distances[:, m]) for m in range(config.branches)]
+            estimated = config.noise_ratio is None
+            ratio = (
+                float(np.mean([estimate_noise_ratio(s[labelled]) for s in scores]))
+                if estimated
+                else float(config.noise_ratio)
+            )
+            clean = np.stack([~mark_noisy(np.nan_to_num(s), ratio, labelled) for s in scores])
+            settings = RefineSettings.from_config(config, n_classes)
+            indexes = [NeighborIndex(embeddings[c], given[c]) for c in clean]
+            prior_weights, prior_kind = prior_from_neighbors(embeddings, indexes, settings)
+            timings["prior"] = time.perf_counter() - start
+            if log:
+                log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")
 
-    start = time.perf_counter()
-    labelled = given >= 0
-    scores = [noise_scores(stage_one.own_distances[:, m]) for m in range(config.branches)]
-    estimated = config.noise_ratio is None
-    ratio = (
-        float(np.mean([estimate_noise_ratio(s[labelled]) for s in scores]))
-        if estimated
-        else float(config.noise_ratio)
-    )
-    clean = np.stack([~mark_noisy(np.nan_to_num(s), ratio, labelled) for s in scores])
-    settings = RefineSettings.from_config(config, n_classes)
-    indexes = [NeighborIndex(embeddings[c], given[c]) for c in clean]
-    prior_weights, prior_kind = prior_from_neighbors(embeddings, indexes, settings)
-    timings["prior"] = time.perf_counter() - start
-    if log:
-        log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")
-
-    start = time.perf_counter()
-    features = RowFeatures(stage_one.probs, stage_one.dynamics, embeddings)
-    keys = [text_key(t) for t in texts]
-    denoiser, refined_weights, best_epoch, history2 = _stage_two(
-        features, given, keys, prior_weights, prior_kind, n_classes, config, rng, progress
-    )
-    timings["stage_two"] = time.perf_counter() - start
+            start = time.perf_counter()
+            features = RowFeatures(stage_one.probs, stage_one.dynamics, embeddings)
+            keys = [text_key(t) for t in texts]
+            denoiser, refined_weights, best_epoch, history2 = _stage_two(
+                features, given, keys, prior_weights, prior_kind, n_classes, config, rng, run
+            )
+            timings["stage_two"] = time.perf_counter() - start
+            if config.held_out_folds:
+                # Last, so that every earlier stage draws the same random numbers without it.
+                start = time.perf_counter()
+                features.held_out_probs = out_of_fold_probs(
+                    cache, top, given, n_classes, config, rng, config.held_out_folds, run
+                )
+                timings["held_out"] = time.perf_counter() - start
+        finally:
+            cache.close()
 
     encoder = SiDyPEncoder(
-        shape,
-        config.trainable_layers,
-        config.branches,
-        len(stage_one.snapshot_states[0]),
-        n_classes,
+        pretrained.model, trainable, config.branches, len(stage_one.snapshot_states[0]),
+        n_classes, pretrained.pooling.mode,
     )
-    encoder.trunk.load_state_dict(trunk.state_dict())
-    encoder.sentence_top.load_state_dict(top.state_dict())
     for m, branch in enumerate(stage_one.branches):
         for s, state in enumerate(stage_one.snapshot_states[m]):
             encoder.snapshots[m][s].load_state_dict(state)
         encoder.heads[m].load_state_dict(branch.head.state_dict())
-    if config.held_out_folds:
-        # Last, so that every earlier stage draws the same random numbers with or without it.
-        start = time.perf_counter()
-        features.held_out_probs = out_of_fold_probs(
-            cache, top, shape, given, n_classes, config, rng, config.held_out_folds
-        )
-        timings["held_out"] = time.perf_counter() - start
     return TrainingResult(
-        encoder=encoder.eval(),
+        encoder=encoder.cpu().eval(),
         denoiser=denoiser,
         embeddings=embeddings,
         given=given,

@@ -25,23 +25,75 @@ def vocabulary() -> list[str]:
     return SPECIAL + words
 
 
-def make_tiny_encoder(directory: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """A random BERT with a small WordPiece vocabulary, saved like a Hugging Face checkpoint."""
+# One tiny random config per supported transformers family (sidyp_prod.pretrained).
+FAMILIES = ("bert", "roberta", "xlm-roberta", "mpnet", "deberta-v2")
+
+
+def _family_config(family: str, vocab_size: int, hidden: int, layers: int):
+    from transformers import (
+        BertConfig,
+        DebertaV2Config,
+        MPNetConfig,
+        RobertaConfig,
+        XLMRobertaConfig,
+    )
+
+    common = {
+        "vocab_size": vocab_size, "hidden_size": hidden, "num_hidden_layers": layers,
+        "num_attention_heads": 2, "intermediate_size": 2 * hidden, "max_position_embeddings": 80,
+        "pad_token_id": 0,
+    }
+    if family == "bert":
+        return BertConfig(**common)
+    if family == "roberta":  # positions start after the pad id, and a non-default activation
+        return RobertaConfig(**common, hidden_act="gelu_new", bos_token_id=2, eos_token_id=3)
+    if family == "xlm-roberta":
+        return XLMRobertaConfig(**common, hidden_act="relu", bos_token_id=2, eos_token_id=3)
+    if family == "mpnet":
+        return MPNetConfig(**common, bos_token_id=2, eos_token_id=3)
+    if family == "deberta-v2":  # relative attention, as DeBERTa-v3 checkpoints have it
+        return DebertaV2Config(
+            **common, relative_attention=True, position_biased_input=False,
+            pos_att_type=["p2c", "c2p"], position_buckets=16, max_relative_positions=32,
+            norm_rel_ebd="layer_norm", type_vocab_size=0,
+        )
+    raise ValueError(family)
+
+
+def make_tiny_encoder(
+    directory: Path, hidden: int = 32, layers: int = 2, seed: int = 0, family: str = "bert",
+    sentence_transformers: bool = False,
+) -> Path:
+    """A random encoder of ``family`` with a small WordPiece vocabulary, saved like a Hugging
+    Face checkpoint (config, safetensors, fast tokenizer); ``sentence_transformers`` adds a
+    CLS-pooling sentence-transformers configuration."""
     import torch
     from tokenizers.implementations import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel
+    from transformers import AutoModel, PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = vocabulary()
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+    ).save_pretrained(directory)
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    config = _family_config(family, len(vocab), hidden, layers)
+    AutoModel.from_config(config).save_pretrained(directory, safe_serialization=True)
+    if sentence_transformers:
+        (directory / "1_Pooling").mkdir(exist_ok=True)
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": hidden, "pooling_mode_cls_token": True,
+             "pooling_mode_mean_tokens": False}))
+        (directory / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling",
+             "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize",
+             "type": "sentence_transformers.models.Normalize"},
+        ]))
     return directory
 
 

@@ -1,34 +1,61 @@
-"""The hand-written BERT must compute what Hugging Face's BertModel computes."""
+"""The encoder built on transformers' modules must compute what the checkpoint's own model
+computes, for every supported family; the denoiser's exported process what numpy computes."""
 
 import numpy as np
+import pytest
 import torch
-from transformers import BertModel
 
-from sidyp_prod.encoder import configure_tokenizer, load_pretrained, tokenize
-from sidyp_prod.models import (
-    BertShape,
-    LayerStack,
-    Trunk,
-    additive_attention_mask,
-    load_bert_weights,
-)
+from sidyp_prod.encoder import configure_tokenizer, tokenize
+from sidyp_prod.pretrained import load_pretrained, read_pooling
+from sidyp_prod.transformer import EncoderSlice, Trunk
+
+from synthetic import FAMILIES, make_tiny_encoder
 
 
-def test_trunk_and_top_match_hugging_face(tiny_encoder):
-    pretrained = load_pretrained(str(tiny_encoder))
-    shape = BertShape.from_config(pretrained.config)
-    trunk, top = Trunk(shape, 1).eval(), LayerStack(shape, 1).eval()
-    load_bert_weights(trunk, top, {k: torch.from_numpy(v) for k, v in pretrained.weights.items()})
-    tokenizer = configure_tokenizer(pretrained.tokenizer, 32)
-    ids, mask = tokenize(tokenizer, ["the song and the band", "oven"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trunk_and_top_slices_match_the_checkpoints_own_model(tmp_path, family):
+    directory = make_tiny_encoder(tmp_path / family, hidden=32, layers=3, family=family)
+    pretrained = load_pretrained(str(directory))
+    assert pretrained.family == family
+    tokenizer = configure_tokenizer(pretrained.tokenizer, 32, pretrained.pad_token)
+    ids, mask = tokenize(tokenizer, ["the song and the band played", "oven"])
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
-    with torch.no_grad():
-        ours = top(trunk(ids_t, mask_t), additive_attention_mask(mask_t))
-        reference = BertModel.from_pretrained(tiny_encoder).eval()(
-            input_ids=ids_t, attention_mask=mask_t
-        ).last_hidden_state
-    valid = mask.astype(bool)
-    np.testing.assert_allclose(ours.numpy()[valid], reference.numpy()[valid], atol=1e-4)
+    for split in (0, 1, 3):  # all trainable, one frozen layer, all frozen
+        trunk = Trunk(pretrained.model, split).eval()
+        top = EncoderSlice(pretrained.model, split, 3).eval()
+        with torch.no_grad():
+            ours = top(trunk(ids_t, mask_t), mask_t)
+            reference = pretrained.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+        valid = mask.astype(bool)
+        np.testing.assert_allclose(ours.numpy()[valid], reference.numpy()[valid], atol=1e-5)
+
+
+def test_activation_comes_from_the_checkpoint(tmp_path):
+    """A checkpoint whose hidden_act is not GELU computes with its own activation."""
+    directory = make_tiny_encoder(tmp_path / "enc", hidden=32, layers=2, family="xlm-roberta")
+    pretrained = load_pretrained(str(directory))
+    assert pretrained.config.hidden_act == "relu"
+    layer = EncoderSlice(pretrained.model, 0, 2).layers[0]
+    assert "relu" in type(layer.intermediate.intermediate_act_fn).__name__.lower()
+
+
+def test_pooling_follows_the_sentence_transformers_configuration(tmp_path):
+    plain = make_tiny_encoder(tmp_path / "plain")
+    assert read_pooling(plain).mode == "mean"
+    st = make_tiny_encoder(tmp_path / "st", sentence_transformers=True)
+    pooling = read_pooling(st)
+    assert (pooling.mode, pooling.normalize) == ("cls", True)
+
+
+def test_an_unsupported_family_or_missing_encoder_is_refused(tmp_path):
+    from transformers import DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
+                                     hidden_dim=32)).save_pretrained(tmp_path / "distil")
+    with pytest.raises(ValueError, match="model_type 'distilbert' is not supported"):
+        load_pretrained(str(tmp_path / "distil"))
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        load_pretrained("no-such-org/no-such-model")
 
 
 def test_reverse_process_module_computes_the_numpy_reference():

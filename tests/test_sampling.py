@@ -1,0 +1,48 @@
+"""The training sample: per LLM label, every class kept, the same rows for the same seed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from sidyp_prod.sampling import MIN_PER_CLASS, stratified_sample
+
+from conftest import tiny_config
+from synthetic import make_rows, write_jsonl
+
+
+def test_sample_keeps_every_class_and_its_share():
+    rng = np.random.default_rng(0)
+    codes = np.concatenate([np.zeros(9000), np.ones(900), np.full(5, 2), np.full(95, -1)])
+    codes = rng.permutation(codes).astype(np.int64)
+    chosen = stratified_sample(codes, 1000, seed=3)
+    assert len(chosen) == 1000 and len(set(chosen.tolist())) == 1000
+    assert np.all(np.diff(chosen) > 0)
+    counts = {int(v): int((codes[chosen] == v).sum()) for v in (-1, 0, 1, 2)}
+    assert counts[2] == 5  # a class smaller than the minimum keeps every row
+    assert counts[1] >= MIN_PER_CLASS and abs(counts[1] - 90) <= 2
+    assert abs(counts[0] - 900) <= 25
+    np.testing.assert_array_equal(chosen, stratified_sample(codes, 1000, seed=3))
+    assert not np.array_equal(chosen, stratified_sample(codes, 1000, seed=4))
+
+
+def test_small_corpus_is_taken_whole():
+    np.testing.assert_array_equal(stratified_sample(np.array([0, 1, 1]), 10, 0), [0, 1, 2])
+
+
+def test_train_on_a_sample_refines_the_rest_as_new_rows(tiny_encoder, tmp_path):
+    from sidyp_prod import api
+
+    rows = make_rows(300, seed=7)
+    corpus = write_jsonl(tmp_path / "big.jsonl", rows)
+    config = tiny_config(max_train_rows=120, held_out_folds=0, classifier_epochs=3,
+                         diffusion_epochs=4)
+    refined = tmp_path / "refined.jsonl"
+    summary = api.train(corpus, tmp_path / "bundle", config, encoder=str(tiny_encoder),
+                        refined_out=refined, export=False)
+    assert summary.rows == 120 and summary.refined_as_new == 180
+    assert "120 trained on, 180 refined as new" in summary.to_text()
+    out = [json.loads(line) for line in refined.read_text().splitlines()]
+    assert [r["id"] for r in out] == [r["id"] for r in rows]  # every row, input order
+    assert all("predicted_label" in r for r in out)
