@@ -450,6 +450,9 @@ def report(
         Path | None, typer.Option(help="Also write the flagged rows as Argilla records (JSONL).")
     ] = None,
     text_field: TextField = "text",
+    label_field: Annotated[
+        str, typer.Option(help="JSON field of --train-corpus holding the LLM label.")
+    ] = "label",
     id_field: IdField = "id",
     as_json: JsonOut = False,
 ) -> None:
@@ -463,7 +466,7 @@ def report(
     try:
         summary = api.report(
             refined, out or default_report_path(refined), model=model,
-            train_corpus=train_corpus, fields=_fields(text_field, "label", id_field),
+            train_corpus=train_corpus, fields=_fields(text_field, label_field, id_field),
             gold_field=gold_field, max_rows=max_rows, neighbours=neighbours,
             label_studio=label_studio, argilla=argilla,
         )

@@ -381,7 +381,7 @@ def _embed(bundle_dir: Path, texts: list[str]) -> np.ndarray:
 
 
 def _training_texts(source: Path, wanted: set[int], fields: FieldNames,
-                    labels: Sequence[str], refined: bool) -> dict[int, str]:
+                    labels: Sequence[str], refined: bool, size: int) -> dict[int, str]:
     """Texts of the training rows numbered in ``wanted`` (0-based, in the bundle's order), read
     in one streamed pass: from the refined file itself, or from the training corpus (its
     accepted rows, as training read them)."""
@@ -397,6 +397,10 @@ def _training_texts(source: Path, wanted: set[int], fields: FieldNames,
             if i in wanted:
                 texts[i] = item.text
             i += 1
+    if i != size:
+        raise ValueError(f"{source}: {i} rows with a valid text and label, but the bundle was "
+                         f"trained on {size}: --train-corpus must be the corpus it was trained "
+                         "on (and --text-field/--label-field as training read it)")
     return texts
 
 
@@ -422,7 +426,8 @@ def _attach_neighbours(issues: list[dict[str, Any]], bundle: _Bundle, k: int,
         distances = np.take_along_axis(distances, keep, axis=1)
         ids = np.take_along_axis(ids, keep, axis=1)
     wanted = {int(i) for i in ids.reshape(-1) if i >= 0}
-    texts = (_training_texts(source, wanted, fields, bundle.labels, source_is_refined)
+    texts = (_training_texts(source, wanted, fields, bundle.labels, source_is_refined,
+                             len(bundle.reference_labels))
              if source is not None else {})
     clean_votes = bundle.reference_clean.sum(axis=0)
     branches = len(bundle.reference_clean)
