@@ -133,6 +133,19 @@ def test_exports_follow_the_documented_formats(trained, tmp_path):
     assert '<Choices name="label" toName="text"' in config and '<Choice value="music"/>' in config
 
 
+def test_parquet_and_jsonl_give_the_same_page_data(trained, tmp_path):
+    from sidyp_prod.formats import jsonl_to_parquet
+
+    refined = trained[1]
+    parquet = tmp_path / "refined.parquet"
+    jsonl_to_parquet(refined, parquet)
+    build_report(refined, tmp_path / "a.html", gold_field="gold_label")
+    build_report(parquet, tmp_path / "b.html", gold_field="gold_label")
+    a, b = _page_data(tmp_path / "a.html"), _page_data(tmp_path / "b.html")
+    for key in ("flows", "classes", "score_hist", "confidence_hist", "gold", "issues"):
+        assert a[key] == b[key], key
+
+
 def test_a_bad_row_names_file_line_and_field_and_leaves_nothing(trained, tmp_path):
     rows = _rows(trained[1])[:30]
     rows[11]["confidence"] = 1.5
