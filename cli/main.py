@@ -290,6 +290,10 @@ def refine(
     output_format: Annotated[
         str, typer.Option("--format", help="--engine ray: shard format, 'jsonl' or 'parquet'.")
     ] = "jsonl",
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Also write the review page of the label issues here (HTML)."),
+    ] = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -302,6 +306,10 @@ def refine(
 
     if engine == "ray":
         from sidyp_prod.backends import backend_choice
+
+        if report is not None:
+            _fail("--report applies to --engine local; for a ray output directory run "
+                  "`sidyp-prod report OUT_DIR --model MODEL`")
 
         backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
         _refine_ray(corpus, model, out, backend=backend, precision=precision,
@@ -339,6 +347,7 @@ def refine(
             progress=not quiet and out != "-",
             triton_url=triton_url,
             triton_retry_seconds=triton_retry_seconds,
+            report=report,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -483,6 +492,65 @@ def serve(
         typer.echo("stopping", err=True)
     finally:
         server.stop()
+
+
+@app.command()
+def report(
+    refined: Annotated[
+        Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The HTML page (default: REFINED.report.html)."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="The bundle that refined it: its id and settings, "
+                     "and each issue's nearest training rows."),
+    ] = None,
+    train_corpus: Annotated[
+        Path | None,
+        typer.Option(help="The corpus the bundle was trained on, for the neighbours' texts "
+                     "(not needed when REFINED is the bundle's own --refined-out)."),
+    ] = None,
+    gold_field: Annotated[
+        str | None,
+        typer.Option(help="Field with human labels: adds the accuracy and calibration views."),
+    ] = None,
+    max_rows: Annotated[
+        int, typer.Option(help="Label issues embedded in the page (most likely wrong first).")
+    ] = 1000,
+    neighbours: Annotated[int, typer.Option(help="Nearest training rows per issue.")] = 5,
+    label_studio: Annotated[
+        Path | None, typer.Option(help="Also write the flagged rows as Label Studio tasks.")
+    ] = None,
+    argilla: Annotated[
+        Path | None, typer.Option(help="Also write the flagged rows as Argilla records (JSONL).")
+    ] = None,
+    text_field: TextField = "text",
+    label_field: Annotated[
+        str, typer.Option(help="JSON field of --train-corpus holding the LLM label.")
+    ] = "label",
+    id_field: IdField = "id",
+    as_json: JsonOut = False,
+) -> None:
+    """Write one self-contained HTML page of the label issues of a refined corpus (no gold
+    labels needed; opens offline in any browser)."""
+    from sidyp_prod import api
+    from sidyp_prod.bundle import BundleError
+    from sidyp_prod.corpus import InputError
+    from sidyp_prod.report import default_report_path
+
+    try:
+        summary = api.report(
+            refined, out or default_report_path(refined), model=model,
+            train_corpus=train_corpus, fields=_fields(text_field, label_field, id_field),
+            gold_field=gold_field, max_rows=max_rows, neighbours=neighbours,
+            label_studio=label_studio, argilla=argilla,
+        )
+    except (InputError, BundleError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    _report(summary, as_json)
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""The Python API: ``train``, ``refine`` and ``evaluate``. The CLI is a thin layer over these."""
+"""The Python API: ``train``, ``refine``, ``report`` and ``evaluate``. The CLI is a thin layer
+over these."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ from .refinement import (
     prior_from_neighbors,
     refine_batch,
 )
+from .report import ReportSummary, build_report
 from .stream import ResumableOutput, StdoutOutput
 
 DEFAULT_FIELDS = FieldNames()
@@ -123,6 +125,7 @@ class RefineSummary:
     changed: int
     rows_per_second: float
     rejects: str | None = None
+    report: str | None = None  # the review page (refine --report)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +137,8 @@ class RefineSummary:
         )
         if self.rejected:
             text += f"; rejects in {self.rejects}"
+        if self.report:
+            text += f"\nreview the label issues: {self.report}"
         return text
 
 
@@ -435,6 +440,7 @@ def refine(
     triton_url: str | None = None,
     triton_retry_seconds: float = 120.0,
     known: Mapping[int, dict] | None = None,
+    report: str | Path | None = None,
 ) -> RefineSummary:
     """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
 
@@ -444,10 +450,13 @@ def refine(
     ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
     JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
-    serves are checked against the bundle before the first row.
+    serves are checked against the bundle before the first row. ``report`` also writes the
+    review page of the output there (:func:`report`, with the bundle) at the end.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    if report is not None and str(out) == "-":
+        raise ValueError("--report needs the output in a file: the page is built from it")
     if resume and str(corpus) == "-":
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
     bundle = load_bundle(model)
@@ -509,9 +518,16 @@ def refine(
             runtime.close()  # a remote back end's connection pool
     p = sink.progress
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
-                         (p.refined - refined_before) / elapsed,
-                         str(rejects_path) if p.rejected else None)
+    summary = RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
+                            (p.refined - refined_before) / elapsed,
+                            str(rejects_path) if p.rejected else None)
+    if report is not None:
+        run = {"seconds": round(elapsed, 1), "rows/s": round(summary.rows_per_second, 1),
+               "backend": backend, "precision": getattr(runtime, "precision", "fp32"),
+               "rejected": p.rejected}
+        build_report(out, report, model=model, fields=fields, run=run)
+        summary.report = str(report)
+    return summary
 
 
 @dataclass
@@ -643,6 +659,16 @@ def _file_identity(path: str | Path) -> dict[str, Any]:
         return {"path": "-"}
     stat = Path(path).stat()
     return {"path": str(Path(path).absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def report(
+    refined: str | Path,
+    out: str | Path,
+    **options: Any,
+) -> ReportSummary:
+    """Write the review page of a refined corpus: one self-contained HTML file of its label
+    issues (options: :func:`sidyp_prod.report.build_report`)."""
+    return build_report(refined, out, **options)
 
 
 def evaluate(

@@ -17,6 +17,7 @@ __all__ = [
     "evaluate_records",
     "expected_calibration_error",
     "per_class_report",
+    "read_located_records",
     "read_records",
     "reliability_bins",
     "write_plots",
@@ -293,18 +294,26 @@ def evaluate_records(
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
     """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet file,
     or a `--engine ray` output directory (its part-* shards)."""
+    for _, rec in read_located_records(path):
+        yield rec
+
+
+def read_located_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """:func:`read_records` with where each row is, for error messages: ``file:line`` for JSONL,
+    ``file: row N`` for Parquet."""
     path = Path(path)
     if path.is_dir():
         shards = sorted(path.glob("part-*.jsonl")) + sorted(path.glob("part-*.parquet"))
         if not shards:
             raise ValueError(f"{path}: a directory without part-*.jsonl or part-*.parquet shards")
         for shard in shards:
-            yield from read_records(shard)
+            yield from read_located_records(shard)
         return
     if path.suffix == ".parquet":
         from .formats import read_parquet_rows
 
-        yield from read_parquet_rows(path)
+        for row_no, rec in enumerate(read_parquet_rows(path), start=1):
+            yield f"{path}: row {row_no}", rec
         return
     with path.open("rb") as fh:  # bytes, so that a decoding error names its line
         for line_no, raw in enumerate(fh, start=1):
@@ -313,7 +322,7 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{path}:{line_no}: not UTF-8 text (is it JSONL?)") from exc
             if line.strip():
-                yield _record(path, line_no, line)
+                yield f"{path}:{line_no}", _record(path, line_no, line)
 
 
 def _record(path: Path, line_no: int, line: str) -> dict[str, Any]:

@@ -52,6 +52,13 @@ class NeighborIndex:
             labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
         return distances, labels
 
+    def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k') L2 distances and reference ids of the k' = min(k, len) nearest."""
+        k_eff = min(k, len(self))
+        if k_eff == 0:
+            return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), dtype=np.int64)
+        return self._nearest(np.ascontiguousarray(queries, dtype=np.float32), k_eff)
+
     def _nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest by exact distance, ties broken by the lower id: the same neighbours
         whatever the query batch. faiss ranks by its own rounded distances and picks among

@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "refine", "evaluate"):
+    for command in ("train", "refine", "report", "evaluate"):
         assert command in result.output
 
 
