@@ -16,6 +16,16 @@ from .backends import backend_choice, load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .backends.torch_backend import TorchBackend
 from .bundle import file_digest, load_bundle
+from .checks import (
+    DEFAULT_MAX_REJECT_FRACTION,
+    CorpusTally,
+    check_bundle_target,
+    check_corpus_path,
+    check_parent,
+    first_reject_reasons,
+    refine_problems,
+    small_classes_text,
+)
 from .config import SiDyPConfig
 from .corpus import (
     AtomicWriter,
@@ -27,7 +37,7 @@ from .corpus import (
     iter_corpus,
     label_set_from_rows,
 )
-from .decision import DecisionRule, class_noise_ratios, label_shares
+from .decision import DecisionRule, class_noise_ratios, label_shares, small_classes
 from .diffusion import text_key
 from .encoder import (
     DEFAULT_ENCODER,
@@ -42,6 +52,7 @@ from .encoder import (
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import jsonl_to_parquet
 from .model_io import LoadedModel, load_model, save_trained
+from .noise import noise_ratio_at_clip
 from .refinement import (
     BatchRefinement,
     RefineSettings,
@@ -79,6 +90,11 @@ class TrainSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
     rejects: str | None = None
+    reject_reasons: list[str] = field(default_factory=list)  # the first few
+    noise_ratio_at_clip: bool = False  # the estimate hit a bound of noise.NOISE_RATIO_CLIP
+    # Classes with fewer LLM labels than min_class_rows: kept, never a change target.
+    small_classes: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     # Every distribution for every trained row, for benchmarks and callers that want more than
     # the refined labels; not part of the printed or JSON summary.
     refinement: BatchRefinement | None = field(default=None, repr=False, compare=False)
@@ -89,6 +105,9 @@ class TrainSummary:
     def to_text(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.prior_kinds.items())
         how = "estimated" if self.noise_ratio_estimated else "given"
+        if self.noise_ratio_at_clip:
+            how += (", at a bound of its clip (0.05, 0.9): not a measurement; small classes "
+                    "or too few rows, --noise-ratio sets it")
         lines = [
             f"bundle            {self.bundle}",
             f"rows              {self.rows} trained, {self.rejected} rejected, "
@@ -105,6 +124,8 @@ class TrainSummary:
             lines.append(f"refined labels    {self.refined_out}")
         if self.rejected:
             lines.append(f"rejects           {self.rejects}")
+            lines += [f"                  {reason}" for reason in self.reject_reasons]
+        lines += [f"warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -114,9 +135,18 @@ class RefineSummary:
     read: int
     refined: int
     rejected: int
-    changed: int
+    changed: int  # rows with an LLM label whose refined label differs (is_label_issue)
     rows_per_second: float
     rejects: str | None = None
+    filled: int = 0  # rows without an LLM label, which got one
+    reject_reasons: list[str] = field(default_factory=list)  # the first few
+    notes: list[str] = field(default_factory=list)  # what the user should know, not a failure
+    # Why the run failed although every row was written (exit code 3 in the CLI).
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,10 +154,14 @@ class RefineSummary:
     def to_text(self) -> str:
         text = (
             f"read {self.read} rows: {self.refined} refined, {self.rejected} rejected, "
-            f"{self.changed} labels changed ({self.rows_per_second:.1f} rows/s) -> {self.output}"
+            f"{self.changed} labels changed (LLM label replaced), {self.filled} unlabeled rows "
+            f"given a label ({self.rows_per_second:.1f} rows/s) -> {self.output}"
         )
         if self.rejected:
             text += f"; rejects in {self.rejects}"
+            text += "".join(f"\n  {reason}" for reason in self.reject_reasons)
+        text += "".join(f"\nnote: {note}" for note in self.notes)
+        text += "".join(f"\nerror: {problem}" for problem in self.problems)
         return text
 
 
@@ -137,6 +171,12 @@ def _split_rows(items: Iterable[Row | Reject]) -> tuple[list[Row], list[Reject]]
     for item in items:
         (rows if isinstance(item, Row) else rejects).append(item)  # type: ignore[arg-type]
     return rows, rejects
+
+
+def _tallied(items: Iterable[Row | Reject], tally: CorpusTally) -> Iterator[Row | Reject]:
+    for item in items:
+        tally.observe(item)
+        yield item
 
 
 def _given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
@@ -173,14 +213,33 @@ def train(
     """
     config = config or SiDyPConfig()
     config.validate()
-    rows, rejected = _split_rows(iter_corpus(corpus, fields, labels, strict=strict))
+    # Every path is checked before the training, which takes minutes.
+    check_corpus_path(corpus)
+    check_bundle_target(out, overwrite)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    check_parent(refined_out, "--refined-out")
+    check_parent(rejects_path, "--rejects")
+    tally = CorpusTally(fields.label)
+    rows, rejected = _split_rows(_tallied(iter_corpus(corpus, fields, labels, strict=strict),
+                                          tally))
     if rejected:
         _write_rejects(rejects_path, rejected)
     label_set = list(labels) if labels else label_set_from_rows(rows)
+    if not tally.labelled:
+        raise ValueError(tally.no_labels_message(corpus, rejects_path))
     if len(label_set) < 2:
-        raise ValueError(f"{corpus}: need at least two classes, found {label_set}")
+        raise ValueError(f"{corpus}: need at least two classes, found {label_set}"
+                         + (f" ({len(rejected)} rows rejected: {rejects_path})" if rejected
+                            else ""))
     given = _given_indices(rows, label_set)
+    small = small_classes(given, len(label_set), config.min_class_rows)
+    warnings = [w for w in (
+        tally.label_field_warning(),
+        small_classes_text(small, given, label_set, config.min_class_rows),
+    ) if w]
+    for warning in warnings:
+        if log:
+            log(f"warning: {warning}")
     texts = [r.text for r in rows]
     pretrained = load_pretrained(encoder)
     result = train_sidyp(texts, given, len(label_set), pretrained, config, progress, log)
@@ -221,7 +280,7 @@ def train(
         refinement, given, config.label_source, result.noise_ratio, class_noise, shares,
         average_held_out=result.noise_ratio_estimated,
     )
-    decision = DecisionRule.from_config(config, label_bias)
+    decision = DecisionRule.from_config(config, label_bias, blocked=small)
     predictions = output_fields(
         refinement, given, label_set, config.label_source, temperature, decision, shares
     )
@@ -235,6 +294,8 @@ def train(
         classes=len(label_set),
         noise_ratio=result.noise_ratio,
         noise_ratio_estimated=result.noise_ratio_estimated,
+        noise_ratio_at_clip=result.noise_ratio_estimated and noise_ratio_at_clip(
+            result.noise_ratio),
         prior_kinds=kind_counts(result.prior_kind),
         labels_changed=sum(p["is_label_issue"] for p in predictions),
         best_diffusion_epoch=result.best_diffusion_epoch,
@@ -246,6 +307,9 @@ def train(
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
+        reject_reasons=tally.reasons,
+        small_classes=[label_set[c] for c in small],
+        warnings=warnings,
         refinement=refinement,
     )
     training_record = {**summary.to_dict(), "history": result.history}
@@ -284,7 +348,7 @@ def refine_rows(
     """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
-    decision = DecisionRule.from_config(config, model.label_bias)
+    decision = DecisionRule.from_config(config, model.label_bias, blocked=_blocked(model))
     given = _given_indices(rows, model.labels)
     texts = [r.text for r in rows]
     if token_ids is None:
@@ -322,6 +386,12 @@ def refine_rows(
     return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
 
 
+def _blocked(model: LoadedModel) -> list[int]:
+    """The classes the bundle's training found too small to be a change target."""
+    small = model.bundle.manifest.get("training", {}).get("small_classes") or []
+    return [model.labels.index(label) for label in small if label in model.labels]
+
+
 def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
     """``backend.encode``, with a lone row encoded beside a copy of itself: ONNX Runtime's CPU
     kernels round a one-row batch differently from the same row in a larger one on some CPUs."""
@@ -346,23 +416,39 @@ def refine(
     progress: bool = False,
     triton_url: str | None = None,
     triton_retry_seconds: float = 120.0,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    log: Callable[[str], None] | None = None,
 ) -> RefineSummary:
     """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
 
     ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
-    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
+    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``
+    (with nothing to resume, it starts from the beginning and says so in ``notes``).
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
-    serves are checked against the bundle before the first row.
+    serves are checked against the bundle before the first row. The summary's ``problems`` say
+    why a finished run still failed: more than ``max_reject_fraction`` of the rows rejected, or
+    no label of the corpus in the bundle's label set. For the corpus a bundle was trained on,
+    ``train(refined_out=...)`` gives better labels (classifiers that never saw each row's label).
+    An empty corpus, a directory or a ``strict`` refusal leaves no output file behind.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    if not 0.0 <= max_reject_fraction <= 1.0:
+        raise ValueError("max_reject_fraction must be in [0, 1]")
     if resume and str(corpus) == "-":
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
+    check_corpus_path(corpus)
+    if count_lines(corpus) == 0:
+        raise ValueError(f"{corpus}: the file is empty: nothing to refine")
+    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    check_parent(out, "--out")
+    check_parent(rejects_path, "--rejects")
     bundle = load_bundle(model)
     loaded = load_model(bundle)
     backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
+    if log is not None and backend == "triton":
+        options["log"] = log
     runtime = load_backend(bundle, backend, precision=precision, **options)
-    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     sink: ResumableOutput | StdoutOutput
     if str(out) == "-":
         if resume:
@@ -380,6 +466,9 @@ def refine(
             "rejects": str(Path(rejects_path).absolute()),
         }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
+    notes = [sink.notice] if getattr(sink, "notice", None) else []
+    if notes and log:
+        log(f"note: {notes[0]}")
     done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined
     bar = tqdm(total=count_lines(corpus), initial=done_lines, desc="refine", unit="rows",
@@ -387,6 +476,7 @@ def refine(
     rows: list[Row] = []
     rejected: list[dict] = []
     line = done_lines
+    tally = CorpusTally(fields.label)
 
     def flush() -> None:
         sink.write_chunk(refine_rows(rows, loaded, runtime), rejected, line)
@@ -399,6 +489,7 @@ def refine(
             if item.line_no <= done_lines:
                 continue
             line = item.line_no
+            tally.observe(item)
             if isinstance(item, Reject):
                 rejected.append(item.to_json())
             else:
@@ -407,9 +498,12 @@ def refine(
                 flush()
         if rows or rejected:
             flush()
+        if sink.progress.lines == 0:
+            raise ValueError(f"{corpus}: no lines: nothing to refine")
         sink.finish(convert=jsonl_to_parquet if str(out).endswith(".parquet") else None)
-    except BaseException:
-        sink.close()
+    except BaseException as exc:
+        # A refusal (bad input) leaves nothing behind; an interruption keeps what --resume needs.
+        sink.close(discard=isinstance(exc, ValueError))
         raise
     finally:
         bar.close()
@@ -417,9 +511,16 @@ def refine(
             runtime.close()  # a remote back end's connection pool
     p = sink.progress
     elapsed = max(time.perf_counter() - start, 1e-9)
-    return RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
-                         (p.refined - refined_before) / elapsed,
-                         str(rejects_path) if p.rejected else None)
+    warning = tally.label_field_warning()
+    if warning:
+        notes.append(warning)
+    return RefineSummary(
+        str(out), p.lines, p.refined, p.rejected, p.changed,
+        (p.refined - refined_before) / elapsed, str(rejects_path) if p.rejected else None,
+        filled=p.filled, reject_reasons=first_reject_reasons(rejects_path) if p.rejected else [],
+        notes=notes,
+        problems=refine_problems(p.lines, p.rejected, tally, loaded.labels, max_reject_fraction),
+    )
 
 
 def _file_identity(path: str | Path) -> dict[str, Any]:
