@@ -123,7 +123,7 @@ class TritonServer:
                 try:
                     probe.bind((self.host, port))
                 except OSError as exc:
-                    busy.append(f"{name} port {port} on {self.host} ({exc.strerror})")
+                    busy.append(f"{name} port {port} on {self.host} is in use ({exc.strerror})")
         return busy
 
     def command(self, backend_dir: Path) -> list[str]:
@@ -151,7 +151,7 @@ class TritonServer:
         busy = self.ports_in_use()
         if busy:
             # Checked first: the health check would otherwise find the other server ready.
-            raise ServerError(f"cannot serve: {'; '.join(busy)} is in use; choose other ports "
+            raise ServerError(f"cannot serve: {'; '.join(busy)}; choose other ports "
                               "(--http-port, --grpc-port, --metrics-port)")
         self._workdir = tempfile.TemporaryDirectory(prefix="sidyp-triton-")
         work = Path(self._workdir.name)
