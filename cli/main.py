@@ -401,7 +401,8 @@ def refine(
                     workers=workers, gpus_per_worker=gpus_per_worker,
                     cpus_per_worker=cpus_per_worker, address=address,
                     batch_size=chunk_size, output_format=output_format,
-                    progress=not quiet, as_json=as_json, resume=resume, rejects=rejects)
+                    progress=not quiet, as_json=as_json, resume=resume, rejects=rejects,
+                    max_reject_fraction=max_reject_fraction)
         return
     if len(corpus) != 1:
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
@@ -441,7 +442,7 @@ def refine(
 
 
 def _refine_ray(corpus: list[Path], model: Path, out: str, *, as_json: bool, resume: bool,
-                rejects: Path | None, **options) -> None:
+                rejects: Path | None, max_reject_fraction: float, **options) -> None:
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError
 
@@ -458,7 +459,15 @@ def _refine_ray(corpus: list[Path], model: Path, out: str, *, as_json: bool, res
         _fail(str(exc))
     except AccountingError as exc:
         _fail(str(exc), code=1)
+    from sidyp_prod.checks import reject_fraction_problems
+
+    summary.problems = reject_fraction_problems(summary.read, summary.rejected,
+                                                max_reject_fraction)
     _report(summary, as_json)
+    for problem in summary.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if summary.problems:
+        raise typer.Exit(3)
 
 
 @app.command(cls=Command)

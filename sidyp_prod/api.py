@@ -185,6 +185,7 @@ def _given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
 
 
 def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the bundle's parent, made as save_bundle does
     with AtomicWriter(path) as writer:
         for reject in rejects:
             writer.write_json(reject.to_json())
@@ -218,7 +219,8 @@ def train(
     check_bundle_target(out, overwrite)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     check_parent(refined_out, "--refined-out")
-    check_parent(rejects_path, "--rejects")
+    if rejects:
+        check_parent(rejects_path, "--rejects")
     tally = CorpusTally(fields.label)
     rows, rejected = _split_rows(_tallied(iter_corpus(corpus, fields, labels, strict=strict),
                                           tally))

@@ -49,7 +49,6 @@ def check_bundle_target(out: str | Path, overwrite: bool) -> None:
             raise ValueError(
                 f"{out}: exists, is not empty and is not a bundle; refusing to replace it"
             )
-    check_parent(out, "--out")
 
 
 def check_parent(path: str | Path | None, option: str) -> None:
@@ -57,7 +56,7 @@ def check_parent(path: str | Path | None, option: str) -> None:
     if path is None or str(path) == STDIO:
         return
     path = Path(path)
-    if path.is_dir() and option != "--out":
+    if path.is_dir():
         raise ValueError(f"{option} {path}: is a directory; give a file name")
     parent = path.absolute().parent
     if not parent.is_dir():
@@ -146,6 +145,14 @@ class CorpusTally:
         return ""
 
 
+def reject_fraction_problems(read: int, rejected: int, max_reject_fraction: float) -> list[str]:
+    """The rule any refinement (local or Ray) fails by when most of its rows were rejected."""
+    if read and rejected > max_reject_fraction * read:
+        return [f"{rejected} of {read} rows rejected ({rejected / read:.0%}), more than "
+                f"--max-reject-fraction {max_reject_fraction:g}"]
+    return []
+
+
 def refine_problems(
     read: int,
     rejected: int,
@@ -155,12 +162,7 @@ def refine_problems(
 ) -> list[str]:
     """Why a finished refinement still failed (exit code 3): most rows rejected, or none of
     the corpus's labels in the bundle's label set."""
-    problems = []
-    if read and rejected > max_reject_fraction * read:
-        problems.append(
-            f"{rejected} of {read} rows rejected ({rejected / read:.0%}), more than "
-            f"--max-reject-fraction {max_reject_fraction:g}"
-        )
+    problems = reject_fraction_problems(read, rejected, max_reject_fraction)
     if tally.label_outside and not tally.labelled:
         shown = ", ".join(json.dumps(label, ensure_ascii=False) for label in labels[:10])
         problems.append(
