@@ -435,6 +435,8 @@ def refine(
     else:
         if as_json:
             typer.echo(json.dumps(summary.to_dict()), err=True)
+        for note in summary.notes:
+            typer.echo(f"note: {note}", err=True)
         for problem in summary.problems:
             typer.echo(f"error: {problem}", err=True)
     if summary.problems:

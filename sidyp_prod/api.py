@@ -427,7 +427,8 @@ def refine(
     JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``
     (with nothing to resume, it starts from the beginning and says so in ``notes``).
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
-    serves are checked against the bundle before the first row. The summary's ``problems`` say
+    serves are checked against the bundle before the first row, and ``log`` is told when the
+    server does not answer and the retries begin. The summary's ``problems`` say
     why a finished run still failed: more than ``max_reject_fraction`` of the rows rejected, or
     no label of the corpus in the bundle's label set. For the corpus a bundle was trained on,
     ``train(refined_out=...)`` gives better labels (classifiers that never saw each row's label).
@@ -469,8 +470,6 @@ def refine(
         }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
     notes = [sink.notice] if getattr(sink, "notice", None) else []
-    if notes and log:
-        log(f"note: {notes[0]}")
     done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined
     bar = tqdm(total=count_lines(corpus), initial=done_lines, desc="refine", unit="rows",
