@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from sidyp_prod.config import SiDyPConfig
 
@@ -15,48 +16,111 @@ from sidyp_prod.config import SiDyPConfig
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+class _NoFlagType:
+    """On/off options take no value: their help shows none (Typer would print ``<bool>``)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_NoFlagType, TyperCommand):
+    pass
+
+
+class Group(_NoFlagType, TyperGroup):
+    pass
+
+
 app = typer.Typer(
     name="sidyp-prod",
     help="Clean LLM-generated labels with SiDyP.",
     no_args_is_help=True,
     add_completion=False,
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 # Importing the config is cheap (no torch); the CLI defaults are the library's defaults.
 D = SiDyPConfig()
 
+# Help panels of train's many options.
+INPUT, MODEL, STAGE1, PRIOR, STAGE2 = "Input", "Model", "Stage I", "Prior", "Stage II"
+PREDICTION, OUTPUT, PERFORMANCE = "Prediction", "Output", "Performance"
+BACKEND, RAY = "Model runtime", "--engine ray"
 
-TextField = Annotated[str, typer.Option(help="JSON field holding the text.")]
-LabelField = Annotated[str, typer.Option(help="JSON field holding the LLM label (null = refused).")]
+
+def _option(*names: str, help: str, panel: str | None = None, **kwargs: Any) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kwargs)
+
+
+def _flag(*names: str, help: str, panel: str | None = None) -> Any:
+    """An on/off option: no value shown in the help."""
+    return typer.Option(*names, help=help, rich_help_panel=panel, metavar="")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"sidyp-prod {version('sidyp-prod')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_version,
+                     is_eager=True, metavar=""),
+    ] = False,
+) -> None:
+    """Clean LLM-generated labels with SiDyP."""
+
+
+TextField = Annotated[str, _option(help="JSON field holding the text.", panel=INPUT)]
+LabelField = Annotated[
+    str, _option(help="JSON field holding the LLM label (null = refused).", panel=INPUT)
+]
 IdField = Annotated[
-    str, typer.Option(help="JSON field holding the row id (line number if absent).")
+    str, _option(help="JSON field holding the row id (line number if absent).", panel=INPUT)
 ]
 Rejects = Annotated[
     Path | None,
-    typer.Option(help="Where rejected rows go (default: next to the output)."),
+    _option(help="Where rejected rows go (default: OUT.rejects.jsonl next to the output).",
+            panel=OUTPUT),
 ]
-Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad row (exit code 2).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
+Strict = Annotated[bool, _flag("--strict", help="Stop at the first bad row (exit code 2).",
+                               panel=INPUT)]
+Quiet = Annotated[bool, _flag("--quiet", "-q", help="No progress bars.", panel=OUTPUT)]
+JsonOut = Annotated[bool, _flag("--json", help="Print the summary as JSON.", panel=OUTPUT)]
 Encoder = Annotated[
     str | None,
-    typer.Option(help="Classifier encoder: a local Hugging Face checkpoint directory or a model "
-                 "id in the local cache (BERT, MPNet, RoBERTa, DeBERTa-v2, XLM-R; default: the "
-                 "packaged all-MiniLM-L6-v2). Never downloaded."),
+    _option(help="Classifier encoder: a local Hugging Face checkpoint directory or a model id "
+            "in the local cache (BERT, MPNet, RoBERTa, DeBERTa-v2, XLM-R; default: the packaged "
+            "all-MiniLM-L6-v2). Never downloaded.", panel=MODEL),
 ]
 Device = Annotated[
-    str, typer.Option(help="Where to train: auto (CUDA when available), cpu, cuda, cuda:N.")
+    str, _option(help="Where to train: auto (CUDA when available), cpu, cuda, cuda:N.",
+                 panel=PERFORMANCE)
 ]
 MaxTrainRows = Annotated[
     int | None,
-    typer.Option(help="Train on a sample of this many rows drawn per LLM label (every class "
-                 "kept, chosen by --seed; 0: every row); the rest are refined as new rows."),
+    _option(help="Train on a sample of this many rows drawn per LLM label (every class kept, "
+            "chosen by --seed; 0: every row); the rest are refined as new rows.", panel=INPUT),
 ]
 
 
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 def _fields(text_field: str, label_field: str, id_field: str):
@@ -69,17 +133,23 @@ def _report(summary, as_json: bool) -> None:
     typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.to_text())
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
     corpus: Annotated[Path, typer.Argument(help="JSONL corpus with text and LLM labels.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the model bundle.")],
+    out: Annotated[
+        Path, _option("--out", "-o", help="Directory of the model bundle (must not exist, "
+                      "unless --overwrite).", panel=OUTPUT)
+    ],
     refined_out: Annotated[
         Path | None,
-        typer.Option(help="Also write the corpus's own refined labels here (JSONL)."),
+        _option(help="Also write the corpus's own refined labels here (JSONL): the best labels "
+                "for the training corpus (classifiers that never saw each row's label).",
+                panel=OUTPUT),
     ] = None,
     labels: Annotated[
         str | None,
-        typer.Option(help="Label set: comma list or a file (one per line), else from the data."),
+        _option(help="Label set: comma list or a file (one per line), else from the data.",
+                panel=INPUT),
     ] = None,
     encoder: Encoder = None,
     device: Device = "auto",
@@ -89,99 +159,147 @@ def train(
     id_field: IdField = "id",
     rejects: Rejects = None,
     strict: Strict = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    overwrite: Annotated[bool, _flag("--overwrite/--no-overwrite",
+                                     help="Replace an existing bundle.", panel=OUTPUT)] = False,
     export: Annotated[
-        bool, typer.Option(help="Also export the ONNX graphs into the bundle.")
+        bool, _flag("--export/--no-export", help="Also export the ONNX graphs into the bundle.",
+                    panel=OUTPUT)
     ] = True,
-    branches: Annotated[int, typer.Option(help="Classifier branches M.")] = D.branches,
-    classifier_epochs: Annotated[int, typer.Option(help="Stage I epochs.")] = D.classifier_epochs,
-    snapshots: Annotated[
-        int, typer.Option(help="Recorded training-dynamics snapshots.")
-    ] = D.snapshots,
-    trainable_layers: Annotated[
-        str, typer.Option(help="Top encoder layers each branch tunes, or 'all' (the paper's "
-                          "full fine-tune).")
-    ] = str(D.trainable_layers),
     max_length: Annotated[
-        int, typer.Option(help="Token limit; longer texts are truncated.")
+        int, _option(help="Token limit; longer texts are truncated.", panel=MODEL)
     ] = D.max_length,
-    classifier_batch_size: Annotated[int, typer.Option()] = D.classifier_batch_size,
-    classifier_lr: Annotated[float, typer.Option()] = D.classifier_lr,
-    head_lr: Annotated[float, typer.Option()] = D.head_lr,
+    trainable_layers: Annotated[
+        str, _option(help="Top encoder layers each branch tunes, or 'all' (the paper's full "
+                     "fine-tune).", panel=MODEL)
+    ] = str(D.trainable_layers),
+    branches: Annotated[int, _option(help="Classifier branches M.", panel=STAGE1)] = D.branches,
+    classifier_epochs: Annotated[int, _option(help="Stage I epochs.", panel=STAGE1)] = (
+        D.classifier_epochs),
+    snapshots: Annotated[
+        int, _option(help="Recorded training-dynamics snapshots (last epochs).", panel=STAGE1)
+    ] = D.snapshots,
+    classifier_batch_size: Annotated[
+        int, _option(help="Stage I batch size.", panel=STAGE1)
+    ] = D.classifier_batch_size,
+    classifier_lr: Annotated[
+        float, _option(help="Learning rate of the tuned encoder layers.", panel=STAGE1)
+    ] = D.classifier_lr,
+    head_lr: Annotated[
+        float, _option(help="Learning rate of the classifier heads.", panel=STAGE1)
+    ] = D.head_lr,
+    classifier_dropout: Annotated[
+        float, _option(help="Dropout before the classifier heads.", panel=STAGE1)
+    ] = D.classifier_dropout,
+    warmup_fraction: Annotated[
+        float, _option(help="Stage I lr warm-up.", panel=STAGE1)
+    ] = D.warmup_fraction,
     coreg_alpha: Annotated[
-        float, typer.Option(help="Stage I co-regularisation weight.")
+        float, _option(help="Stage I co-regularisation weight.", panel=STAGE1)
     ] = D.coreg_alpha,
+    coreg_warmup_fraction: Annotated[
+        float, _option(help="Stage I epochs without co-regularisation.", panel=STAGE1)
+    ] = D.coreg_warmup_fraction,
+    grad_clip: Annotated[
+        float, _option(help="Gradient-norm clip (both stages).", panel=STAGE1)
+    ] = D.grad_clip,
     noise_ratio: Annotated[
         float | None,
-        typer.Option(help="Noise fraction rho (default: estimated from the data)."),
+        _option(help="Noise fraction rho (default: estimated from the data).", panel=PRIOR),
     ] = None,
-    knn_k: Annotated[int, typer.Option(help="Neighbours K of the prior.")] = D.knn_k,
-    tau_certain: Annotated[float, typer.Option()] = D.tau_certain,
-    tau_dominant: Annotated[float, typer.Option()] = D.tau_dominant,
-    diffusion_epochs: Annotated[int, typer.Option()] = D.diffusion_epochs,
-    diffusion_lr: Annotated[float, typer.Option()] = D.diffusion_lr,
-    diffusion_batch_size: Annotated[int, typer.Option()] = D.diffusion_batch_size,
-    diffusion_steps: Annotated[int, typer.Option(help="T_train.")] = D.diffusion_steps,
-    inference_steps: Annotated[int, typer.Option(help="T_infer.")] = D.inference_steps,
+    knn_k: Annotated[int, _option(help="Neighbours K of the prior.", panel=PRIOR)] = D.knn_k,
+    tau_certain: Annotated[
+        float, _option(help="Vote share that makes a row's candidate certain.", panel=PRIOR)
+    ] = D.tau_certain,
+    tau_dominant: Annotated[
+        float, _option(help="Top-two vote share that makes a row dominant.", panel=PRIOR)
+    ] = D.tau_dominant,
+    dynamic_prior: Annotated[
+        bool, _flag("--dynamic-prior/--no-dynamic-prior",
+                    help="Refine the Stage II targets from the denoiser (the paper; off: the "
+                    "static kNN weights, measured better).", panel=PRIOR)
+    ] = D.dynamic_prior,
+    diffusion_epochs: Annotated[
+        int, _option(help="Stage II epochs.", panel=STAGE2)
+    ] = D.diffusion_epochs,
+    diffusion_lr: Annotated[
+        float, _option(help="Denoiser learning rate.", panel=STAGE2)
+    ] = D.diffusion_lr,
+    diffusion_batch_size: Annotated[
+        int, _option(help="Stage II batch size.", panel=STAGE2)
+    ] = D.diffusion_batch_size,
+    diffusion_steps: Annotated[int, _option(help="T_train.", panel=STAGE2)] = D.diffusion_steps,
+    inference_steps: Annotated[int, _option(help="T_infer.", panel=STAGE2)] = D.inference_steps,
     timestep_mapping: Annotated[
-        str, typer.Option(help="'spaced' or 'authors'.")
-    ] = D.timestep_mapping,
-    denoiser_width: Annotated[int, typer.Option()] = D.denoiser_width,
+        Literal["spaced", "authors"],
+        _option(help="Inference time steps: DDIM-style spacing or the authors' indices.",
+                panel=STAGE2),
+    ] = D.timestep_mapping,  # type: ignore[assignment]
+    denoiser_width: Annotated[
+        int, _option(help="Width the conditioning is projected to.", panel=STAGE2)
+    ] = D.denoiser_width,
     refine_samples: Annotated[
-        int, typer.Option(help="n_s reverse processes per update.")
+        int, _option(help="n_s reverse processes per update.", panel=STAGE2)
     ] = D.refine_samples,
     coreg_lambda: Annotated[
-        float, typer.Option(help="Stage II co-regularisation weight.")
+        float, _option(help="Stage II co-regularisation weight.", panel=STAGE2)
     ] = D.coreg_lambda,
-    simplex_scale: Annotated[float, typer.Option(help="S.")] = D.simplex_scale,
+    simplex_scale: Annotated[float, _option(help="S.", panel=STAGE2)] = D.simplex_scale,
+    diffusion_warmup_fraction: Annotated[
+        float, _option(help="Stage II epochs on certain rows only.", panel=STAGE2)
+    ] = D.diffusion_warmup_fraction,
+    ema_decay: Annotated[
+        float, _option(help="Decay of the denoiser's weight average.", panel=STAGE2)
+    ] = D.ema_decay,
+    use_ema: Annotated[
+        bool, _flag("--use-ema/--no-use-ema", help="Keep the EMA denoiser weights.",
+                    panel=STAGE2)
+    ] = D.use_ema,
+    holdout_fraction: Annotated[
+        float, _option(help="Rows held out to pick the diffusion epoch.", panel=STAGE2)
+    ] = D.holdout_fraction,
     label_source: Annotated[
-        str, typer.Option(help="predicted_label from 'product', 'marginal', 'given', "
-                                "'candidates' or 'classifier'.")
-    ] = D.label_source,
+        Literal["product", "marginal", "given", "candidates", "classifier"],
+        _option(help="Which distribution gives predicted_label.", panel=PREDICTION),
+    ] = D.label_source,  # type: ignore[assignment]
     change_rule: Annotated[
-        str,
-        typer.Option(help="'odds': keep the LLM label unless another class is --change-odds "
-                     "times as probable; 'argmax': always the most probable class."),
-    ] = D.change_rule,
+        Literal["odds", "argmax"],
+        _option(help="'odds': keep the LLM label unless another class is --change-odds times "
+                "as probable; 'argmax': always the most probable class.", panel=PREDICTION),
+    ] = D.change_rule,  # type: ignore[assignment]
     change_odds: Annotated[
-        float, typer.Option(help="Labels a change must be expected to fix per label it breaks.")
+        float, _option(help="Labels a change must be expected to fix per label it breaks.",
+                       panel=PREDICTION)
     ] = D.change_odds,
     class_calibration: Annotated[
-        bool, typer.Option(help="Per-class label_score calibration from the noise marking.")
+        bool, _flag("--class-calibration/--no-class-calibration",
+                    help="Per-class label_score calibration from the noise marking.",
+                    panel=PREDICTION)
     ] = D.class_calibration,
     label_share_correction: Annotated[
-        bool, typer.Option(help="Divide the distribution by the LLM labels' class shares before "
-                           "calibrating (the experts' learned prior is the LLM's habit).")
+        bool, _flag("--label-share-correction/--no-label-share-correction",
+                    help="Divide the distribution by the LLM labels' class shares before "
+                    "calibrating (the experts' learned prior is the LLM's habit).",
+                    panel=PREDICTION)
     ] = D.label_share_correction,
     held_out_folds: Annotated[
-        int, typer.Option(help="Folds of classifiers that never saw a training row's label: the "
-                          "product's third expert for --refined-out (0: off).")
+        int, _option(help="Folds of classifiers that never saw a training row's label: the "
+                     "product's third expert for --refined-out (0: off).", panel=PREDICTION)
     ] = D.held_out_folds,
-    dynamic_prior: Annotated[
-        bool, typer.Option(help="Refine the Stage II targets from the denoiser (the paper; off: "
-                           "the static kNN weights, measured better).")
-    ] = D.dynamic_prior,
-    classifier_dropout: Annotated[float, typer.Option()] = D.classifier_dropout,
-    warmup_fraction: Annotated[float, typer.Option(help="Stage I lr warm-up.")] = D.warmup_fraction,
-    coreg_warmup_fraction: Annotated[
-        float, typer.Option(help="Stage I epochs without co-regularisation.")
-    ] = D.coreg_warmup_fraction,
-    grad_clip: Annotated[float, typer.Option()] = D.grad_clip,
-    diffusion_warmup_fraction: Annotated[
-        float, typer.Option(help="Stage II epochs on certain rows only.")
-    ] = D.diffusion_warmup_fraction,
-    ema_decay: Annotated[float, typer.Option()] = D.ema_decay,
-    use_ema: Annotated[bool, typer.Option(help="Keep the EMA denoiser weights.")] = D.use_ema,
-    holdout_fraction: Annotated[
-        float, typer.Option(help="Rows held out to pick the diffusion epoch.")
-    ] = D.holdout_fraction,
-    encode_batch_size: Annotated[int, typer.Option()] = D.encode_batch_size,
-    seed: Annotated[int, typer.Option()] = D.seed,
+    min_class_rows: Annotated[
+        int, _option(help="A class with fewer LLM labels is kept but never a change target "
+                     "(0: off).", panel=PREDICTION)
+    ] = D.min_class_rows,
+    encode_batch_size: Annotated[
+        int, _option(help="Rows per encoder batch.", panel=PERFORMANCE)
+    ] = D.encode_batch_size,
+    seed: Annotated[int, _option(help="Seed of every random draw.", panel=PERFORMANCE)] = D.seed,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Train SiDyP on a corpus and write a model bundle."""
+    """Train SiDyP on a corpus and write a model bundle; --refined-out also writes the corpus's
+    own refined labels (better than a `refine` of the training corpus)."""
     from sidyp_prod import api
+    from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError, parse_label_set
 
     params = {k: v for k, v in locals().items() if k in SiDyPConfig.__dataclass_fields__}
@@ -200,11 +318,12 @@ def train(
             strict=strict,
             refined_out=refined_out,
             overwrite=overwrite,
+            export=export,
             progress=not quiet,
-            log=None if quiet else lambda m: typer.echo(m, err=True),
+            log=None if quiet else _log,
             device=device,
         )
-    except (InputError, ValueError, FileNotFoundError) as exc:
+    except (InputError, ValueError, FileNotFoundError, BundleError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
 
@@ -219,76 +338,88 @@ def _layers(value: str) -> int | str:
         raise ValueError(f"--trainable-layers {value!r}: a number of layers or 'all'") from None
 
 
-@app.command()
+@app.command(cls=Command)
 def refine(
     corpus: Annotated[
         list[Path],
         typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too); with --engine ray, "
-                       "any number of files, globs and directories."),
+                       "any number of files, globs and directories. For the corpus the bundle "
+                       "was trained on, `train --refined-out` gives better labels."),
     ],
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="A trained bundle to apply. Without it, refine "
-                     "trains on CORPUS first (its rows get labels from classifiers that never "
-                     "saw them) and keeps the bundle (--save-model)."),
+        _option("--model", "-m", help="A trained bundle to apply. Without it, refine trains on "
+                "CORPUS first (its rows get labels from classifiers that never saw them) and "
+                "keeps the bundle (--save-model).", panel=MODEL),
     ] = None,
     out: Annotated[
         str | None,
-        typer.Option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout; with "
-                     "--engine ray, a new directory of shards and a manifest "
-                     "(default: CORPUS.refined.jsonl beside the input)."),
+        _option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout; with "
+                "--engine ray, a new directory of shards and a manifest (default: "
+                "CORPUS.refined.jsonl beside the input).", panel=OUTPUT),
     ] = None,
     save_model: Annotated[
         Path | None,
-        typer.Option(help="Without --model: where the trained bundle is kept "
-                     "(default: CORPUS.sidyp-model/ beside the input)."),
+        _option(help="Without --model: where the trained bundle is kept (default: "
+                "CORPUS.sidyp-model/ beside the input).", panel=MODEL),
     ] = None,
     max_train_rows: MaxTrainRows = D.max_train_rows,
     encoder: Encoder = None,
     device: Device = "auto",
-    seed: Annotated[int, typer.Option(help="Without --model: the training seed.")] = D.seed,
+    seed: Annotated[int, _option(help="Without --model: the training seed.", panel=MODEL)] = (
+        D.seed),
     overwrite: Annotated[
-        bool, typer.Option(help="Without --model: replace an existing --save-model bundle.")
+        bool, _flag("--overwrite/--no-overwrite", help="Without --model: replace an existing "
+                    "--save-model bundle.", panel=OUTPUT)
     ] = False,
     backend: Annotated[
-        str, typer.Option(help="Runtime: 'onnx' (ONNX Runtime) or 'torch'.")
+        Literal["onnx", "torch"],
+        _option(help="Runtime: ONNX Runtime, or the PyTorch reference.", panel=BACKEND),
     ] = "onnx",
     triton_url: Annotated[
         str | None,
-        typer.Option(help="Run the models on this Triton server: grpc://HOST:8001 or "
-                     "http://HOST:8000 (repository from `export --triton-repo`)."),
+        _option(help="Run the models on this Triton server: grpc://HOST:8001 or "
+                "http://HOST:8000 (repository from `export --triton-repo`).", panel=BACKEND),
     ] = None,
     triton_retry_seconds: Annotated[
-        float, typer.Option(help="How long to retry an unreachable Triton server.")
+        float, _option(help="How long to retry an unreachable Triton server.", panel=BACKEND)
     ] = 120.0,
     precision: Annotated[
-        str, typer.Option(help="ONNX encoder: 'fp32', or 'int8' (CPU, faster, ~97% same labels).")
+        Literal["fp32", "int8"],
+        _option(help="ONNX encoder: int8 is CPU-only, faster, ~97% same labels.",
+                panel=BACKEND),
     ] = "fp32",
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
     rejects: Rejects = None,
     strict: Strict = False,
-    chunk_size: Annotated[int, typer.Option(help="Rows per streamed chunk.")] = 1024,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run.")] = False,
+    max_reject_fraction: Annotated[
+        float, _option(help="Exit with code 3 when more than this fraction of the rows is "
+                       "rejected (the output is still written).", panel=INPUT, min=0.0, max=1.0)
+    ] = 0.5,
+    chunk_size: Annotated[int, _option(help="Rows per streamed chunk.", panel=PERFORMANCE)] = 1024,
+    resume: Annotated[bool, _flag("--resume", help="Continue a killed run (from the beginning "
+                                  "when there is nothing to resume).", panel=OUTPUT)] = False,
     engine: Annotated[
-        str, typer.Option(help="'local' (this process) or 'ray' (Ray Data, local or a cluster).")
+        Literal["local", "ray"],
+        _option(help="This process, or Ray Data (local or a cluster).", panel=PERFORMANCE),
     ] = "local",
     address: Annotated[
         str | None,
-        typer.Option(help="--engine ray: a running cluster, ray://HOST:PORT (default: start a "
-                     "local Ray)."),
+        _option(help="A running cluster, ray://HOST:PORT (default: start a local Ray).",
+                panel=RAY),
     ] = None,
-    workers: Annotated[int, typer.Option(help="--engine ray: model actors.")] = 1,
+    workers: Annotated[int, _option(help="Model actors.", panel=RAY)] = 1,
     gpus_per_worker: Annotated[
-        float, typer.Option(help="--engine ray: GPUs per actor (0.5 puts two on a GPU).")
+        float, _option(help="GPUs per actor (0.5 puts two on a GPU).", panel=RAY)
     ] = 0.0,
     cpus_per_worker: Annotated[
-        float, typer.Option(help="--engine ray: CPUs Ray reserves per actor; its ONNX Runtime "
-                            "or torch threads (rounded up).")
+        float, _option(help="CPUs Ray reserves per actor; its ONNX Runtime or torch threads "
+                       "(rounded up).", panel=RAY)
     ] = 1.0,
     output_format: Annotated[
-        str, typer.Option("--format", help="--engine ray: shard format, 'jsonl' or 'parquet'.")
+        Literal["jsonl", "parquet"], _option("--format", help="Shard format.", panel=RAY)
     ] = "jsonl",
     report: Annotated[
         Path | None,
@@ -297,12 +428,17 @@ def refine(
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
-    """Refine a corpus's labels with a trained bundle, streaming it in chunks."""
+    """Refine a corpus's labels with a trained bundle, streaming it in chunks.
+
+    Exit codes: 0 done, 1 Triton unusable (resumable), 2 bad input or bundle, 3 the output was
+    written but most rows were rejected (--max-reject-fraction) or no label of the corpus is in
+    the bundle's label set. For the corpus the bundle was trained on, use `train --refined-out`.
+    """
     from sidyp_prod import api
     from sidyp_prod.backends.triton_backend import TritonError
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError
-    from sidyp_prod.stream import ResumeError
+    from sidyp_prod.stream import ResumeError, journal_path
 
     if engine == "ray":
         from sidyp_prod.backends import backend_choice
@@ -311,17 +447,16 @@ def refine(
             _fail("--report applies to --engine local; for a ray output directory run "
                   "`sidyp-prod report OUT_DIR --model MODEL`")
 
-        backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
-        _refine_ray(corpus, model, out, backend=backend, precision=precision,
+        ray_backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
+        _refine_ray(corpus, model, out, backend=ray_backend, precision=precision,
                     backend_options=options,
                     fields=_fields(text_field, label_field, id_field), strict=strict,
                     workers=workers, gpus_per_worker=gpus_per_worker,
                     cpus_per_worker=cpus_per_worker, address=address,
                     batch_size=chunk_size, output_format=output_format,
-                    progress=not quiet, as_json=as_json, resume=resume, rejects=rejects)
+                    progress=not quiet, as_json=as_json, resume=resume, rejects=rejects,
+                    max_reject_fraction=max_reject_fraction)
         return
-    if engine != "local":
-        _fail(f"unknown engine {engine!r}; choose 'local' or 'ray'")
     if len(corpus) != 1:
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
     if model is None:
@@ -329,7 +464,8 @@ def refine(
                           encoder=encoder, device=device, seed=seed, overwrite=overwrite,
                           fields=_fields(text_field, label_field, id_field), rejects=rejects,
                           strict=strict, resume=resume, chunk_size=chunk_size, quiet=quiet,
-                          as_json=as_json)
+                          as_json=as_json, report=report,
+                          max_reject_fraction=max_reject_fraction)
         return
     out = out or str(api.default_refined_path(corpus[0]))
     try:
@@ -348,15 +484,26 @@ def refine(
             triton_url=triton_url,
             triton_retry_seconds=triton_retry_seconds,
             report=report,
+            max_reject_fraction=max_reject_fraction,
+            log=_log,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except TritonError as exc:
-        _fail(f"{exc}\nwhat was written is kept: re-run with --resume to continue", code=1)
+        if out != "-" and journal_path(out).is_file():
+            _fail(f"{exc}\nwhat was written is kept: re-run with --resume to continue", code=1)
+        _fail(f"{exc}\nnothing was written: re-run when the server is up", code=1)
     if out != "-":
         _report(summary, as_json)
-    elif as_json:
-        typer.echo(json.dumps(summary.to_dict()), err=True)
+    else:
+        if as_json:
+            typer.echo(json.dumps(summary.to_dict()), err=True)
+        for note in summary.notes:
+            typer.echo(f"note: {note}", err=True)
+        for problem in summary.problems:
+            typer.echo(f"error: {problem}", err=True)
+    if summary.problems:
+        raise typer.Exit(3)
 
 
 def _refine_untrained(corpus: Path, out: str | None, *, max_train_rows: int | None, seed: int,
@@ -373,17 +520,19 @@ def _refine_untrained(corpus: Path, out: str | None, *, max_train_rows: int | No
         config = SiDyPConfig(max_train_rows=max_train_rows, seed=seed)
         config.validate()
         summary = api.refine_corpus(
-            corpus, out, config, progress=not quiet,
-            log=None if quiet else lambda m: typer.echo(m, err=True), **options,
+            corpus, out, config, progress=not quiet, log=None if quiet else _log, **options,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError,
             FileExistsError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
+    if summary.refined.problems:
+        raise typer.Exit(3)
 
 
 def _refine_ray(corpus: list[Path], model: Path | None, out: str | None, *, as_json: bool,
-                resume: bool, rejects: Path | None, **options) -> None:
+                resume: bool, rejects: Path | None, max_reject_fraction: float,
+                **options) -> None:
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError
 
@@ -403,19 +552,29 @@ def _refine_ray(corpus: list[Path], model: Path | None, out: str | None, *, as_j
         _fail(str(exc))
     except AccountingError as exc:
         _fail(str(exc), code=1)
+    from sidyp_prod.checks import reject_fraction_problems
+
+    summary.problems = reject_fraction_problems(summary.read, summary.rejected,
+                                                max_reject_fraction)
     _report(summary, as_json)
+    for problem in summary.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if summary.problems:
+        raise typer.Exit(3)
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
     bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
     out: Annotated[
         Path | None,
         typer.Option(help="Write the graphs here (with onnx.json) instead of into the bundle."),
     ] = None,
-    int8: Annotated[bool, typer.Option(help="Also write the int8-quantized encoder.")] = True,
+    int8: Annotated[bool, _flag("--int8/--no-int8",
+                                help="Also write the int8-quantized encoder.")] = True,
     atol: Annotated[float, typer.Option(help="Largest accepted |onnx - torch| difference.")] = 1e-4,
-    validate: Annotated[bool, typer.Option(help="Compare against PyTorch after export.")] = True,
+    validate: Annotated[bool, _flag("--validate/--no-validate",
+                                    help="Compare against PyTorch after export.")] = True,
     triton_repo: Annotated[
         Path | None,
         typer.Option(help="Also write a Triton model repository here (e.g. triton_models)."),
@@ -447,11 +606,15 @@ def export(
         typer.echo(f"wrote the Triton model repository {triton_repo} (see docs/triton.md)")
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(
     repository: Annotated[
         Path, typer.Argument(help="Model repository from `export --triton-repo`.")
     ] = Path("triton_models"),
+    host: Annotated[
+        str, typer.Option(help="Interface every endpoint binds to: 127.0.0.1 serves this "
+                          "machine only; 0.0.0.0 every network it is on.")
+    ] = "127.0.0.1",
     http_port: Annotated[int, typer.Option(help="HTTP/REST port.")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics port.")] = 8002,
@@ -469,12 +632,14 @@ def serve(
     from sidyp_prod.triton_server import Ports, ServerError, TritonServer
 
     server = TritonServer(repository, Ports(http_port, grpc_port, metrics_port), config_name,
-                          startup_timeout)
+                          startup_timeout, host=host)
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
     # SIGTERM takes the same way out as Ctrl-C, so the server and its shared memory go too.
     signal.signal(signal.SIGTERM, interrupt)
+    typer.echo(f"starting tritonserver on {repository} ({host}); not ready yet, loading the "
+               f"models (up to {startup_timeout:g} s)", err=True)
     try:
         server.start()
     except ServerError as exc:
@@ -482,11 +647,12 @@ def serve(
     except KeyboardInterrupt:
         server.stop()
         raise typer.Exit(130) from None
-    typer.echo(f"serving {repository}\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
-               f"  metrics {server.metrics_url}\nCtrl-C stops it.")
+    typer.echo(f"ready: serving {repository} on {host}\n  HTTP    {server.http_url}\n"
+               f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\nCtrl-C stops it.")
     try:
         code = server.process.wait() if server.process else 1
-        typer.echo(f"error: tritonserver exited with code {code}:\n{server.log_tail()}", err=True)
+        typer.echo(f"error: tritonserver exited with code {code}: {server.log_cause()}\n"
+                   f"--- the server's log, last lines ---\n{server.log_tail()}", err=True)
         raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo("stopping", err=True)
@@ -494,7 +660,7 @@ def serve(
         server.stop()
 
 
-@app.command()
+@app.command(cls=Command)
 def report(
     refined: Annotated[
         Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")
@@ -553,7 +719,7 @@ def report(
     _report(summary, as_json)
 
 
-@app.command()
+@app.command(cls=Command)
 def evaluate(
     refined: Annotated[
         Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")

@@ -18,6 +18,16 @@ from tqdm.auto import tqdm
 from .backends import backend_choice, load_backend
 from .backends.base import EncodedBatch, ModelBackend
 from .bundle import file_digest, load_bundle
+from .checks import (
+    DEFAULT_MAX_REJECT_FRACTION,
+    CorpusTally,
+    check_bundle_target,
+    check_corpus_path,
+    check_parent,
+    first_reject_reasons,
+    refine_problems,
+    small_classes_text,
+)
 from .config import SiDyPConfig
 from .corpus import (
     AtomicWriter,
@@ -27,9 +37,10 @@ from .corpus import (
     count_lines,
     default_rejects_path,
     iter_corpus,
+    label_set_from_labels,
     label_set_from_rows,
 )
-from .decision import DecisionRule, class_noise_ratios, label_shares
+from .decision import DecisionRule, class_noise_ratios, label_shares, small_classes
 from .diffusion import text_key
 from .encoder import (
     pad_ids,
@@ -42,6 +53,7 @@ from .encoder import (
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import jsonl_to_parquet
 from .model_io import LoadedModel, load_model, save_trained
+from .noise import noise_ratio_at_clip
 from .refinement import (
     BatchRefinement,
     RefineSettings,
@@ -83,6 +95,11 @@ class TrainSummary:
     corpus: dict[str, Any] = field(default_factory=dict)  # the trained corpus's file identity
     # The training rows' refined fields by input line (not printed): refine_corpus reuses them.
     predictions: dict[int, dict] = field(default_factory=dict, repr=False, compare=False)
+    reject_reasons: list[str] = field(default_factory=list)  # the first few
+    noise_ratio_at_clip: bool = False  # the estimate hit a bound of noise.NOISE_RATIO_CLIP
+    # Classes with fewer LLM labels than min_class_rows: kept, never a change target.
+    small_classes: list[Any] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     # Every distribution for every trained row, for benchmarks and callers that want more than
     # the refined labels; not part of the printed or JSON summary.
     refinement: BatchRefinement | None = field(default=None, repr=False, compare=False)
@@ -95,6 +112,9 @@ class TrainSummary:
     def to_text(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in self.prior_kinds.items())
         how = "estimated" if self.noise_ratio_estimated else "given"
+        if self.noise_ratio_at_clip:
+            how += (", at a bound of its clip (0.05, 0.9): not a measurement; small classes "
+                    "or too few rows, --noise-ratio sets it")
         lines = [
             f"bundle            {self.bundle}",
             f"rows              {self.rows} trained, {self.rejected} rejected, "
@@ -113,6 +133,8 @@ class TrainSummary:
                             if self.refined_as_new else ""))
         if self.rejected:
             lines.append(f"rejects           {self.rejects}")
+            lines += [f"                  {reason}" for reason in self.reject_reasons]
+        lines += [f"warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
@@ -122,10 +144,19 @@ class RefineSummary:
     read: int
     refined: int
     rejected: int
-    changed: int
+    changed: int  # rows with an LLM label whose refined label differs (is_label_issue)
     rows_per_second: float
     rejects: str | None = None
     report: str | None = None  # the review page (refine --report)
+    filled: int = 0  # rows without an LLM label, which got one
+    reject_reasons: list[str] = field(default_factory=list)  # the first few
+    notes: list[str] = field(default_factory=list)  # what the user should know, not a failure
+    # Why the run failed although every row was written (exit code 3 in the CLI).
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,10 +164,14 @@ class RefineSummary:
     def to_text(self) -> str:
         text = (
             f"read {self.read} rows: {self.refined} refined, {self.rejected} rejected, "
-            f"{self.changed} labels changed ({self.rows_per_second:.1f} rows/s) -> {self.output}"
+            f"{self.changed} labels changed (LLM label replaced), {self.filled} unlabeled rows "
+            f"given a label ({self.rows_per_second:.1f} rows/s) -> {self.output}"
         )
         if self.rejected:
             text += f"; rejects in {self.rejects}"
+            text += "".join(f"\n  {reason}" for reason in self.reject_reasons)
+        text += "".join(f"\nnote: {note}" for note in self.notes)
+        text += "".join(f"\nerror: {problem}" for problem in self.problems)
         if self.report:
             text += f"\nreview the label issues: {self.report}"
         return text
@@ -150,12 +185,19 @@ def _split_rows(items: Iterable[Row | Reject]) -> tuple[list[Row], list[Reject]]
     return rows, rejects
 
 
+def _tallied(items: Iterable[Row | Reject], tally: CorpusTally) -> Iterator[Row | Reject]:
+    for item in items:
+        tally.observe(item)
+        yield item
+
+
 def _given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index[r.label] if r.label is not None else -1 for r in rows], dtype=np.int64)
 
 
 def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the bundle's parent, made as save_bundle does
     with AtomicWriter(path) as writer:
         for reject in rejects:
             writer.write_json(reject.to_json())
@@ -192,16 +234,35 @@ def train(
 
     config = config or SiDyPConfig()
     config.validate()
+    # Every path is checked before the training, which takes minutes.
+    check_corpus_path(corpus)
+    check_bundle_target(out, overwrite)
     torch_device = resolve_device(device)
-    rows, rejected, label_set, usable = _training_rows(
-        corpus, fields, labels, strict, config.max_train_rows, config.seed
-    )
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    check_parent(refined_out, "--refined-out")
+    if rejects:
+        check_parent(rejects_path, "--rejects")
+    tally = CorpusTally(fields.label)
+    rows, rejected, label_set, usable = _training_rows(
+        corpus, fields, labels, strict, config.max_train_rows, config.seed, tally
+    )
     if rejected:
         _write_rejects(rejects_path, rejected)
+    if not tally.labelled:
+        raise ValueError(tally.no_labels_message(corpus, rejects_path))
     if len(label_set) < 2:
-        raise ValueError(f"{corpus}: need at least two classes, found {label_set}")
+        raise ValueError(f"{corpus}: need at least two classes, found {label_set}"
+                         + (f" ({len(rejected)} rows rejected: {rejects_path})" if rejected
+                            else ""))
     given = _given_indices(rows, label_set)
+    small = small_classes(given, len(label_set), config.min_class_rows)
+    warnings = [w for w in (
+        tally.label_field_warning(),
+        small_classes_text(small, given, label_set, config.min_class_rows),
+    ) if w]
+    for warning in warnings:
+        if log:
+            log(f"warning: {warning}")
     texts = [r.text for r in rows]
     pretrained = load_pretrained(encoder)
     result = train_sidyp(
@@ -249,7 +310,7 @@ def train(
         refinement, given, config.label_source, result.noise_ratio, class_noise, shares,
         average_held_out=result.noise_ratio_estimated,
     )
-    decision = DecisionRule.from_config(config, label_bias)
+    decision = DecisionRule.from_config(config, label_bias, blocked=small)
     predictions = output_fields(
         refinement, given, label_set, config.label_source, temperature, decision, shares
     )
@@ -263,6 +324,8 @@ def train(
         classes=len(label_set),
         noise_ratio=result.noise_ratio,
         noise_ratio_estimated=result.noise_ratio_estimated,
+        noise_ratio_at_clip=result.noise_ratio_estimated and noise_ratio_at_clip(
+            result.noise_ratio),
         prior_kinds=kind_counts(result.prior_kind),
         labels_changed=sum(p["is_label_issue"] for p in predictions),
         best_diffusion_epoch=result.best_diffusion_epoch,
@@ -275,6 +338,9 @@ def train(
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
         corpus=_file_identity(corpus),
+        reject_reasons=tally.reasons,
+        small_classes=[label_set[c] for c in small],
+        warnings=warnings,
         refinement=refinement,
     )
     training_record = {**summary.to_dict(), "history": result.history}
@@ -305,6 +371,7 @@ def _training_rows(
     strict: bool,
     max_rows: int | None,
     seed: int,
+    tally: CorpusTally,
 ) -> tuple[list[Row], list[Reject], list[str], int]:
     """(training rows, rejects, label set, usable rows in the corpus). Past ``max_rows`` (0 or
     None: no limit) the training rows are a sample drawn per LLM label
@@ -313,7 +380,9 @@ def _training_rows(
     from .sampling import stratified_sample
 
     if not max_rows or str(corpus) == "-":  # stdin cannot be read twice: sample in memory
-        rows, rejected = _split_rows(iter_corpus(corpus, fields, labels, strict=strict))
+        rows, rejected = _split_rows(
+            _tallied(iter_corpus(corpus, fields, labels, strict=strict), tally)
+        )
         label_set = list(labels) if labels else label_set_from_rows(rows)
         usable = len(rows)
         if max_rows and usable > max_rows:
@@ -326,19 +395,24 @@ def _training_rows(
     codes: list[int] = []
     lines: list[int] = []
     rejected = []
-    for item in iter_corpus(corpus, fields, labels, strict=strict):
+    for item in _tallied(iter_corpus(corpus, fields, labels, strict=strict), tally):
         if isinstance(item, Reject):
             rejected.append(item)
             continue
         codes.append(-1 if item.label is None else seen.setdefault(item.label, len(seen)))
         lines.append(item.line_no)
-    label_set = list(labels) if labels else sorted(seen)
     chosen = stratified_sample(np.asarray(codes, dtype=np.int64), max_rows, seed)
     wanted = set(np.asarray(lines, dtype=np.int64)[chosen].tolist())
     rows = [
         item for item in iter_corpus(corpus, fields, labels)
         if isinstance(item, Row) and item.line_no in wanted
     ]
+    if labels:
+        return rows, rejected, list(labels), len(codes)
+    label_set = label_set_from_labels(list(seen))
+    if label_set and isinstance(label_set[0], str):
+        for row in rows:  # as label_set_from_rows does: one type for the set and the rows
+            row.label = None if row.label is None else str(row.label)
     return rows, rejected, label_set, len(codes)
 
 
@@ -364,7 +438,7 @@ def refine_rows(
     """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
-    decision = DecisionRule.from_config(config, model.label_bias)
+    decision = DecisionRule.from_config(config, model.label_bias, blocked=_blocked(model))
     given = _given_indices(rows, model.labels)
     texts = [r.text for r in rows]
     if token_ids is None:
@@ -413,6 +487,10 @@ def _refine_chunk(
     refined = iter(refine_rows(fresh, model, backend) if fresh else [])
     return [{**r.record, **known[r.line_no]} if r.line_no in known else next(refined)
             for r in rows]
+def _blocked(model: LoadedModel) -> list[int]:
+    """The classes the bundle's training found too small to be a change target."""
+    small = model.bundle.manifest.get("training", {}).get("small_classes") or []
+    return [model.labels.index(label) for label in small if label in model.labels]
 
 
 def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
@@ -441,6 +519,8 @@ def refine(
     triton_retry_seconds: float = 120.0,
     known: Mapping[int, dict] | None = None,
     report: str | Path | None = None,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    log: Callable[[str], None] | None = None,
 ) -> RefineSummary:
     """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
 
@@ -448,22 +528,36 @@ def refine(
     own, from classifiers that never saw their labels): those rows take them as they are.
 
     ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
-    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
+    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``
+    (with nothing to resume, it starts from the beginning and says so in ``notes``).
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
-    serves are checked against the bundle before the first row. ``report`` also writes the
-    review page of the output there (:func:`report`, with the bundle) at the end.
+    serves are checked against the bundle before the first row, and ``log`` is told when the
+    server does not answer and the retries begin. The summary's ``problems`` say
+    why a finished run still failed: more than ``max_reject_fraction`` of the rows rejected, or
+    no label of the corpus in the bundle's label set. For the corpus a bundle was trained on,
+    ``train(refined_out=...)`` gives better labels (classifiers that never saw each row's label).
+    An empty corpus, a directory or a ``strict`` refusal leaves no output file behind.
     """
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
+    if not 0.0 <= max_reject_fraction <= 1.0:
+        raise ValueError("max_reject_fraction must be in [0, 1]")
     if report is not None and str(out) == "-":
         raise ValueError("--report needs the output in a file: the page is built from it")
     if resume and str(corpus) == "-":
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
+    check_corpus_path(corpus)
+    if count_lines(corpus) == 0:
+        raise ValueError(f"{corpus}: the file is empty: nothing to refine")
+    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
+    check_parent(out, "--out")
+    check_parent(rejects_path, "--rejects")
     bundle = load_bundle(model)
     loaded = load_model(bundle)
     backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
+    if log is not None and backend == "triton":
+        options["log"] = log
     runtime = load_backend(bundle, backend, precision=precision, **options)
-    rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     sink: ResumableOutput | StdoutOutput
     if str(out) == "-":
         if resume:
@@ -481,6 +575,7 @@ def refine(
             "rejects": str(Path(rejects_path).absolute()),
         }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
+    notes = [sink.notice] if getattr(sink, "notice", None) else []
     done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined
     bar = tqdm(total=count_lines(corpus), initial=done_lines, desc="refine", unit="rows",
@@ -488,6 +583,7 @@ def refine(
     rows: list[Row] = []
     rejected: list[dict] = []
     line = done_lines
+    tally = CorpusTally(fields.label)
 
     def flush() -> None:
         sink.write_chunk(_refine_chunk(rows, loaded, runtime, known), rejected, line)
@@ -500,6 +596,7 @@ def refine(
             if item.line_no <= done_lines:
                 continue
             line = item.line_no
+            tally.observe(item)
             if isinstance(item, Reject):
                 rejected.append(item.to_json())
             else:
@@ -508,9 +605,12 @@ def refine(
                 flush()
         if rows or rejected:
             flush()
+        if sink.progress.lines == 0:
+            raise ValueError(f"{corpus}: no lines: nothing to refine")
         sink.finish(convert=jsonl_to_parquet if str(out).endswith(".parquet") else None)
-    except BaseException:
-        sink.close()
+    except BaseException as exc:
+        # A refusal (bad input) leaves nothing behind; an interruption keeps what --resume needs.
+        sink.close(discard=isinstance(exc, ValueError))
         raise
     finally:
         bar.close()
@@ -518,9 +618,16 @@ def refine(
             runtime.close()  # a remote back end's connection pool
     p = sink.progress
     elapsed = max(time.perf_counter() - start, 1e-9)
-    summary = RefineSummary(str(out), p.lines, p.refined, p.rejected, p.changed,
-                            (p.refined - refined_before) / elapsed,
-                            str(rejects_path) if p.rejected else None)
+    warning = tally.label_field_warning()
+    if warning:
+        notes.append(warning)
+    summary = RefineSummary(
+        str(out), p.lines, p.refined, p.rejected, p.changed,
+        (p.refined - refined_before) / elapsed, str(rejects_path) if p.rejected else None,
+        filled=p.filled, reject_reasons=first_reject_reasons(rejects_path) if p.rejected else [],
+        notes=notes,
+        problems=refine_problems(p.lines, p.rejected, tally, loaded.labels, max_reject_fraction),
+    )
     if report is not None:
         run = {"seconds": round(elapsed, 1), "rows/s": round(summary.rows_per_second, 1),
                "backend": backend, "precision": getattr(runtime, "precision", "fp32"),
@@ -549,7 +656,7 @@ class CorpusSummary:
         lines = [self.trained.to_text() if self.trained else
                  f"model             {self.model} (reused: its training had finished)"]
         lines.append(r.to_text())
-        if trained is not None:
+        if trained is not None and r.refined > trained:
             lines.append(f"rows              {trained} trained on, {r.refined - trained} refined "
                          "as new rows")
         lines.append(f"model kept in     {self.model} (refine new rows: sidyp-prod refine NEW "
@@ -592,6 +699,8 @@ def refine_corpus(
     chunk_size: int = 1024,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    report: str | Path | None = None,
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
 ) -> CorpusSummary:
     """Train on a corpus and write every row's refined label: the one-command path.
 
@@ -626,7 +735,8 @@ def refine_corpus(
     journal = out.with_name(out.name + ".journal.json")
     refined = refine(corpus, model_dir, out, fields=fields, rejects=rejects_path, strict=strict,
                      chunk_size=chunk_size, resume=resume and trained is None and journal.exists(),
-                     progress=progress, known=known)
+                     progress=progress, known=known, report=report,
+                     max_reject_fraction=max_reject_fraction, log=log)
     known_path.unlink(missing_ok=True)
     return CorpusSummary(str(model_dir), trained, refined)
 

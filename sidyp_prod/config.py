@@ -9,7 +9,7 @@ from typing import Any
 # argmax without the per-class step, which is what those bundles did.
 SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
     "change_rule": "argmax", "change_odds": 1.0, "class_calibration": False,
-    "label_share_correction": False, "held_out_folds": 0,
+    "label_share_correction": False, "held_out_folds": 0, "min_class_rows": 0,
 }
 
 
@@ -74,6 +74,9 @@ class SiDyPConfig:
     # Training sample: at most this many rows, drawn per LLM label (0 or None: every row); the
     # rest of the corpus is refined as new rows.
     max_train_rows: int | None = 10_000
+    # A class with fewer LLM labels than this is kept as a label but never a change target: too
+    # few rows to learn it from, and the label-share correction would inflate it (0: off).
+    min_class_rows: int = 5
     # Runtime.
     seed: int = 0
     encode_batch_size: int = 64
@@ -129,6 +132,8 @@ class SiDyPConfig:
             raise ValueError(f"change_rule must be one of {CHANGE_RULES}")
         if self.change_odds < 1.0:
             raise ValueError("change_odds must be >= 1 (1 = the argmax)")
+        if self.min_class_rows < 0:
+            raise ValueError("min_class_rows must be >= 0")
         if not 0.0 < self.tau_dominant <= self.tau_certain <= 1.0:
             raise ValueError("need 0 < tau_dominant <= tau_certain <= 1")
 

@@ -57,7 +57,7 @@ class Row:
     record: dict[str, Any]
     id: str | int
     text: str
-    label: str | None
+    label: str | int | None  # an integer label stays an integer (label_set_from_rows)
 
 
 @dataclass
@@ -258,19 +258,18 @@ def parse_line(
         text = text[:max_chars]
 
     raw_label = record.get(fields.label)
-    label: str | None
-    if raw_label is None:
-        label = None
-    elif isinstance(raw_label, str):
-        label = raw_label
-    elif isinstance(raw_label, int) and not isinstance(raw_label, bool):
-        label = str(raw_label)
-    else:
+    if isinstance(raw_label, bool) or not (raw_label is None or isinstance(raw_label, str | int)):
         problem = f"expected a string, integer or null, got {_json_type(raw_label)}"
         return _field_reject(line_no, fields.label, problem, line)
+    label: str | int | None = raw_label
     if label is not None and allowed is not None and label not in allowed:
-        problem = f"{json.dumps(label, ensure_ascii=False)} is not in the label set"
-        return _field_reject(line_no, fields.label, problem, line)
+        # 1 and "1" are one label: the label set's spelling wins (a bundle of string labels
+        # keeps reading integer labels as it always did).
+        other = _other_spelling(label)
+        if other is None or other not in allowed:
+            problem = f"{json.dumps(label, ensure_ascii=False)} is not in the label set"
+            return _field_reject(line_no, fields.label, problem, line)
+        label = other
 
     row_id: str | int = line_no
     if fields.id in record:
@@ -281,6 +280,17 @@ def parse_line(
         row_id = raw_id
 
     return Row(line_no=line_no, record=record, id=row_id, text=text, label=label)
+
+
+def _other_spelling(label: str | int) -> str | int | None:
+    """An integer label as a string, or a string of an integer as the integer."""
+    if isinstance(label, int):
+        return str(label)
+    try:
+        value = int(label)
+    except ValueError:
+        return None
+    return value if str(value) == label else None
 
 
 def iter_corpus(
@@ -333,9 +343,25 @@ def count_lines(path: str | Path) -> int | None:
     return count + (last != b"\n")
 
 
-def label_set_from_rows(rows: Iterable[Row | Reject]) -> list[str]:
-    """Sorted unique non-None labels (Rejects, if any are passed, are ignored)."""
-    return sorted({row.label for row in rows if isinstance(row, Row) and row.label is not None})
+def label_set_from_labels(labels: Iterable[Any]) -> list[str] | list[int]:
+    """The label set of these distinct labels, typed as :func:`label_set_from_rows` types it."""
+    distinct = {label for label in labels if label is not None}
+    if all(isinstance(label, int) for label in distinct):
+        return sorted(distinct)  # type: ignore[type-var]
+    return sorted({str(label) for label in distinct})
+
+
+def label_set_from_rows(rows: Iterable[Row | Reject]) -> list[str] | list[int]:
+    """Sorted unique non-None labels (Rejects, if any are passed, are ignored). Integers when
+    every label is an integer (sorted as numbers); otherwise strings, and the rows' integer
+    labels become strings too, so that each row's label is in the set."""
+    found = [row for row in rows if isinstance(row, Row) and row.label is not None]
+    labels = {row.label for row in found}
+    if all(isinstance(label, int) for label in labels):
+        return sorted(labels)  # type: ignore[type-var]
+    for row in found:
+        row.label = str(row.label)
+    return sorted({str(label) for label in labels})
 
 
 def json_line(obj: dict[str, Any]) -> str:

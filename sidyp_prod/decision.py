@@ -25,6 +25,7 @@ rho is the mean of two estimates (``calibration_targets``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,15 +41,27 @@ class DecisionRule:
     rule: str = "odds"  # "argmax": always the most probable class; "odds": see module docstring
     odds: float = 2.0  # fixes a change must be expected to make per label it breaks
     label_bias: np.ndarray | None = None  # (C,) per given class; None: no per-class step
+    blocked: tuple[int, ...] = ()  # classes that are never a change target (small_classes)
 
     @classmethod
-    def from_config(cls, config: object, label_bias: np.ndarray | None = None) -> DecisionRule:
+    def from_config(
+        cls, config: object, label_bias: np.ndarray | None = None, blocked: Sequence[int] = ()
+    ) -> DecisionRule:
         use_bias = bool(getattr(config, "class_calibration", False))
         return cls(
             rule=getattr(config, "change_rule", "argmax"),
             odds=float(getattr(config, "change_odds", 1.0)),
             label_bias=label_bias if use_bias else None,
+            blocked=tuple(int(c) for c in blocked),
         )
+
+
+def small_classes(given: np.ndarray, n_classes: int, min_rows: int) -> list[int]:
+    """Classes with fewer than ``min_rows`` given labels (none when every class is that small:
+    then there is nothing better to move a row to)."""
+    counts = np.bincount(given[given >= 0], minlength=n_classes)
+    small = [c for c in range(n_classes) if counts[c] < min_rows]
+    return small if len(small) < n_classes else []
 
 
 def class_noise_ratios(clean: np.ndarray, given: np.ndarray, n_classes: int) -> np.ndarray:
@@ -169,12 +182,19 @@ def decide(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.nd
 
     A row without a given label always takes the argmax: there is nothing to keep.
     """
-    best = dist.argmax(axis=1)
+    labelled = given >= 0
+    targets = dist
+    if decision.blocked:
+        # A small class is never a change target: it is predicted only where it is given.
+        targets = np.array(dist, dtype=np.float64, copy=True)
+        targets[:, list(decision.blocked)] = -np.inf
+        rows = np.flatnonzero(labelled)
+        targets[rows, given[rows]] = dist[rows, given[rows]]
+    best = targets.argmax(axis=1)
     if decision.rule == "argmax":
         return best
     if decision.rule != "odds":
         raise ValueError(f"change rule must be one of {CHANGE_RULES}")
-    labelled = given >= 0
     g = np.where(labelled, given, 0)
     p_given = dist[np.arange(len(dist)), g]
     p_best = dist[np.arange(len(dist)), best]

@@ -146,9 +146,9 @@ def per_class_report(
 class EvaluationReport:
     """Scores of a refined-label file against its gold labels.
 
-    `changed`, `fixed` and `broken` count scored rows only. A row the LLM left unlabeled counts
-    as changed (it gained a label; fixed when that label is right), so `changed` can exceed
-    refine's "labels changed", which counts only rows that had a label.
+    `changed`, `fixed` and `broken` count scored rows with an LLM label only: `changed` is what
+    refine calls "labels changed" (the LLM label replaced, `is_label_issue`). A row the LLM left
+    unlabeled is `filled` instead (it gained a label), and `filled_right` when that label is right.
     """
 
     n_rows: int
@@ -160,6 +160,8 @@ class EvaluationReport:
     fixed: int
     broken: int
     ece: float
+    filled: int = 0
+    filled_right: int = 0
     reliability: list[dict[str, Any]] = field(default_factory=list)
     per_class: list[dict[str, Any]] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
@@ -175,7 +177,9 @@ class EvaluationReport:
             f"rows: {self.n_rows}  scored (with gold): {self.n_scored}",
             f"given accuracy:   {self.given_accuracy:.4f}",
             f"refined accuracy: {self.refined_accuracy:.4f}  ({delta:+.4f})",
-            f"changed: {self.changed}  fixed: {self.fixed}  broken: {self.broken}",
+            f"changed: {self.changed} (LLM label replaced)  fixed: {self.fixed}  "
+            f"broken: {self.broken}",
+            f"filled: {self.filled} (no LLM label; given one)  right: {self.filled_right}",
             f"ECE (refined confidence): {self.ece:.4f}",
             "",
             "per class:",
@@ -264,8 +268,12 @@ def evaluate_records(
         )
 
     label_list = sorted(seen) if labels is None else list(labels)
-    changed = fixed = broken = 0
+    changed = fixed = broken = filled = filled_right = 0
     for g, gv, p in zip(gold, given, pred, strict=True):
+        if gv is None:
+            filled += p is not None
+            filled_right += p == g
+            continue
         if gv == p:
             continue
         changed += 1
@@ -285,6 +293,8 @@ def evaluate_records(
         fixed=fixed,
         broken=broken,
         ece=expected_calibration_error(confidence, correct, n_bins),
+        filled=filled,
+        filled_right=filled_right,
         reliability=reliability_bins(confidence, correct, n_bins),
         per_class=per_class_report(pred, gold, label_list),
         confusion=confusion_matrix(pred, gold, label_list).tolist(),

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BATCH_ROWS = 8192
+LABEL_FIELDS = ("given_label", "predicted_label")
 
 
 def _batches(source: Path, size: int) -> Iterator[list[dict]]:
@@ -27,8 +28,10 @@ def _output_fields() -> dict:  # name -> pyarrow.Field
     batch has only nulls there (every row refused by the LLM)."""
     import pyarrow as pa
 
+    # given_label and predicted_label take the labels' type (integers stay integers): from the
+    # rows, string where every row's is null (LABEL_FIELDS).
     types = {
-        "given_label": pa.string(), "predicted_label": pa.string(), "label_score": pa.float64(),
+        "label_score": pa.float64(),
         "is_label_issue": pa.bool_(), "confidence": pa.float64(),
         # a map from label to weight, not a struct of every label seen
         "candidates": pa.map_(pa.string(), pa.float64()),
@@ -72,7 +75,13 @@ def _schema(source: Path, batch_rows: int):  # -> pyarrow.Schema
                 [schema, part], promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
             raise ValueError(f"a field has two types: {exc}") from exc
-    return schema if schema is not None else pa.schema([])
+    if schema is None:
+        return pa.schema([])
+    for name in LABEL_FIELDS:
+        index = schema.get_field_index(name)
+        if index >= 0 and pa.types.is_null(schema.field(index).type):
+            schema = schema.set(index, pa.field(name, pa.string()))
+    return schema
 
 
 def jsonl_to_parquet(source: Path, target: Path, batch_rows: int = BATCH_ROWS) -> None:

@@ -26,7 +26,17 @@ def noise_scores(own_distances: np.ndarray) -> np.ndarray:
     return own_distances.mean(axis=0) + own_distances.std(axis=0)
 
 
-def estimate_noise_ratio(scores: np.ndarray, iterations: int = 200, clip=(0.05, 0.9)) -> float:
+NOISE_RATIO_CLIP = (0.05, 0.9)  # the estimate's bounds
+
+
+def noise_ratio_at_clip(ratio: float) -> bool:
+    """Whether an estimate sits at a bound of its clip: a bound, not a measurement."""
+    return any(abs(ratio - bound) < 1e-9 for bound in NOISE_RATIO_CLIP)
+
+
+def estimate_noise_ratio(
+    scores: np.ndarray, iterations: int = 200, clip: tuple[float, float] = NOISE_RATIO_CLIP
+) -> float:
     """Estimate the noisy fraction with a two-component 1-D Gaussian mixture on the scores.
 
     Clean rows sit near their label's centroid and noisy rows far from it, so the scores are

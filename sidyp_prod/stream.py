@@ -32,6 +32,7 @@ class Progress:
     refined: int = 0
     rejected: int = 0
     changed: int = 0
+    filled: int = 0  # rows without an LLM label (given_label null)
     output_bytes: int = 0
     rejects_bytes: int = 0
 
@@ -53,6 +54,7 @@ def _append_chunk(
         write_record(json_line(record))
         progress.refined += 1
         progress.changed += bool(record.get("is_label_issue"))
+        progress.filled += record.get("given_label") is None
     for reject in rejects:
         rejects_file.write(json_line(reject).encode("utf-8"))
         progress.rejected += 1
@@ -66,6 +68,12 @@ def _place_rejects(partial: Path, final: Path, progress: Progress) -> None:
         partial.unlink()
 
 
+def journal_path(out: str | Path) -> Path:
+    """The progress journal of a refine to ``out``: it exists while a run can be resumed."""
+    out = Path(out)
+    return out.with_name(out.name + ".journal.json")
+
+
 class ResumableOutput:
     """JSONL output (and rejects) written chunk by chunk with a progress journal."""
 
@@ -73,9 +81,15 @@ class ResumableOutput:
         self.out, self.rejects = out, rejects
         self.partial = out.with_name(out.name + ".partial")
         self.rejects_partial = rejects.with_name(rejects.name + ".partial")
-        self.journal = out.with_name(out.name + ".journal.json")
+        self.journal = journal_path(out)
         self.identity = identity
         self.progress = Progress()
+        self.notice: str | None = None
+        if resume and not self.journal.is_file():
+            # Killed before its first chunk, or never run: a retry loop can always pass --resume.
+            self.notice = (f"{out}: nothing to resume (no {self.journal.name}): "
+                           "started from the beginning")
+            resume = False
         if resume:
             self.progress = self._load_journal()
         mode = "r+b" if resume else "wb"
@@ -89,8 +103,6 @@ class ResumableOutput:
                 handle.seek(size)
 
     def _load_journal(self) -> Progress:
-        if not self.journal.is_file():
-            raise ResumeError(f"{self.out}: nothing to resume (no {self.journal.name})")
         state = json.loads(self.journal.read_text())
         if state.get("identity") != self.identity:
             raise ResumeError(
@@ -127,12 +139,16 @@ class ResumableOutput:
             convert(self.partial, self.out)
             self.partial.unlink()
         _place_rejects(self.rejects_partial, self.rejects, self.progress)
-        self.journal.unlink()
+        self.journal.unlink(missing_ok=True)
 
-    def close(self) -> None:
-        """Stop without finishing: the partial files and the journal stay for --resume."""
+    def close(self, discard: bool = False) -> None:
+        """Stop without finishing: the partial files and the journal stay for --resume, unless
+        ``discard`` (a refusal: resuming cannot help) or no chunk was recorded yet."""
         self._out.close()
         self._rejects.close()
+        if discard or not self.journal.is_file():
+            for path in (self.partial, self.rejects_partial, self.journal):
+                path.unlink(missing_ok=True)
 
 
 class StdoutOutput:
@@ -155,5 +171,6 @@ class StdoutOutput:
         self._rejects.close()
         _place_rejects(Path(self._rejects.name), self.rejects, self.progress)
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
         self._rejects.close()
+        Path(self._rejects.name).unlink(missing_ok=True)

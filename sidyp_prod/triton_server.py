@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -89,29 +90,52 @@ class TritonServer:
     config_name: str | None = "python"
     startup_timeout: float = 120.0
     log_path: Path | None = None
+    # The interface every endpoint binds to: this machine only, unless asked (0.0.0.0: all).
+    host: str = "127.0.0.1"
     process: subprocess.Popen | None = None
     shm_prefix: str = field(default_factory=lambda: f"sidyp_{uuid.uuid4().hex[:8]}_")
     _workdir: tempfile.TemporaryDirectory | None = None
 
     @property
+    def _url_host(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"[{host}]" if ":" in host else host
+
+    @property
     def http_url(self) -> str:
-        return f"http://localhost:{self.ports.http}"
+        return f"http://{self._url_host}:{self.ports.http}"
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://localhost:{self.ports.grpc}"
+        return f"grpc://{self._url_host}:{self.ports.grpc}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.ports.metrics}/metrics"
+        return f"http://{self._url_host}:{self.ports.metrics}/metrics"
+
+    def ports_in_use(self) -> list[str]:
+        """The endpoints whose port cannot be bound on ``host`` (another server has it)."""
+        busy = []
+        for name, port in (("HTTP", self.ports.http), ("gRPC", self.ports.grpc),
+                           ("metrics", self.ports.metrics)):
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.bind((self.host, port))
+                except OSError as exc:
+                    busy.append(f"{name} port {port} on {self.host} is in use ({exc.strerror})")
+        return busy
 
     def command(self, backend_dir: Path) -> list[str]:
         command = [
             str(pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={Path(self.repository).absolute()}",
             f"--backend-directory={backend_dir}",
+            f"--http-address={self.host}",
             f"--http-port={self.ports.http}",
+            f"--grpc-address={self.host}",
             f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={self.host}",
             f"--metrics-port={self.ports.metrics}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--exit-on-error=true",
@@ -124,6 +148,11 @@ class TritonServer:
     def start(self) -> TritonServer:
         if not Path(self.repository).is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
+        busy = self.ports_in_use()
+        if busy:
+            # Checked first: the health check would otherwise find the other server ready.
+            raise ServerError(f"cannot serve: {'; '.join(busy)}; choose other ports "
+                              "(--http-port, --grpc-port, --metrics-port)")
         self._workdir = tempfile.TemporaryDirectory(prefix="sidyp-triton-")
         work = Path(self._workdir.name)
         backend_dir = prepare_backend_directory(work / "backends")
@@ -147,14 +176,20 @@ class TritonServer:
         text = Path(self.log_path).read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def log_cause(self) -> str:
+        """The log's last error line, or its last line: what the server died of."""
+        lines = [line.strip() for line in self.log_tail(200).splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("E") or "error" in line.lower()]
+        return (errors or lines or ["(the log is empty)"])[-1]
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             code = self.process.poll() if self.process else 1
             if code is not None:
                 raise ServerError(
-                    f"tritonserver exited with code {code} while loading {self.repository}:\n"
-                    f"{self.log_tail()}"
+                    f"tritonserver exited with code {code} while loading {self.repository}: "
+                    f"{self.log_cause()}\n--- the server's log, last lines ---\n{self.log_tail()}"
                 )
             if self.ready():
                 return

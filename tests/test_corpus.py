@@ -189,10 +189,16 @@ def test_id_falls_back_to_line_number(tmp_path: Path) -> None:
     assert [r.id for r in rows if isinstance(r, Row)] == [1, 42, 3]
 
 
-def test_int_labels_normalised_to_str(tmp_path: Path) -> None:
-    path = write_lines(tmp_path / "c.jsonl", [jl(text="a", label=0), jl(text="b", label=12)])
+def test_int_labels_keep_their_type_and_sort_as_numbers(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "c.jsonl", [jl(text="a", label=12), jl(text="b", label=2)])
     rows = list(iter_corpus(path))
-    assert [r.label for r in rows if isinstance(r, Row)] == ["0", "12"]
+    assert [r.label for r in rows if isinstance(r, Row)] == [12, 2]
+    assert label_set_from_rows(rows) == [2, 12]
+    # "2" and 2 are one label: the label set's spelling wins.
+    items = list(iter_corpus(path, labels=[2, 12]))
+    assert [r.label for r in items if isinstance(r, Row)] == [12, 2]
+    path = write_lines(tmp_path / "d.jsonl", [jl(text="a", label="12")])
+    assert [r.label for r in iter_corpus(path, labels=[2, 12])] == [12]
 
 
 def test_null_and_missing_label_are_none(tmp_path: Path) -> None:
@@ -206,7 +212,7 @@ def test_custom_field_names(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "c.jsonl", [jl(uid="u", sentence="s", llm=3), jl(llm=1)])
     items = list(iter_corpus(path, fields=FieldNames(text="sentence", label="llm", id="uid")))
     assert isinstance(items[0], Row)
-    assert (items[0].id, items[0].text, items[0].label) == ("u", "s", "3")
+    assert (items[0].id, items[0].text, items[0].label) == ("u", "s", 3)
     assert isinstance(items[1], Reject)
     assert items[1].field == "sentence"
     assert items[1].reason == 'field "sentence": missing'
@@ -340,7 +346,7 @@ def test_gzip_input(tmp_path: Path) -> None:
     items = list(iter_corpus(path))
     assert [type(i) for i in items] == [Row, Reject, Row]
     assert isinstance(items[0], Row)
-    assert items[0].label == "1"
+    assert items[0].label == 1  # an integer label keeps its type
     assert count_lines(path) is None
 
 

@@ -127,7 +127,7 @@ def _rows() -> list[dict]:
             "predicted_label": "b",
             "confidence": 0.6,
         },
-        # LLM refused (given None), refined right: changed, fixed
+        # LLM refused (given None), refined right: filled, right (not changed)
         {
             "text": "4",
             "gold_label": "c",
@@ -162,7 +162,8 @@ def test_evaluate_records_counts() -> None:
     assert rep.labels == ["a", "b", "c"]
     assert rep.given_accuracy == pytest.approx(2 / 5)
     assert rep.refined_accuracy == pytest.approx(3 / 5)
-    assert (rep.changed, rep.fixed, rep.broken) == (4, 2, 1)
+    assert (rep.changed, rep.fixed, rep.broken) == (3, 1, 1)
+    assert (rep.filled, rep.filled_right) == (1, 1)
     assert rep.confusion == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
     per = {r["label"]: r for r in rep.per_class}
     assert per["c"]["precision"] == pytest.approx(1.0)
@@ -220,14 +221,15 @@ def test_report_to_dict_and_text() -> None:
     rep = evaluate_records(_rows())
     d = rep.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert d["fixed"] == 2 and d["confusion"][2] == [1, 0, 1]
+    assert d["fixed"] == 1 and d["confusion"][2] == [1, 0, 1]
     text = rep.to_text()
     for needle in (
         "0.4000",
         "0.6000",
         "+0.2000",
-        "changed: 4",
-        "fixed: 2",
+        "changed: 3 (LLM label replaced)",
+        "fixed: 1",
+        "filled: 1",
         "broken: 1",
         f"{rep.ece:.4f}",
         "precision",

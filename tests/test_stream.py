@@ -71,10 +71,13 @@ def test_killed_run_resumes_to_identical_output(trained, big_corpus, reference_o
     assert not journal.exists()
 
 
-def test_resume_refuses_other_settings_and_missing_journal(trained, big_corpus, tmp_path):
+def test_resume_refuses_other_settings_and_starts_over_without_a_journal(
+    trained, big_corpus, tmp_path
+):
     bundle, _, _ = trained
-    with pytest.raises(ResumeError, match="nothing to resume"):
-        api.refine(big_corpus, bundle, tmp_path / "o.jsonl", resume=True)
+    summary = api.refine(big_corpus, bundle, tmp_path / "fresh.jsonl", resume=True)
+    assert any("nothing to resume" in note for note in summary.notes)
+    assert summary.refined + summary.rejected == summary.read > 0
     small = write_jsonl(tmp_path / "small.jsonl", make_rows(30))
     with pytest.raises(KeyboardInterrupt):
         _interrupt_after_first_chunk(bundle, small, tmp_path / "o.jsonl")

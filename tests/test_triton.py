@@ -251,8 +251,8 @@ def test_serve_prints_urls_and_stops_cleanly_on_sigterm(repository):
         if "Ctrl-C" in line:
             break
     output = "".join(lines)
-    assert f"http://localhost:{ports.http}" in output
-    assert f"grpc://localhost:{ports.grpc}" in output and "metrics" in output
+    assert f"http://127.0.0.1:{ports.http}" in output
+    assert f"grpc://127.0.0.1:{ports.grpc}" in output and "metrics" in output
     assert TritonServer(repository, ports).ready()
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0

@@ -82,8 +82,11 @@ class TritonBackend:
         retry_seconds: float = 120.0,
         timeout: float = 300.0,
         sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] | None = None,
     ):
         self.address = ServerAddress.parse(url)
+        self.log = log  # told once when the server does not answer and the retries begin
+        self._told_waiting = False
         self.url = url
         self.retry_seconds = retry_seconds
         self.timeout = timeout
@@ -140,6 +143,10 @@ class TritonBackend:
                            else "")
                     ) from exc
                 self._local.client = None  # reconnect after a restart
+                if self.log is not None and not self._told_waiting:
+                    self._told_waiting = True
+                    self.log(f"Triton server {self.url} does not answer ({what}): retrying for "
+                             f"up to {self.retry_seconds:g} s (--triton-retry-seconds)")
                 self.sleep(delay)
                 delay = min(delay * 2, 8.0)
 
