@@ -26,10 +26,18 @@ app = typer.Typer(
 D = SiDyPConfig()
 
 
-TextField = Annotated[str, typer.Option(help="JSON field holding the text.")]
-LabelField = Annotated[str, typer.Option(help="JSON field holding the LLM label (null = refused).")]
+TextField = Annotated[str, typer.Option(help="Field (column) holding the text.")]
+LabelField = Annotated[
+    str, typer.Option(help="Field (column) holding the LLM label (null or empty = refused).")
+]
 IdField = Annotated[
-    str, typer.Option(help="JSON field holding the row id (line number if absent).")
+    str, typer.Option(help="Field (column) holding the row id (row number if absent).")
+]
+InputFormat = Annotated[
+    str | None,
+    typer.Option(help="Corpus format: jsonl, csv, tsv, parquet or datasets (a save_to_disk "
+                 "directory); default: from the name (.jsonl[.gz|.zst], .csv, .tsv, .parquet, "
+                 "a directory)."),
 ]
 Rejects = Annotated[
     Path | None,
@@ -57,11 +65,15 @@ def _report(summary, as_json: bool) -> None:
 
 @app.command()
 def train(
-    corpus: Annotated[Path, typer.Argument(help="JSONL corpus with text and LLM labels.")],
+    corpus: Annotated[
+        Path, typer.Argument(help="Corpus with text and LLM labels: JSONL, CSV, TSV, Parquet or "
+                             "a datasets directory.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory of the model bundle.")],
     refined_out: Annotated[
         Path | None,
-        typer.Option(help="Also write the corpus's own refined labels here (JSONL)."),
+        typer.Option(help="Also write the corpus's own refined labels here (.jsonl, .csv, .tsv "
+                     "or .parquet)."),
     ] = None,
     labels: Annotated[
         str | None,
@@ -74,6 +86,7 @@ def train(
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
+    input_format: InputFormat = None,
     rejects: Rejects = None,
     strict: Strict = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
@@ -187,8 +200,9 @@ def train(
             overwrite=overwrite,
             progress=not quiet,
             log=None if quiet else lambda m: typer.echo(m, err=True),
+            input_format=input_format,
         )
-    except (InputError, ValueError, FileNotFoundError) as exc:
+    except (InputError, ValueError, FileNotFoundError, RuntimeError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
 
@@ -197,14 +211,15 @@ def train(
 def refine(
     corpus: Annotated[
         list[Path],
-        typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too); with --engine ray, "
-                       "any number of files, globs and directories."),
+        typer.Argument(help="Corpus to refine: JSONL ('.jsonl.gz', '.jsonl.zst' too), CSV, TSV, "
+                       "Parquet or a datasets directory; with --engine ray, any number of "
+                       "JSONL files, globs and directories."),
     ],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory.")],
     out: Annotated[
         str,
-        typer.Option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout; with "
-                     "--engine ray, a new directory of shards and a manifest."),
+        typer.Option("--out", "-o", help="Output: .jsonl, .csv, .tsv, .parquet, or '-' for "
+                     "stdout; with --engine ray, a new directory of shards and a manifest."),
     ],
     backend: Annotated[
         str, typer.Option(help="Runtime: 'onnx' (ONNX Runtime) or 'torch'.")
@@ -223,6 +238,7 @@ def refine(
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
+    input_format: InputFormat = None,
     rejects: Rejects = None,
     strict: Strict = False,
     chunk_size: Annotated[int, typer.Option(help="Rows per streamed chunk.")] = 1024,
@@ -258,6 +274,12 @@ def refine(
 
     if engine == "ray":
         from sidyp_prod.backends import backend_choice
+        from sidyp_prod.readers import detect_format
+
+        if input_format not in (None, "jsonl") or any(
+                p.is_file() and detect_format(p) != "jsonl" for p in corpus):
+            _fail("--engine ray reads JSONL (.jsonl, .jsonl.gz); refine other formats with "
+                  "--engine local")
 
         backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
         _refine_ray(corpus, model, out, backend=backend, precision=precision,
@@ -287,11 +309,14 @@ def refine(
             progress=not quiet and out != "-",
             triton_url=triton_url,
             triton_retry_seconds=triton_retry_seconds,
+            input_format=input_format,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except TritonError as exc:
         _fail(f"{exc}\nwhat was written is kept: re-run with --resume to continue", code=1)
+    except RuntimeError as exc:  # an optional reader missing (pyarrow, zstandard)
+        _fail(str(exc))
     if out != "-":
         _report(summary, as_json)
     elif as_json:
@@ -410,7 +435,8 @@ def serve(
 @app.command()
 def evaluate(
     refined: Annotated[
-        Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")
+        Path, typer.Argument(help="Refined JSONL, CSV, TSV or Parquet, or a --engine ray output "
+                             "directory.")
     ],
     gold_field: Annotated[
         str, typer.Option(help="JSON field with the human label.")

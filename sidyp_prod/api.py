@@ -22,7 +22,6 @@ from .corpus import (
     FieldNames,
     Reject,
     Row,
-    count_lines,
     default_rejects_path,
     iter_corpus,
     label_set_from_rows,
@@ -40,8 +39,9 @@ from .encoder import (
     width_batches,
 )
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
-from .formats import jsonl_to_parquet
+from .formats import converter
 from .model_io import LoadedModel, load_model, save_trained
+from .readers import count_rows, detect_format
 from .refinement import (
     BatchRefinement,
     RefineSettings,
@@ -165,15 +165,20 @@ def train(
     export: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    input_format: str | None = None,
 ) -> TrainSummary:
-    """Train SiDyP on a JSONL corpus of (text, LLM label) rows and save a model bundle at ``out``.
+    """Train SiDyP on a corpus of (text, LLM label) rows and save a model bundle at ``out``.
 
-    ``refined_out`` also writes the corpus's own refined labels (transductive relabeling).
+    The corpus is JSONL, CSV, TSV, Parquet or a ``datasets`` directory (``input_format``, else
+    from its name: ``readers.detect_format``).
+    ``refined_out`` also writes the corpus's own refined labels (transductive relabeling), in
+    the format its extension names (``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``).
     ``export`` also writes the ONNX graphs into the bundle (what ``refine`` runs by default).
     """
     config = config or SiDyPConfig()
     config.validate()
-    rows, rejected = _split_rows(iter_corpus(corpus, fields, labels, strict=strict))
+    rows, rejected = _split_rows(
+        iter_corpus(corpus, fields, labels, strict=strict, input_format=input_format))
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     if rejected:
         _write_rejects(rejects_path, rejected)
@@ -256,10 +261,23 @@ def train(
 
         export_onnx(out)
     if refined_out:
-        with AtomicWriter(refined_out) as writer:
-            for row, extra in zip(rows, predictions, strict=True):
-                writer.write_json({**row.record, **extra})
+        _write_records(Path(refined_out), (
+            {**row.record, **extra} for row, extra in zip(rows, predictions, strict=True)))
     return summary
+
+
+def _write_records(path: Path, records: Iterable[dict]) -> None:
+    """Write whole records atomically, in the format ``path``'s extension names."""
+    convert = converter(path)
+    target = path.with_name(path.name + ".jsonl") if convert else path
+    with AtomicWriter(target) as writer:
+        for record in records:
+            writer.write_json(record)
+    if convert:
+        try:
+            convert(target, path)
+        finally:
+            target.unlink()
 
 
 def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
@@ -346,11 +364,14 @@ def refine(
     progress: bool = False,
     triton_url: str | None = None,
     triton_retry_seconds: float = 120.0,
+    input_format: str | None = None,
 ) -> RefineSummary:
-    """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
+    """Refine a corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
 
-    ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
-    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``.
+    The corpus is JSONL, CSV, TSV, Parquet or a ``datasets`` directory (``input_format``, else
+    from its name). ``out`` ending in ``.parquet``, ``.csv`` or ``.tsv`` writes that format,
+    ``-`` writes JSONL to stdout, anything else JSONL. Memory stays bounded by the chunk size.
+    A killed run continues with ``resume=True`` (from the row position the journal records).
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
     serves are checked against the bundle before the first row.
     """
@@ -358,6 +379,7 @@ def refine(
         raise ValueError("chunk_size must be >= 1")
     if resume and str(corpus) == "-":
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
+    kind = detect_format(corpus, input_format)
     bundle = load_bundle(model)
     loaded = load_model(bundle)
     backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
@@ -372,6 +394,7 @@ def refine(
         # What must match for a resumed run to continue this one byte for byte.
         identity = {
             "corpus": _file_identity(corpus),
+            **({"input_format": kind} if kind != "jsonl" else {}),
             "bundle": file_digest(bundle),
             "backend": backend,
             "precision": getattr(runtime, "precision", "fp32"),
@@ -382,7 +405,7 @@ def refine(
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
     done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined
-    bar = tqdm(total=count_lines(corpus), initial=done_lines, desc="refine", unit="rows",
+    bar = tqdm(total=count_rows(corpus, kind), initial=done_lines, desc="refine", unit="rows",
                disable=not progress)
     rows: list[Row] = []
     rejected: list[dict] = []
@@ -395,7 +418,7 @@ def refine(
         rejected.clear()
 
     try:
-        for item in iter_corpus(corpus, fields, loaded.labels, strict=strict):
+        for item in iter_corpus(corpus, fields, loaded.labels, strict=strict, input_format=kind):
             if item.line_no <= done_lines:
                 continue
             line = item.line_no
@@ -407,7 +430,7 @@ def refine(
                 flush()
         if rows or rejected:
             flush()
-        sink.finish(convert=jsonl_to_parquet if str(out).endswith(".parquet") else None)
+        sink.finish(convert=converter(out) if str(out) != "-" else None)
     except BaseException:
         sink.close()
         raise
@@ -426,8 +449,13 @@ def _file_identity(path: str | Path) -> dict[str, Any]:
     """What must not change between a run and its resumption."""
     if str(path) == "-":
         return {"path": "-"}
-    stat = Path(path).stat()
-    return {"path": str(Path(path).absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = Path(path)
+    if path.is_dir():  # a datasets directory: its files
+        return {"path": str(path.absolute()), "files": [
+            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(path.rglob("*")) if f.is_file()]}
+    stat = path.stat()
+    return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def evaluate(

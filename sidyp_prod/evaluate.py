@@ -291,8 +291,8 @@ def evaluate_records(
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet file,
-    or a `--engine ray` output directory (its part-* shards)."""
+    """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet, CSV
+    or TSV file, or a `--engine ray` output directory (its part-* shards)."""
     path = Path(path)
     if path.is_dir():
         shards = sorted(path.glob("part-*.jsonl")) + sorted(path.glob("part-*.parquet"))
@@ -305,6 +305,11 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
         from .formats import read_parquet_rows
 
         yield from read_parquet_rows(path)
+        return
+    if path.suffix in (".csv", ".tsv"):
+        from .formats import read_csv_rows
+
+        yield from read_csv_rows(path, "," if path.suffix == ".csv" else "\t")
         return
     with path.open("rb") as fh:  # bytes, so that a decoding error names its line
         for line_no, raw in enumerate(fh, start=1):
