@@ -1,7 +1,9 @@
-"""The Python API: ``train``, ``refine`` and ``evaluate``. The CLI is a thin layer over these."""
+"""The Python API: ``train``, ``refine`` and ``evaluate`` on files, ``refine_frame`` and
+``apply_frame`` on in-memory rows (notebooks). The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,7 @@ from .encoder import (
 )
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import converter
+from .frames import FrameInput, frame_input, result_frame
 from .model_io import LoadedModel, load_model, save_trained
 from .readers import count_rows, detect_format
 from .refinement import (
@@ -469,3 +472,104 @@ def evaluate(
     if plot_dir is not None:
         write_plots(report, plot_dir, title=Path(refined).name)
     return report
+
+
+def _frame_items(source: FrameInput, labels: Sequence[str] | None, strict: bool
+                 ) -> tuple[list[Row], list[Reject]]:
+    rows, rejected = _split_rows(source.parse(labels))
+    if strict and rejected:
+        raise ValueError(f"data[{rejected[0].line_no - 1}]: {rejected[0].reason}")
+    return rows, rejected
+
+
+def refine_frame(
+    data: Any,
+    labels: Sequence[Any] | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    config: SiDyPConfig | None = None,
+    encoder: str | None = None,
+    label_set: Sequence[str] | None = None,
+    save_model: str | Path | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = False,
+) -> Any:  # -> pandas.DataFrame
+    """Train on in-memory rows and return every row's refined label, in input order.
+
+    Parameters
+    ----------
+    data : sequence of str, pandas.DataFrame or datasets.Dataset
+        The texts; a table holds them in ``text_column`` and the LLM's labels in
+        ``label_column`` (a ``datasets`` ClassLabel column gives its names).
+    labels : sequence, optional
+        The LLM's labels beside a sequence of texts (or instead of ``label_column``); None,
+        NaN or pandas NA is a refusal (no label).
+    config, encoder, label_set
+        As for :func:`train` (``label_set``: its ``labels``, so that rare classes are kept).
+    save_model : path, optional
+        Keep the trained bundle there (with its ONNX graphs), for :func:`apply_frame`,
+        ``sidyp-prod refine``, export and serving; by default it is discarded.
+    strict : bool
+        Raise ValueError at the first unusable row instead of returning it unrefined.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per input row with the input's index: ``given_label``, ``predicted_label``,
+        ``label_score``, ``is_label_issue``, ``confidence``, ``candidates`` (cleanlab's
+        vocabulary; labels as strings) and ``reject_reason`` (None for a refined row; for an
+        unusable one, such as a blank text, the reason and nulls in the other columns).
+        ``attrs["summary"]`` holds the training summary (:class:`TrainSummary`).
+
+    The labels are those ``train(..., refined_out=...)`` writes for the same rows, seed and
+    settings: **each row's label comes from classifiers that never saw that row's label**.
+    """
+    source = frame_input(data, labels, text_column=text_column, label_column=label_column)
+    _, rejected = _frame_items(source, label_set, strict)
+    with tempfile.TemporaryDirectory(prefix="sidyp-frame-") as tmp:
+        corpus, refined = Path(tmp) / "corpus.jsonl", Path(tmp) / "refined.jsonl"
+        corpus.write_bytes("".join(source.jsonl()).encode("utf-8"))
+        summary = train(corpus, save_model or Path(tmp) / "bundle", config, labels=label_set,
+                        encoder=encoder, rejects=Path(tmp) / "rejects.jsonl",
+                        refined_out=refined, overwrite=overwrite,
+                        export=save_model is not None, progress=progress)
+        frame = result_frame(source, read_records(refined), rejected)
+    frame.attrs["summary"] = {**summary.to_dict(), "refined_out": None, "rejects": None}
+    return frame
+
+
+def apply_frame(
+    model: str | Path,
+    data: Any,
+    labels: Sequence[Any] | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    backend: str = "onnx",
+    precision: str = "fp32",
+    chunk_size: int = 1024,
+    strict: bool = False,
+) -> Any:  # -> pandas.DataFrame
+    """Refine new in-memory rows with a saved bundle (``train``'s or ``refine_frame``'s
+    ``save_model``): the same labels ``refine`` writes for these rows in a file.
+
+    ``data``, ``labels``, the columns and ``strict`` are as for :func:`refine_frame`, and so is
+    the DataFrame returned; a label outside the bundle's label set is a rejected row.
+    ``backend`` and ``precision`` are as for :func:`refine`.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    bundle = load_bundle(model)
+    loaded = load_model(bundle)
+    source = frame_input(data, labels, text_column=text_column, label_column=label_column)
+    rows, rejected = _frame_items(source, loaded.labels, strict)
+    runtime = load_backend(bundle, backend, precision=precision)
+    try:
+        refined = [record for chunk in _chunks(rows, chunk_size)
+                   for record in refine_rows(chunk, loaded, runtime)]
+    finally:
+        if hasattr(runtime, "close"):
+            runtime.close()
+    return result_frame(source, refined, rejected)

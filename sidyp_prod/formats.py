@@ -178,8 +178,9 @@ _CSV_TYPES = {"label_score": float, "confidence": float}
 
 
 def _output_cell(name: str, cell: str) -> object:
-    """A refine output column read back from CSV as JSONL had it."""
-    if cell == "" and name in ("given_label", "predicted_label", "candidates", *_CSV_TYPES):
+    """A refine output column read back from CSV as JSONL had it (an empty cell is null: CSV
+    cannot tell them apart)."""
+    if cell == "":
         return None
     if name in _CSV_TYPES:
         return _CSV_TYPES[name](cell)
@@ -192,7 +193,8 @@ def _output_cell(name: str, cell: str) -> object:
 
 def read_csv_rows(path: Path, delimiter: str = ",") -> Iterator[dict]:
     """The rows of a CSV or TSV file written by refine, with its columns typed back (scores as
-    numbers, ``is_label_issue`` as a boolean, ``candidates`` as an object); others stay text."""
+    numbers, ``is_label_issue`` as a boolean, ``candidates`` as an object, empty cells as
+    null); others stay text."""
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)

@@ -5,7 +5,8 @@ Every reader yields one ``Row`` or ``Reject`` per input row, numbered from 1 in 
 CSV header is not a row; a CSV record is one row however many lines its quoted fields span), so
 ``input rows == rows + rejects`` holds for every format and ``--resume`` skips by row position.
 Rejects say ``row`` (and, for CSV, the ``line`` the record starts on) where JSONL's say ``line``.
-All readers stream: CSV record by record, Parquet one row group (batch) at a time, the
+All readers stream: CSV record by record, Parquet in batches of rows read through a buffer
+(row group by row group, and within a row group, so memory is bounded by the batch), the
 ``datasets`` Arrow files batch by batch from a memory map; nothing is read whole into memory.
 The field checks are :func:`sidyp_prod.corpus.parse_record`, the same as JSONL's.
 """
@@ -44,7 +45,8 @@ __all__ = [
 ]
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "datasets")
-BATCH_ROWS = 4096
+BATCH_ROWS = 1024
+_READ_BUFFER = 1 << 20  # Parquet column chunks are read through a buffer of this size
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet",
                ".pq": "parquet"}
 _COMPRESSED = (".gz", ".zst")
@@ -331,7 +333,8 @@ def _parquet_batches(
     import pyarrow.parquet as pq
 
     try:
-        file = pq.ParquetFile(path)
+        # Buffered reads: memory is bounded by the batch even within one large row group.
+        file = pq.ParquetFile(path, buffer_size=_READ_BUFFER)
     except (pa.ArrowException, OSError) as exc:
         raise _arrow_error(path, "Parquet file", exc) from exc
 
