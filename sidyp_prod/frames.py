@@ -102,7 +102,8 @@ def frame_input(
         raise TypeError("data: give a sequence of texts, a DataFrame or a datasets.Dataset, "
                         "not one string")
     else:
-        texts, given, index = list(data), None, getattr(data, "index", None)
+        # A pandas Series keeps its index; other sequences get positions.
+        texts, given, index = list(data), None, data.index if hasattr(data, "iloc") else None
     if labels is not None:
         given = list(labels)
     if given is None:
