@@ -284,3 +284,18 @@ def test_a_killed_csv_refine_resumes_by_row_to_identical_output(trained, tmp_pat
     summary = api.refine(corpus, bundle, out, chunk_size=100, resume=True)
     assert summary.read == summary.refined == 2400
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_compressed_csv_and_a_bad_input_format_on_the_cli(formats, tmp_path):
+    from typer.testing import CliRunner
+
+    from sidyp_prod.cli.main import app
+
+    packed = tmp_path / "c.csv.gz"
+    packed.write_bytes(gzip.compress(formats["csv"].read_bytes()))
+    assert detect_format(packed) == "csv"
+    plain = [getattr(i, "record", i) for i in iter_corpus(formats["csv"])]
+    assert [getattr(i, "record", i) for i in iter_corpus(packed)] == plain
+    result = CliRunner().invoke(app, ["train", str(packed), "--input-format", "xml", "--out",
+                                      str(tmp_path / "b"), "--quiet"])
+    assert result.exit_code == 2 and "unknown input format 'xml'" in result.output
