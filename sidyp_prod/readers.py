@@ -196,7 +196,10 @@ def _table_rows(
         for values in batch:
             row_no += 1
             record = normalize_record(values, fields, class_names)
-            yield parse_record(row_no, record, fields, allowed, max_chars, _raw(record), "row")
+            item = parse_record(row_no, record, fields, allowed, max_chars, "", "row")
+            if isinstance(item, Reject):
+                item.raw = _raw(record)  # only a reject shows it
+            yield item
 
 
 # --- CSV and TSV ----------------------------------------------------------------------------
