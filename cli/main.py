@@ -81,12 +81,20 @@ def main(
     """Clean LLM-generated labels with SiDyP."""
 
 
-TextField = Annotated[str, _option(help="JSON field holding the text.", panel=INPUT)]
+TextField = Annotated[str, _option(help="Field (column) holding the text.", panel=INPUT)]
 LabelField = Annotated[
-    str, _option(help="JSON field holding the LLM label (null = refused).", panel=INPUT)
+    str, _option(help="Field (column) holding the LLM label (null or empty = refused).",
+                 panel=INPUT)
 ]
 IdField = Annotated[
-    str, _option(help="JSON field holding the row id (line number if absent).", panel=INPUT)
+    str, _option(help="Field (column) holding the row id (row number if absent).", panel=INPUT)
+
+]
+InputFormat = Annotated[
+    str | None,
+    _option(help="Corpus format: jsonl, csv, tsv, parquet or datasets (a save_to_disk "
+            "directory); default: from the name (.jsonl[.gz|.zst], .csv, .tsv, .parquet, "
+            "a directory).", panel=INPUT),
 ]
 Rejects = Annotated[
     Path | None,
@@ -135,16 +143,19 @@ def _report(summary, as_json: bool) -> None:
 
 @app.command(cls=Command)
 def train(
-    corpus: Annotated[Path, typer.Argument(help="JSONL corpus with text and LLM labels.")],
+    corpus: Annotated[
+        Path, typer.Argument(help="Corpus with text and LLM labels: JSONL, CSV, TSV, Parquet or "
+                             "a datasets directory.")
+    ],
     out: Annotated[
         Path, _option("--out", "-o", help="Directory of the model bundle (must not exist, "
                       "unless --overwrite).", panel=OUTPUT)
     ],
     refined_out: Annotated[
         Path | None,
-        _option(help="Also write the corpus's own refined labels here (JSONL): the best labels "
-                "for the training corpus (classifiers that never saw each row's label).",
-                panel=OUTPUT),
+        _option(help="Also write the corpus's own refined labels here (.jsonl, .csv, .tsv or "
+                ".parquet): the best labels for the training corpus (classifiers that never "
+                "saw each row's label).", panel=OUTPUT),
     ] = None,
     labels: Annotated[
         str | None,
@@ -157,6 +168,7 @@ def train(
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
+    input_format: InputFormat = None,
     rejects: Rejects = None,
     strict: Strict = False,
     overwrite: Annotated[bool, _flag("--overwrite/--no-overwrite",
@@ -322,8 +334,9 @@ def train(
             progress=not quiet,
             log=None if quiet else _log,
             device=device,
+            input_format=input_format,
         )
-    except (InputError, ValueError, FileNotFoundError, BundleError) as exc:
+    except (InputError, ValueError, FileNotFoundError, BundleError, RuntimeError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
 
@@ -342,9 +355,11 @@ def _layers(value: str) -> int | str:
 def refine(
     corpus: Annotated[
         list[Path],
-        typer.Argument(help="JSONL corpus to refine ('.jsonl.gz' too); with --engine ray, "
-                       "any number of files, globs and directories. For the corpus the bundle "
-                       "was trained on, `train --refined-out` gives better labels."),
+        typer.Argument(help="Corpus to refine: JSONL ('.jsonl.gz', '.jsonl.zst' too), CSV, TSV, "
+                       "Parquet or a datasets directory; with --engine ray, any number of "
+                       "JSONL files, globs and directories. For the corpus the bundle was "
+                       "trained on, `train --refined-out` (or refine without --model) gives "
+                       "better labels."),
     ],
     model: Annotated[
         Path | None,
@@ -354,7 +369,7 @@ def refine(
     ] = None,
     out: Annotated[
         str | None,
-        _option("--out", "-o", help="Output: .jsonl, .parquet, or '-' for stdout; with "
+        _option("--out", "-o", help="Output: .jsonl, .csv, .tsv, .parquet, or '-' for stdout; with "
                 "--engine ray, a new directory of shards and a manifest (default: "
                 "CORPUS.refined.jsonl beside the input).", panel=OUTPUT),
     ] = None,
@@ -392,6 +407,7 @@ def refine(
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
+    input_format: InputFormat = None,
     rejects: Rejects = None,
     strict: Strict = False,
     max_reject_fraction: Annotated[
@@ -442,6 +458,12 @@ def refine(
 
     if engine == "ray":
         from sidyp_prod.backends import backend_choice
+        from sidyp_prod.readers import detect_format
+
+        if input_format not in (None, "jsonl") or any(
+                p.is_file() and detect_format(p) != "jsonl" for p in corpus):
+            _fail("--engine ray reads JSONL (.jsonl, .jsonl.gz); refine other formats with "
+                  "--engine local")
 
         if report is not None:
             _fail("--report applies to --engine local; for a ray output directory run "
@@ -465,7 +487,7 @@ def refine(
                           fields=_fields(text_field, label_field, id_field), rejects=rejects,
                           strict=strict, resume=resume, chunk_size=chunk_size, quiet=quiet,
                           as_json=as_json, report=report,
-                          max_reject_fraction=max_reject_fraction)
+                          max_reject_fraction=max_reject_fraction, input_format=input_format)
         return
     out = out or str(api.default_refined_path(corpus[0]))
     try:
@@ -486,6 +508,7 @@ def refine(
             report=report,
             max_reject_fraction=max_reject_fraction,
             log=_log,
+            input_format=input_format,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -493,6 +516,8 @@ def refine(
         if out != "-" and journal_path(out).is_file():
             _fail(f"{exc}\nwhat was written is kept: re-run with --resume to continue", code=1)
         _fail(f"{exc}\nnothing was written: re-run when the server is up", code=1)
+    except RuntimeError as exc:  # an optional reader missing (pyarrow, zstandard)
+        _fail(str(exc))
     if out != "-":
         _report(summary, as_json)
     else:
@@ -523,7 +548,7 @@ def _refine_untrained(corpus: Path, out: str | None, *, max_train_rows: int | No
             corpus, out, config, progress=not quiet, log=None if quiet else _log, **options,
         )
     except (InputError, BundleError, ResumeError, ValueError, FileNotFoundError,
-            FileExistsError) as exc:
+            FileExistsError, RuntimeError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
     if summary.refined.problems:
@@ -722,7 +747,8 @@ def report(
 @app.command(cls=Command)
 def evaluate(
     refined: Annotated[
-        Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")
+        Path, typer.Argument(help="Refined JSONL, CSV, TSV or Parquet, or a --engine ray output "
+                             "directory.")
     ],
     gold_field: Annotated[
         str, typer.Option(help="JSON field with the human label.")

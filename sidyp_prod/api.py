@@ -1,10 +1,12 @@
-"""The Python API: ``train``, ``refine``, ``report`` and ``evaluate``. The CLI is a thin layer
-over these."""
+"""The Python API: ``train``, ``refine``, ``report`` and ``evaluate`` on files,
+``refine_corpus`` (train and refine in one call), ``refine_frame`` and ``apply_frame`` on
+in-memory rows (notebooks). The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
 import copy
 import json
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +36,6 @@ from .corpus import (
     FieldNames,
     Reject,
     Row,
-    count_lines,
     default_rejects_path,
     iter_corpus,
     label_set_from_labels,
@@ -51,9 +52,11 @@ from .encoder import (
     width_batches,
 )
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
-from .formats import jsonl_to_parquet
+from .formats import converter
+from .frames import FrameInput, frame_input, result_frame
 from .model_io import LoadedModel, load_model, save_trained
 from .noise import noise_ratio_at_clip
+from .readers import count_rows, detect_format
 from .refinement import (
     BatchRefinement,
     RefineSettings,
@@ -219,10 +222,14 @@ def train(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     device: str = "auto",
+    input_format: str | None = None,
 ) -> TrainSummary:
-    """Train SiDyP on a JSONL corpus of (text, LLM label) rows and save a model bundle at ``out``.
+    """Train SiDyP on a corpus of (text, LLM label) rows and save a model bundle at ``out``.
 
-    ``refined_out`` also writes the corpus's own refined labels (transductive relabeling).
+    The corpus is JSONL, CSV, TSV, Parquet or a ``datasets`` directory (``input_format``, else
+    from its name: ``readers.detect_format``).
+    ``refined_out`` also writes the corpus's own refined labels (transductive relabeling), in
+    the format its extension names (``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``).
     ``export`` also writes the ONNX graphs into the bundle (what ``refine`` runs by default).
     ``encoder`` is a local Hugging Face checkpoint directory or a model id in the local cache
     (default: the packaged all-MiniLM-L6-v2); ``device`` is ``auto``, ``cpu``, ``cuda`` or
@@ -235,7 +242,7 @@ def train(
     config = config or SiDyPConfig()
     config.validate()
     # Every path is checked before the training, which takes minutes.
-    check_corpus_path(corpus)
+    check_corpus_path(corpus, input_format)
     check_bundle_target(out, overwrite)
     torch_device = resolve_device(device)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
@@ -244,7 +251,7 @@ def train(
         check_parent(rejects_path, "--rejects")
     tally = CorpusTally(fields.label)
     rows, rejected, label_set, usable = _training_rows(
-        corpus, fields, labels, strict, config.max_train_rows, config.seed, tally
+        corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format
     )
     if rejected:
         _write_rejects(rejects_path, rejected)
@@ -351,17 +358,31 @@ def train(
 
         export_onnx(out)
     if refined_out and len(rows) == usable:
-        with AtomicWriter(refined_out) as writer:
-            for row, extra in zip(rows, predictions, strict=True):
-                writer.write_json({**row.record, **extra})
+        _write_records(Path(refined_out), (
+            {**row.record, **extra} for row, extra in zip(rows, predictions, strict=True)))
     elif refined_out:
         trained = {row.line_no: extra for row, extra in zip(rows, predictions, strict=True)}
         refined = refine(corpus, out, refined_out, backend="onnx" if export else "torch",
-                         fields=fields, rejects=rejects_path, known=trained)
+                         fields=fields, rejects=rejects_path, known=trained,
+                         input_format=input_format)
         summary.refined_as_new = refined.refined - len(rows)
     summary.predictions = {row.line_no: extra for row, extra in zip(rows, predictions,
                                                                     strict=True)}
     return summary
+
+
+def _write_records(path: Path, records: Iterable[dict]) -> None:
+    """Write whole records atomically, in the format ``path``'s extension names."""
+    convert = converter(path)
+    target = path.with_name(path.name + ".jsonl") if convert else path
+    with AtomicWriter(target) as writer:
+        for record in records:
+            writer.write_json(record)
+    if convert:
+        try:
+            convert(target, path)
+        finally:
+            target.unlink()
 
 
 def _training_rows(
@@ -372,6 +393,7 @@ def _training_rows(
     max_rows: int | None,
     seed: int,
     tally: CorpusTally,
+    input_format: str | None = None,
 ) -> tuple[list[Row], list[Reject], list[str], int]:
     """(training rows, rejects, label set, usable rows in the corpus). Past ``max_rows`` (0 or
     None: no limit) the training rows are a sample drawn per LLM label
@@ -381,7 +403,8 @@ def _training_rows(
 
     if not max_rows or str(corpus) == "-":  # stdin cannot be read twice: sample in memory
         rows, rejected = _split_rows(
-            _tallied(iter_corpus(corpus, fields, labels, strict=strict), tally)
+            _tallied(iter_corpus(corpus, fields, labels, strict=strict,
+                                 input_format=input_format), tally)
         )
         label_set = list(labels) if labels else label_set_from_rows(rows)
         usable = len(rows)
@@ -395,7 +418,8 @@ def _training_rows(
     codes: list[int] = []
     lines: list[int] = []
     rejected = []
-    for item in _tallied(iter_corpus(corpus, fields, labels, strict=strict), tally):
+    for item in _tallied(iter_corpus(corpus, fields, labels, strict=strict,
+                                     input_format=input_format), tally):
         if isinstance(item, Reject):
             rejected.append(item)
             continue
@@ -404,7 +428,7 @@ def _training_rows(
     chosen = stratified_sample(np.asarray(codes, dtype=np.int64), max_rows, seed)
     wanted = set(np.asarray(lines, dtype=np.int64)[chosen].tolist())
     rows = [
-        item for item in iter_corpus(corpus, fields, labels)
+        item for item in iter_corpus(corpus, fields, labels, input_format=input_format)
         if isinstance(item, Row) and item.line_no in wanted
     ]
     if labels:
@@ -521,8 +545,9 @@ def refine(
     report: str | Path | None = None,
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     log: Callable[[str], None] | None = None,
+    input_format: str | None = None,
 ) -> RefineSummary:
-    """Refine a JSONL corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
+    """Refine a corpus with a trained bundle, streaming it in chunks of ``chunk_size`` rows.
 
     ``known`` maps input line numbers to refined fields already computed (the training rows'
     own, from classifiers that never saw their labels): those rows take them as they are.
@@ -530,6 +555,8 @@ def refine(
     ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
     JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``
     (with nothing to resume, it starts from the beginning and says so in ``notes``).
+    The corpus is JSONL, CSV, TSV, Parquet or a ``datasets`` directory (``input_format``, else
+    from its name). ``out`` ending in ``.parquet``, ``.csv`` or ``.tsv`` writes that format.
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
     serves are checked against the bundle before the first row, and ``log`` is told when the
     server does not answer and the retries begin. The summary's ``problems`` say
@@ -546,8 +573,9 @@ def refine(
         raise ValueError("--report needs the output in a file: the page is built from it")
     if resume and str(corpus) == "-":
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
-    check_corpus_path(corpus)
-    if count_lines(corpus) == 0:
+    kind = detect_format(corpus, input_format)
+    check_corpus_path(corpus, kind)
+    if count_rows(corpus, kind) == 0:
         raise ValueError(f"{corpus}: the file is empty: nothing to refine")
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     check_parent(out, "--out")
@@ -567,6 +595,7 @@ def refine(
         # What must match for a resumed run to continue this one byte for byte.
         identity = {
             "corpus": _file_identity(corpus),
+            **({"input_format": kind} if kind != "jsonl" else {}),
             "bundle": file_digest(bundle),
             "backend": backend,
             "precision": getattr(runtime, "precision", "fp32"),
@@ -578,7 +607,7 @@ def refine(
     notes = [sink.notice] if getattr(sink, "notice", None) else []
     done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined
-    bar = tqdm(total=count_lines(corpus), initial=done_lines, desc="refine", unit="rows",
+    bar = tqdm(total=count_rows(corpus, kind), initial=done_lines, desc="refine", unit="rows",
                disable=not progress)
     rows: list[Row] = []
     rejected: list[dict] = []
@@ -592,7 +621,7 @@ def refine(
         rejected.clear()
 
     try:
-        for item in iter_corpus(corpus, fields, loaded.labels, strict=strict):
+        for item in iter_corpus(corpus, fields, loaded.labels, strict=strict, input_format=kind):
             if item.line_no <= done_lines:
                 continue
             line = item.line_no
@@ -607,7 +636,7 @@ def refine(
             flush()
         if sink.progress.lines == 0:
             raise ValueError(f"{corpus}: no lines: nothing to refine")
-        sink.finish(convert=jsonl_to_parquet if str(out).endswith(".parquet") else None)
+        sink.finish(convert=converter(out) if str(out) != "-" else None)
     except BaseException as exc:
         # A refusal (bad input) leaves nothing behind; an interruption keeps what --resume needs.
         sink.close(discard=isinstance(exc, ValueError))
@@ -701,6 +730,7 @@ def refine_corpus(
     log: Callable[[str], None] | None = None,
     report: str | Path | None = None,
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+    input_format: str | None = None,
 ) -> CorpusSummary:
     """Train on a corpus and write every row's refined label: the one-command path.
 
@@ -727,7 +757,8 @@ def refine_corpus(
             )
         trained = train(corpus, model_dir, config, fields=fields, labels=labels,
                         encoder=encoder, rejects=rejects_path, strict=strict,
-                        overwrite=True, progress=progress, log=log, device=device)
+                        overwrite=True, progress=progress, log=log, device=device,
+                        input_format=input_format)
         known = trained.predictions
         with AtomicWriter(known_path) as writer:
             for line_no, extra in known.items():
@@ -736,7 +767,8 @@ def refine_corpus(
     refined = refine(corpus, model_dir, out, fields=fields, rejects=rejects_path, strict=strict,
                      chunk_size=chunk_size, resume=resume and trained is None and journal.exists(),
                      progress=progress, known=known, report=report,
-                     max_reject_fraction=max_reject_fraction, log=log)
+                     max_reject_fraction=max_reject_fraction, log=log,
+                     input_format=input_format)
     known_path.unlink(missing_ok=True)
     return CorpusSummary(str(model_dir), trained, refined)
 
@@ -767,8 +799,13 @@ def _file_identity(path: str | Path) -> dict[str, Any]:
     """What must not change between a run and its resumption."""
     if str(path) == "-":
         return {"path": "-"}
-    stat = Path(path).stat()
-    return {"path": str(Path(path).absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    path = Path(path)
+    if path.is_dir():  # a datasets directory: its files
+        return {"path": str(path.absolute()), "files": [
+            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(path.rglob("*")) if f.is_file()]}
+    stat = path.stat()
+    return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def report(
@@ -792,3 +829,104 @@ def evaluate(
     if plot_dir is not None:
         write_plots(report, plot_dir, title=Path(refined).name)
     return report
+
+
+def _frame_items(source: FrameInput, labels: Sequence[str] | None, strict: bool
+                 ) -> tuple[list[Row], list[Reject]]:
+    rows, rejected = _split_rows(source.parse(labels))
+    if strict and rejected:
+        raise ValueError(f"data[{rejected[0].line_no - 1}]: {rejected[0].reason}")
+    return rows, rejected
+
+
+def refine_frame(
+    data: Any,
+    labels: Sequence[Any] | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    config: SiDyPConfig | None = None,
+    encoder: str | None = None,
+    label_set: Sequence[str] | None = None,
+    save_model: str | Path | None = None,
+    overwrite: bool = False,
+    strict: bool = False,
+    progress: bool = False,
+) -> Any:  # -> pandas.DataFrame
+    """Train on in-memory rows and return every row's refined label, in input order.
+
+    Parameters
+    ----------
+    data : sequence of str, pandas.DataFrame or datasets.Dataset
+        The texts; a table holds them in ``text_column`` and the LLM's labels in
+        ``label_column`` (a ``datasets`` ClassLabel column gives its names).
+    labels : sequence, optional
+        The LLM's labels beside a sequence of texts (or instead of ``label_column``); None,
+        NaN or pandas NA is a refusal (no label).
+    config, encoder, label_set
+        As for :func:`train` (``label_set``: its ``labels``, so that rare classes are kept).
+    save_model : path, optional
+        Keep the trained bundle there (with its ONNX graphs), for :func:`apply_frame`,
+        ``sidyp-prod refine``, export and serving; by default it is discarded.
+    strict : bool
+        Raise ValueError at the first unusable row instead of returning it unrefined.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per input row with the input's index: ``given_label``, ``predicted_label``,
+        ``label_score``, ``is_label_issue``, ``confidence``, ``candidates`` (cleanlab's
+        vocabulary; labels as strings) and ``reject_reason`` (None for a refined row; for an
+        unusable one, such as a blank text, the reason and nulls in the other columns).
+        ``attrs["summary"]`` holds the training summary (:class:`TrainSummary`).
+
+    The labels are those ``train(..., refined_out=...)`` writes for the same rows, seed and
+    settings: **each row's label comes from classifiers that never saw that row's label**.
+    """
+    source = frame_input(data, labels, text_column=text_column, label_column=label_column)
+    _, rejected = _frame_items(source, label_set, strict)
+    with tempfile.TemporaryDirectory(prefix="sidyp-frame-") as tmp:
+        corpus, refined = Path(tmp) / "corpus.jsonl", Path(tmp) / "refined.jsonl"
+        corpus.write_bytes("".join(source.jsonl()).encode("utf-8"))
+        summary = train(corpus, save_model or Path(tmp) / "bundle", config, labels=label_set,
+                        encoder=encoder, rejects=Path(tmp) / "rejects.jsonl",
+                        refined_out=refined, overwrite=overwrite,
+                        export=save_model is not None, progress=progress)
+        frame = result_frame(source, read_records(refined), rejected)
+    frame.attrs["summary"] = {**summary.to_dict(), "refined_out": None, "rejects": None}
+    return frame
+
+
+def apply_frame(
+    model: str | Path,
+    data: Any,
+    labels: Sequence[Any] | None = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    backend: str = "onnx",
+    precision: str = "fp32",
+    chunk_size: int = 1024,
+    strict: bool = False,
+) -> Any:  # -> pandas.DataFrame
+    """Refine new in-memory rows with a saved bundle (``train``'s or ``refine_frame``'s
+    ``save_model``): the same labels ``refine`` writes for these rows in a file.
+
+    ``data``, ``labels``, the columns and ``strict`` are as for :func:`refine_frame`, and so is
+    the DataFrame returned; a label outside the bundle's label set is a rejected row.
+    ``backend`` and ``precision`` are as for :func:`refine`.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    bundle = load_bundle(model)
+    loaded = load_model(bundle)
+    source = frame_input(data, labels, text_column=text_column, label_column=label_column)
+    rows, rejected = _frame_items(source, loaded.labels, strict)
+    runtime = load_backend(bundle, backend, precision=precision)
+    try:
+        refined = [record for chunk in _chunks(rows, chunk_size)
+                   for record in refine_rows(chunk, loaded, runtime)]
+    finally:
+        if hasattr(runtime, "close"):
+            runtime.close()
+    return result_frame(source, refined, rejected)

@@ -23,11 +23,15 @@ LABEL_FIELD_ABSENT_FRACTION = 0.9
 REASONS_SHOWN = 3
 
 
-def check_corpus_path(path: str | Path) -> None:
-    """A corpus given on the command line must be a file (or '-'); say so before any work."""
+def check_corpus_path(path: str | Path, input_format: str | None = None) -> None:
+    """A corpus given on the command line must be a file (or '-'), or a ``datasets``
+    save_to_disk directory; say so before any work."""
     if str(path) == STDIO:
         return
     path = Path(path)
+    is_dataset = (path / "state.json").is_file() or (path / "dataset_info.json").is_file()
+    if path.is_dir() and (is_dataset or input_format == "datasets"):
+        return
     if path.is_dir():
         raise ValueError(
             f"{path}: is a directory; give one corpus file "

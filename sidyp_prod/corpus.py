@@ -1,14 +1,17 @@
-"""Reading a JSONL corpus robustly (every bad line becomes a Reject) and writing outputs atomically.
+"""Reading a corpus robustly (every bad row becomes a Reject) and writing outputs atomically.
 
-Accounting invariant: ``iter_corpus`` yields exactly one ``Row`` or ``Reject`` per input line,
-blank and whitespace-only lines included (they are rejected with reason ``"blank line"``), so
-``input lines == rows + rejects`` always holds and ``count_lines`` gives the total up front.
+Accounting invariant: ``iter_corpus`` yields exactly one ``Row`` or ``Reject`` per input row (a
+JSONL line, blank and whitespace-only lines included: they are rejected with reason
+``"blank line"``; a CSV record; a Parquet or ``datasets`` row), so ``input rows == rows +
+rejects`` always holds and ``count_lines`` gives a JSONL file's total up front. Formats other
+than JSONL are read by :mod:`sidyp_prod.readers`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
 import os
 import sys
@@ -29,8 +32,11 @@ __all__ = [
     "default_rejects_path",
     "iter_corpus",
     "label_set_from_rows",
+    "open_binary",
     "parse_label_set",
     "parse_line",
+    "parse_record",
+    "read_raw_lines",
     "strip_line_end",
 ]
 
@@ -62,32 +68,59 @@ class Row:
 
 @dataclass
 class Reject:
-    """One unusable input line and why."""
+    """One unusable input row and why.
+
+    ``line_no`` is the row's position in the input (1 for the first row): the line for JSONL
+    (``unit`` "line"), the record or row number for the other formats (``unit`` "row", the
+    header not counted); ``first_line`` is where a CSV record starts in the file.
+    """
 
     line_no: int
     reason: str
     field: str | None
     raw: str
+    unit: str = "line"
+    first_line: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The line of the rejects file."""
-        return {"line": self.line_no, "reason": self.reason, "field": self.field, "raw": self.raw}
+        """The line of the rejects file: ``{"line": N, ...}`` for JSONL, ``{"row": N, ...}``
+        (and the CSV record's first ``line``) for the other formats."""
+        where: dict[str, Any] = {self.unit: self.line_no}
+        if self.first_line is not None:
+            where["line"] = self.first_line
+        return {**where, "reason": self.reason, "field": self.field, "raw": self.raw}
 
 
 class InputError(ValueError):
-    """Raised in strict mode; message names the file, the line and the field, e.g.
-    'corpus.jsonl:17: field "text": missing'."""
+    """Raised in strict mode; message names the file, the line (or row) and the field, e.g.
+    'corpus.jsonl:17: field "text": missing' or 'corpus.csv: row 17 (line 19): ...'."""
 
-    def __init__(self, path: str, line_no: int, field: str | None, reason: str) -> None:
-        super().__init__(f"{path}:{line_no}: {reason}")
+    def __init__(self, path: str, line_no: int, field: str | None, reason: str,
+                 unit: str = "line", first_line: int | None = None) -> None:
+        if unit == "line":
+            where = f"{path}:{line_no}"
+        else:
+            where = f"{path}: {unit} {line_no}"
+            if first_line is not None:
+                where += f" (line {first_line})"
+        super().__init__(f"{where}: {reason}")
         self.path = path
         self.line_no = line_no
         self.field = field
         self.reason = reason
+        self.unit = unit
+        self.first_line = first_line
+
+    @classmethod
+    def of(cls, path: str | Path, reject: Reject) -> InputError:
+        """The strict-mode error for one reject."""
+        return cls(_display_name(path), reject.line_no, reject.field, reject.reason,
+                   reject.unit, reject.first_line)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The default pickling would call __init__ with the message only.
-        return (type(self), (self.path, self.line_no, self.field, self.reason))
+        return (type(self), (self.path, self.line_no, self.field, self.reason, self.unit,
+                             self.first_line))
 
 
 def _display_name(path: str | Path) -> str:
@@ -96,6 +129,10 @@ def _display_name(path: str | Path) -> str:
 
 def _is_gzip(path: str | Path) -> bool:
     return str(path).endswith(".gz")
+
+
+def _is_zstd(path: str | Path) -> bool:
+    return str(path).endswith(".zst")
 
 
 def _json_type(value: Any) -> str:
@@ -165,18 +202,33 @@ def parse_label_set(spec: str | None) -> list[str] | None:
     return labels
 
 
-def _open_binary(path: str | Path) -> tuple[IO[bytes], bool]:
-    """The input stream and whether we own (must close) it."""
+def _open_zstd(path: str | Path) -> IO[bytes]:
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise RuntimeError(f"{path}: reading .zst needs zstandard: "
+                           "pip install 'sidyp-prod[zstd]'") from exc
+    raw = open(path, "rb")  # noqa: SIM115 - closed with the reader (closefd)
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    return io.BufferedReader(reader)  # type: ignore[arg-type]
+
+
+def open_binary(path: str | Path) -> tuple[IO[bytes], bool]:
+    """The input stream (``-`` is stdin; ``.gz`` and ``.zst`` are decompressed) and whether
+    we own (must close) it."""
     if str(path) == STDIO:
         return sys.stdin.buffer, False
     if _is_gzip(path):
         return gzip.open(path, "rb"), True
+    if _is_zstd(path):
+        return _open_zstd(path), True
     return open(path, "rb"), True
 
 
-def _read_lines(path: str | Path) -> Iterator[bytes]:
-    """Binary lines without their terminator; a corrupt gzip stream becomes an InputError."""
-    stream, owned = _open_binary(path)
+def read_raw_lines(path: str | Path) -> Iterator[bytes]:
+    """Binary lines with their terminator; a corrupt gzip or zstd stream becomes an
+    InputError naming the line it broke at."""
+    stream, owned = open_binary(path)
     line_no = 0
     try:
         lines = iter(stream)
@@ -186,16 +238,23 @@ def _read_lines(path: str | Path) -> Iterator[bytes]:
             except StopIteration:
                 return
             except (OSError, EOFError, zlib.error) as exc:
-                if not _is_gzip(path):
+                kind = "gzip" if _is_gzip(path) else "zstd" if _is_zstd(path) else None
+                if kind is None:
                     raise
                 raise InputError(
-                    _display_name(path), line_no + 1, None, f"corrupt gzip stream: {exc}"
+                    _display_name(path), line_no + 1, None, f"corrupt {kind} stream: {exc}"
                 ) from exc
             line_no += 1
-            yield strip_line_end(line)
+            yield line
     finally:
         if owned:
             stream.close()
+
+
+def _read_lines(path: str | Path) -> Iterator[bytes]:
+    """Binary lines without their terminator (see :func:`read_raw_lines`)."""
+    for line in read_raw_lines(path):
+        yield strip_line_end(line)
 
 
 def strip_line_end(line: bytes) -> bytes:
@@ -244,7 +303,38 @@ def parse_line(
         return Reject(
             line_no, f"JSON value is not an object (got {_json_type(record)})", None, line
         )
+    return _check_record(line_no, record, fields, allowed, max_chars, line)
 
+
+def parse_record(
+    line_no: int,
+    record: dict[str, Any],
+    fields: FieldNames,
+    allowed: frozenset[str] | None,
+    max_chars: int,
+    raw: str,
+    unit: str = "line",
+    first_line: int | None = None,
+) -> Row | Reject:
+    """Check one record's text, label and id fields: the validation every format shares.
+
+    ``raw`` is what a reject shows of the row; ``unit`` and ``first_line`` say where it is
+    (:class:`Reject`).
+    """
+    item = _check_record(line_no, record, fields, allowed, max_chars, raw)
+    if isinstance(item, Reject):
+        item.unit, item.first_line = unit, first_line
+    return item
+
+
+def _check_record(
+    line_no: int,
+    record: dict[str, Any],
+    fields: FieldNames,
+    allowed: frozenset[str] | None,
+    max_chars: int,
+    line: str,
+) -> Row | Reject:
     if fields.text not in record:
         return _field_reject(line_no, fields.text, "missing", line)
     text = record[fields.text]
@@ -299,20 +389,37 @@ def iter_corpus(
     labels: Sequence[str] | None = None,
     strict: bool = False,
     max_chars: int = 100_000,
+    input_format: str | None = None,
 ) -> Iterator[Row | Reject]:
-    """Yield one Row or Reject per input line, in file order.
+    """Yield one Row or Reject per input row, in file order.
 
-    Blank and whitespace-only lines are yielded as Reject(reason="blank line") so that
+    JSONL: blank and whitespace-only lines are yielded as Reject(reason="blank line") so that
     input lines = rows + rejects always holds. The file is streamed in binary line by line, so
-    memory does not grow with its size. ``path`` may be ``'-'`` (stdin) or a ``.gz`` file.
-    Texts longer than ``max_chars`` are truncated, not rejected. Null or missing labels give
-    ``label=None``. With ``strict=True`` the first reject raises InputError instead; a corrupt
-    gzip stream raises InputError in either mode.
+    memory does not grow with its size. ``path`` may be ``'-'`` (stdin), a ``.gz`` or a ``.zst``
+    file. CSV, TSV, Parquet and a ``datasets`` directory (``input_format``, else from the name:
+    :func:`sidyp_prod.readers.detect_format`) are streamed by :mod:`sidyp_prod.readers`, one
+    Row or Reject per record or row. Texts longer than ``max_chars`` are truncated, not
+    rejected. Null or missing labels give ``label=None``. With ``strict=True`` the first reject
+    raises InputError instead; a corrupt compressed stream raises InputError in either mode.
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
     allowed = frozenset(labels) if labels is not None else None
+    from .readers import detect_format, iter_rows
+
+    kind = detect_format(path, input_format)
+    if kind != "jsonl":
+        return _strict(path, iter_rows(path, kind, fields, allowed, max_chars), strict)
     return _iter_corpus(path, fields, allowed, strict, max_chars)
+
+
+def _strict(
+    path: str | Path, items: Iterator[Row | Reject], strict: bool
+) -> Iterator[Row | Reject]:
+    for item in items:
+        if strict and isinstance(item, Reject):
+            raise InputError.of(path, item)
+        yield item
 
 
 def _iter_corpus(
@@ -331,8 +438,8 @@ def _iter_corpus(
 
 def count_lines(path: str | Path) -> int | None:
     """Number of lines (fast, binary chunked count; counts a final line without trailing
-    newline); None for '-' (stdin) or gzip."""
-    if str(path) == STDIO or _is_gzip(path):
+    newline); None for '-' (stdin), gzip or zstd."""
+    if str(path) == STDIO or _is_gzip(path) or _is_zstd(path):
         return None
     count = 0
     last = b"\n"

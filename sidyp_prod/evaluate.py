@@ -302,15 +302,15 @@ def evaluate_records(
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet file,
-    or a `--engine ray` output directory (its part-* shards)."""
+    """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet, CSV
+    or TSV file, or a `--engine ray` output directory (its part-* shards)."""
     for _, rec in read_located_records(path):
         yield rec
 
 
 def read_located_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """:func:`read_records` with where each row is, for error messages: ``file:line`` for JSONL,
-    ``file: row N`` for Parquet."""
+    ``file: row N`` for Parquet, CSV and TSV."""
     path = Path(path)
     if path.is_dir():
         shards = sorted(path.glob("part-*.jsonl")) + sorted(path.glob("part-*.parquet"))
@@ -323,6 +323,13 @@ def read_located_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]
         from .formats import read_parquet_rows
 
         for row_no, rec in enumerate(read_parquet_rows(path), start=1):
+            yield f"{path}: row {row_no}", rec
+        return
+    if path.suffix in (".csv", ".tsv"):
+        from .formats import read_csv_rows
+
+        rows = read_csv_rows(path, "," if path.suffix == ".csv" else "\t")
+        for row_no, rec in enumerate(rows, start=1):
             yield f"{path}: row {row_no}", rec
         return
     with path.open("rb") as fh:  # bytes, so that a decoding error names its line

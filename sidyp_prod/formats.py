@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 BATCH_ROWS = 8192
@@ -127,3 +129,86 @@ def read_parquet_rows(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[dict
                 yield row
     except pa.ArrowException as exc:
         raise ValueError(f"{path}: not a readable Parquet file: {exc}") from exc
+
+
+def _csv_cell(value: object) -> str:
+    """One cell: text as it is, null empty, numbers and booleans as JSON writes them, objects
+    and lists (``candidates``) as JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def jsonl_to_csv(source: Path, target: Path, delimiter: str = ",") -> None:
+    """Convert refined JSONL to CSV (or TSV) with a header row, row by row.
+
+    Two passes: the first collects every field of every row (in the order they first appear),
+    the second writes; a field a row lacks is an empty cell. Fields with line breaks are quoted,
+    so a row may span lines (every CSV reader handles that). Lines end in ``\\n``.
+    """
+    columns: dict[str, None] = {}
+    with source.open(encoding="utf-8") as f:
+        for line in f:
+            columns.update(dict.fromkeys(json.loads(line)))
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with source.open(encoding="utf-8") as f, tmp.open("w", encoding="utf-8", newline="") as out:
+            writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+            writer.writerow(columns)
+            for line in f:
+                row = json.loads(line)
+                writer.writerow([_csv_cell(row.get(name)) for name in columns])
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+
+
+def output_format(path: str | Path) -> str:
+    """What an output path's extension asks for: ``parquet``, ``csv``, ``tsv`` or ``jsonl``
+    (anything else, and ``-``)."""
+    suffix = Path(str(path)).suffix.lower()
+    return {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}.get(suffix, "jsonl")
+
+
+def converter(path: str | Path) -> Callable[[Path, Path], None] | None:
+    """How to turn the JSONL that refine writes into the format of ``path`` (None: JSONL)."""
+    kind = output_format(path)
+    if kind == "parquet":
+        return jsonl_to_parquet
+    if kind in ("csv", "tsv"):
+        return partial(jsonl_to_csv, delimiter="," if kind == "csv" else "\t")
+    return None
+
+
+_CSV_TYPES = {"label_score": float, "confidence": float}
+
+
+def _output_cell(name: str, cell: str) -> object:
+    """A refine output column read back from CSV as JSONL had it (an empty cell is null: CSV
+    cannot tell them apart)."""
+    if cell == "":
+        return None
+    if name in _CSV_TYPES:
+        return _CSV_TYPES[name](cell)
+    if name == "is_label_issue":
+        return cell == "true"
+    if name == "candidates":
+        return json.loads(cell)
+    return cell
+
+
+def read_csv_rows(path: Path, delimiter: str = ",") -> Iterator[dict]:
+    """The rows of a CSV or TSV file written by refine, with its columns typed back (scores as
+    numbers, ``is_label_issue`` as a boolean, ``candidates`` as an object, empty cells as
+    null); others stay text."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        for row_no, row in enumerate(reader, start=1):
+            try:
+                yield {name: _output_cell(name, cell or "") for name, cell in row.items()}
+            except ValueError as exc:
+                raise ValueError(f"{path}: row {row_no}: {exc}") from exc

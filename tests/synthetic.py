@@ -118,3 +118,23 @@ def make_rows(n: int, noise: float = 0.35, refused: float = 0.03, seed: int = 0)
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def kill_when_journal_passes(command: list[str], journal: Path, lines: int) -> int:
+    """Run ``command`` (a refine) and SIGKILL it once its journal records ``lines`` input rows
+    done; the rows done when it died."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and json.loads(journal.read_text())["progress"]["lines"] >= lines:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return json.loads(journal.read_text())["progress"]["lines"]

@@ -15,10 +15,10 @@ from sidyp_prod.cli.main import app
 
 from synthetic import make_rows, write_jsonl
 
-FAST = ["--max-train-rows", "150"]
+FAST = ["--max-train-rows", "100"]
 SETTINGS = {"classifier_epochs": 2, "snapshots": 1, "diffusion_epochs": 3,
             "denoiser_width": 16, "max_length": 32, "held_out_folds": 2,
-            "max_train_rows": 150}
+            "max_train_rows": 100}
 
 
 def _config():
@@ -49,7 +49,7 @@ def test_the_literal_command_in_an_empty_directory(tiny_encoder, tmp_path, monke
 def test_same_labels_as_train_refined_out(tiny_encoder, tmp_path):
     from sidyp_prod import api
 
-    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(120, seed=6))
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(90, seed=6))
     api.train(corpus, tmp_path / "b", _config(), encoder=str(tiny_encoder),
               refined_out=tmp_path / "train.jsonl", export=False)
     api.refine_corpus(corpus, tmp_path / "one.jsonl", _config(), save_model=tmp_path / "m",
@@ -60,12 +60,12 @@ def test_same_labels_as_train_refined_out(tiny_encoder, tmp_path):
 def test_past_the_sample_the_rest_is_refined_as_new(tiny_encoder, tmp_path):
     from sidyp_prod import api
 
-    rows = make_rows(400, seed=8)
+    rows = make_rows(250, seed=8)
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     summary = api.refine_corpus(corpus, None, _config(), encoder=str(tiny_encoder))
-    assert summary.trained is not None and summary.trained.rows == 150
-    assert summary.refined.refined == 400
-    assert "150 trained on, 250 refined as new rows" in summary.to_text()
+    assert summary.trained is not None and summary.trained.rows == 100
+    assert summary.refined.refined == 250
+    assert "100 trained on, 150 refined as new rows" in summary.to_text()
     out = [json.loads(line) for line in api.default_refined_path(corpus).read_text().splitlines()]
     assert [r["id"] for r in out] == [r["id"] for r in rows]
     given = {r["label"] for r in rows if r["label"]}
@@ -100,7 +100,7 @@ def _run(corpus: Path, out: Path, encoder: Path, kill_when=None) -> int:
 
 
 def test_resume_after_a_kill_in_training_and_in_refining(tiny_encoder, tmp_path):
-    rows = make_rows(400, seed=9)
+    rows = make_rows(220, seed=9)
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     reference = tmp_path / "ref.jsonl"
     assert _run(corpus, reference, tiny_encoder) == 0

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +11,7 @@ import pytest
 from sidyp_prod import api
 from sidyp_prod.stream import ResumeError
 
-from synthetic import make_rows, write_jsonl
+from synthetic import kill_when_journal_passes, make_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +48,8 @@ def test_killed_run_resumes_to_identical_output(trained, big_corpus, reference_o
     journal = tmp_path / "out.jsonl.journal.json"
     command = [sys.executable, "-m", "sidyp_prod.cli.main", "refine", str(big_corpus),
                "--model", str(bundle), "--out", str(out), "--chunk-size", "100", "--quiet"]
-    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if journal.exists() and json.loads(journal.read_text())["progress"]["lines"] >= 600:
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    done = kill_when_journal_passes(command, journal, 600)
     assert not out.exists(), "an unfinished output must not sit at the final path"
-    done = json.loads(journal.read_text())["progress"]["lines"]
     assert 0 < done < 3000
 
     summary = api.refine(big_corpus, bundle, out, chunk_size=100, resume=True)
