@@ -573,8 +573,8 @@ def refine(
         raise ValueError("--report needs the output in a file: the page is built from it")
     if resume and str(corpus) == "-":
         raise ValueError("--resume needs the corpus in a file: standard input cannot be re-read")
+    check_corpus_path(corpus, input_format)
     kind = detect_format(corpus, input_format)
-    check_corpus_path(corpus, kind)
     if count_rows(corpus, kind) == 0:
         raise ValueError(f"{corpus}: the file is empty: nothing to refine")
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)

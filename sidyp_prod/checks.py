@@ -34,8 +34,8 @@ def check_corpus_path(path: str | Path, input_format: str | None = None) -> None
         return
     if path.is_dir():
         raise ValueError(
-            f"{path}: is a directory; give one corpus file "
-            "(`refine --engine ray` reads a directory's corpus files)"
+            f"{path}: is a directory, and not a datasets save_to_disk directory (no state.json); "
+            "give one corpus file (`refine --engine ray` reads a directory's corpus files)"
         )
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")

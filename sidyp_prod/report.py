@@ -159,7 +159,8 @@ class _GoldTally:
         self.rows += 1
         self.given_hits += row.given == gold
         self.refined_hits += row.predicted == gold
-        if row.given != row.predicted:
+        # As evaluate counts them: rows the LLM left unlabeled were filled, not changed.
+        if row.given is not None and row.given != row.predicted:
             self.changed += 1
             self.fixed += row.predicted == gold
             self.broken += row.given == gold and row.predicted != gold

@@ -34,7 +34,7 @@ def _leftovers(directory: Path) -> list[str]:
 
 def test_a_mostly_rejected_refine_exits_3_with_the_first_reasons(trained, tmp_path):
     bundle, _, _ = trained
-    corpus = tmp_path / "news.csv"
+    corpus = tmp_path / "news.jsonl"  # CSV lines in a JSONL file (a .csv name is read as CSV)
     rows = make_rows(4, seed=3)
     corpus.write_text("id,text,label\n" + "".join(f"{i},words,x\n" for i in range(9))
                       + "".join(json.dumps(r) + "\n" for r in rows))

@@ -169,7 +169,7 @@ def test_tabular_values_become_json(tmp_path):
     })
     pq.write_table(table, tmp_path / "t.parquet")
     rows = list(iter_corpus(tmp_path / "t.parquet"))
-    assert [r.label for r in rows] == ["1", None, None]
+    assert [r.label for r in rows] == [1, None, None]  # integer labels keep their type
     assert rows[0].record == {"text": "song band", "label": 1, "when": "2026-01-02",
                               "blob": "AP8="}
 
