@@ -120,6 +120,9 @@ class TritonServer:
                            ("metrics", self.ports.metrics)):
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # As a server binds: a port in TIME_WAIT (a server just stopped) is free, one
+                # that another process listens on is not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     probe.bind((self.host, port))
                 except OSError as exc:

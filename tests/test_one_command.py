@@ -95,12 +95,14 @@ def _run(corpus: Path, out: Path, encoder: Path, kill_when=None) -> int:
         if kill_when(out):
             process.kill()
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    else:
+        assert kill_when is None, "the run finished before it could be killed"
     return process.wait()
 
 
 def test_resume_after_a_kill_in_training_and_in_refining(tiny_encoder, tmp_path):
-    rows = make_rows(220, seed=9)
+    rows = make_rows(1200, seed=9)  # 100 trained on, 1,100 refined in chunks of 40
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     reference = tmp_path / "ref.jsonl"
     assert _run(corpus, reference, tiny_encoder) == 0
