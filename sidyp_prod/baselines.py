@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from .config import SiDyPConfig
 from .device import Precision
 from .pretrained import PretrainedEncoder
-from .training import _encode_trunk, _Run, out_of_fold_probs
+from .training import _Run, encoded_trunk, out_of_fold_probs
 
 
 def cross_fitted_classifier_probs(
@@ -29,11 +26,5 @@ def cross_fitted_classifier_probs(
     rng = np.random.default_rng(config.seed)
     device = device or torch.device("cpu")
     run = _Run(device, Precision(device), pretrained.pooling.mode)
-    with tempfile.TemporaryDirectory(prefix="sidyp-baseline-") as tmp:
-        _, top, cache, _ = _encode_trunk(
-            texts, pretrained, config, Path(tmp), device, run.precision, progress=False
-        )
-        try:
-            return out_of_fold_probs(cache, top, given, n_classes, config, rng, folds, run)
-        finally:
-            cache.close()
+    with encoded_trunk(texts, pretrained, config, device) as (top, cache, _):
+        return out_of_fold_probs(cache, top, given, n_classes, config, rng, folds, run)

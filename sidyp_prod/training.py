@@ -4,6 +4,7 @@ the dynamic prior, and Stage II (the simplex-diffusion denoiser with iterative r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -191,6 +192,27 @@ def _encode_trunk(
     return trunk, top, cache, embeddings
 
 
+@contextlib.contextmanager
+def encoded_trunk(
+    texts: list[str],
+    pretrained: PretrainedEncoder,
+    config: SiDyPConfig,
+    device: torch.device,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[EncoderSlice, HiddenStateCache, np.ndarray]]:
+    """The pretrained top slice, the trunk-state file and the sentence embeddings of ``texts``,
+    the file in a temporary directory under ``work_dir`` that is removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="sidyp-train-", dir=work_dir) as tmp:
+        _, top, cache, embeddings = _encode_trunk(
+            texts, pretrained, config, Path(tmp), device, Precision(device), progress
+        )
+        try:
+            yield top, cache, embeddings
+        finally:
+            cache.close()
+
+
 def sentence_embeddings(
     texts: list[str],
     pretrained: PretrainedEncoder,
@@ -198,13 +220,8 @@ def sentence_embeddings(
     device: torch.device | None = None,
 ) -> np.ndarray:
     """(N, H) the neighbour search's sentence embeddings of ``texts``, as training computes them."""
-    device = device or torch.device("cpu")
-    with tempfile.TemporaryDirectory(prefix="sidyp-embed-") as tmp:
-        _, _, cache, embeddings = _encode_trunk(
-            texts, pretrained, config, Path(tmp), device, Precision(device), progress=False
-        )
-        cache.close()
-    return embeddings
+    with encoded_trunk(texts, pretrained, config, device or torch.device("cpu")) as (_, _, emb):
+        return emb
 
 
 class _Branch(nn.Module):
@@ -658,50 +675,46 @@ def train_sidyp(
     depth = int(pretrained.config.num_hidden_layers)
     trainable = config.resolved_trainable_layers(depth)
 
-    with tempfile.TemporaryDirectory(prefix="sidyp-train-", dir=work_dir) as tmp:
-        start = time.perf_counter()
-        _, top, cache, embeddings = _encode_trunk(
-            texts, pretrained, config, Path(tmp), device, run.precision, progress
-        )
+    start = time.perf_counter()
+    with encoded_trunk(texts, pretrained, config, device, work_dir, progress) as (
+        top, cache, embeddings
+    ):
         timings["encode"] = time.perf_counter() - start
-        try:
-            start = time.perf_counter()
-            stage_one = _stage_one(cache, top, given, n_classes, config, rng, run)
-            timings["stage_one"] = time.perf_counter() - start
+        start = time.perf_counter()
+        stage_one = _stage_one(cache, top, given, n_classes, config, rng, run)
+        timings["stage_one"] = time.perf_counter() - start
 
-            start = time.perf_counter()
-            labelled = given >= 0
-            scores = [noise_scores(stage_one.own_distances[:, m]) for m in range(config.branches)]
-            estimated = config.noise_ratio is None
-            ratio = (
-                float(np.mean([estimate_noise_ratio(s[labelled]) for s in scores]))
-                if estimated
-                else float(config.noise_ratio)
-            )
-            clean = np.stack([~mark_noisy(np.nan_to_num(s), ratio, labelled) for s in scores])
-            settings = RefineSettings.from_config(config, n_classes)
-            indexes = [NeighborIndex(embeddings[c], given[c]) for c in clean]
-            prior_weights, prior_kind = prior_from_neighbors(embeddings, indexes, settings)
-            timings["prior"] = time.perf_counter() - start
-            if log:
-                log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")
+        start = time.perf_counter()
+        labelled = given >= 0
+        scores = [noise_scores(stage_one.own_distances[:, m]) for m in range(config.branches)]
+        estimated = config.noise_ratio is None
+        ratio = (
+            float(np.mean([estimate_noise_ratio(s[labelled]) for s in scores]))
+            if estimated
+            else float(config.noise_ratio)
+        )
+        clean = np.stack([~mark_noisy(np.nan_to_num(s), ratio, labelled) for s in scores])
+        settings = RefineSettings.from_config(config, n_classes)
+        indexes = [NeighborIndex(embeddings[c], given[c]) for c in clean]
+        prior_weights, prior_kind = prior_from_neighbors(embeddings, indexes, settings)
+        timings["prior"] = time.perf_counter() - start
+        if log:
+            log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")
 
+        start = time.perf_counter()
+        features = RowFeatures(stage_one.probs, stage_one.dynamics, embeddings)
+        keys = [text_key(t) for t in texts]
+        denoiser, refined_weights, best_epoch, history2 = _stage_two(
+            features, given, keys, prior_weights, prior_kind, n_classes, config, rng, run
+        )
+        timings["stage_two"] = time.perf_counter() - start
+        if config.held_out_folds:
+            # Last, so that every earlier stage draws the same random numbers without it.
             start = time.perf_counter()
-            features = RowFeatures(stage_one.probs, stage_one.dynamics, embeddings)
-            keys = [text_key(t) for t in texts]
-            denoiser, refined_weights, best_epoch, history2 = _stage_two(
-                features, given, keys, prior_weights, prior_kind, n_classes, config, rng, run
+            features.held_out_probs = out_of_fold_probs(
+                cache, top, given, n_classes, config, rng, config.held_out_folds, run
             )
-            timings["stage_two"] = time.perf_counter() - start
-            if config.held_out_folds:
-                # Last, so that every earlier stage draws the same random numbers without it.
-                start = time.perf_counter()
-                features.held_out_probs = out_of_fold_probs(
-                    cache, top, given, n_classes, config, rng, config.held_out_folds, run
-                )
-                timings["held_out"] = time.perf_counter() - start
-        finally:
-            cache.close()
+            timings["held_out"] = time.perf_counter() - start
 
     encoder = SiDyPEncoder(
         pretrained.model, trainable, config.branches, len(stage_one.snapshot_states[0]),
