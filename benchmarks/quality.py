@@ -103,7 +103,8 @@ ABLATIONS = {
 
 
 def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiDyPConfig,
-             baselines: bool = True) -> dict:
+             baselines: bool = True, encoder: str | None = None,
+             embedding_model: str | None = None) -> dict:
     rows = list(read_records(corpus))
     parsed = [r for r in iter_corpus(corpus) if hasattr(r, "text")]
     labels = label_set_from_rows(parsed)
@@ -111,7 +112,8 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
     given = np.array([index.get(r.label, -1) if r.label is not None else -1 for r in parsed])
     gold = np.array([index.get(r["gold_label"], -2) for r in rows])
     texts = [r.text for r in parsed]
-    result: dict = {"seed": seed, "rows": len(rows), "config": config.to_dict()}
+    result: dict = {"seed": seed, "rows": len(rows), "config": config.to_dict(),
+                    "encoder": encoder, "embedding_model": embedding_model}
     v_texts, v_given, v_gold = _valid_rows(valid, index) if valid else ([], None, None)
 
     result["llm"] = score(given, gold, given)
@@ -120,7 +122,7 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
         # Valid rows ride along unlabelled: each is predicted by a classifier of 4/5 of train.
         all_given = np.concatenate([given, np.full(len(v_texts), -1)])
         all_probs = cross_fitted_classifier_probs(
-            texts + v_texts, all_given, len(labels), load_pretrained(None), config
+            texts + v_texts, all_given, len(labels), load_pretrained(encoder), config
         )
         plain_probs = all_probs[: len(texts)]
         result["seconds_plain_classifier"] = time.perf_counter() - start
@@ -137,7 +139,8 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
 
     bundle, refined = out / f"bundle-{seed}", out / f"refined-{seed}.jsonl"
     start = time.perf_counter()
-    summary = api.train(corpus, bundle, config, refined_out=refined, overwrite=True)
+    summary = api.train(corpus, bundle, config, refined_out=refined, overwrite=True,
+                        encoder=encoder, embedding_model=embedding_model)
     result["seconds_train"] = time.perf_counter() - start
     result["seconds_stages"] = summary.seconds
     result["noise_ratio"] = summary.noise_ratio
@@ -202,11 +205,15 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
     """The distributions behind `refine` for rows the bundle never saw (what refine_rows runs)."""
     backend = load_backend(loaded.bundle, "onnx")
     settings = RefineSettings.from_config(loaded.config, loaded.n_classes)
+    embeddings = (api.sentence_embeddings(loaded, backend, texts)
+                  if loaded.embedding_tokenizer is not None else None)
     parts, priors = [], []
     for start in range(0, len(texts), loaded.config.encode_batch_size):
         batch = texts[start : start + loaded.config.encode_batch_size]
         ids, mask = tokenize(loaded.tokenizer, batch)
         encoded = backend.encode(ids, mask)
+        if embeddings is not None:
+            encoded = replace(encoded, embedding=embeddings[start : start + len(batch)])
         weights, kind = prior_from_neighbors(encoded.embedding, loaded.indexes, settings)
         refined = refine_batch(backend, encoded, weights, kind, given[start : start + len(batch)],
                                [text_key(t) for t in batch], settings,
@@ -292,6 +299,9 @@ def main() -> None:
                         help="also retrain each stage ablation (ABLATIONS) on these seeds")
     parser.add_argument("--plots", type=Path, default=None,
                         help="write quality-accuracy.png and quality-reliability.png here")
+    parser.add_argument("--encoder", default=None, help="classifier encoder (train --encoder)")
+    parser.add_argument("--embedding-model", default=None,
+                        help="the prior's sentence-embedding model (train --embedding-model)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1: the runs in docs/benchmarks.md, two side by side)")
     args = parser.parse_args()
@@ -305,7 +315,8 @@ def main() -> None:
     for seed in args.seeds:
         config = SiDyPConfig(**{**args.config, "seed": seed})
         results.append(run_seed(args.corpus, valid, seed, args.out, config,
-                                baselines=not args.skip_baselines))
+                                baselines=not args.skip_baselines, encoder=args.encoder,
+                                embedding_model=args.embedding_model))
         print(json.dumps(results[-1], indent=1), flush=True)
     ablations: dict[str, list[dict]] = {}
     for name, overrides in ABLATIONS.items():
@@ -314,7 +325,8 @@ def main() -> None:
             sub = args.out / ("ablation-" + "-".join(overrides))
             sub.mkdir(parents=True, exist_ok=True)
             ablations.setdefault(name, []).append(
-                run_seed(args.corpus, valid, seed, sub, config, baselines=False))
+                run_seed(args.corpus, valid, seed, sub, config, baselines=False,
+                         encoder=args.encoder, embedding_model=args.embedding_model))
             print(name, json.dumps(ablations[name][-1]["sidyp"]["rules"]), flush=True)
     report = {"machine": machine(), "corpus": str(args.corpus), "config_overrides": args.config,
               "results": results, "ablations": ablations}

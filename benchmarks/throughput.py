@@ -84,7 +84,7 @@ def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[
 
     bundle = load_bundle(bundle_dir)
     model = load_model(bundle)
-    encoder, _ = load_torch_models(bundle)
+    encoder, _, _ = load_torch_models(bundle)
     plain = work / "plain-encoder.onnx"
     ids = torch.ones(2, 8, dtype=torch.long)
     axes = {"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}}

@@ -111,6 +111,13 @@ Encoder = Annotated[
             "in the local cache (BERT, MPNet, RoBERTa, DeBERTa-v2, XLM-R; default: the packaged "
             "all-MiniLM-L6-v2). Never downloaded.", panel=MODEL),
 ]
+EmbeddingModel = Annotated[
+    str | None,
+    _option(help="Sentence-embedding model of the neighbour prior (the paper uses a separate, "
+            "larger one): a local checkpoint directory or a cached model id, as --encoder "
+            "(default: the encoder's own pretrained layers). Stored and exported with the "
+            "bundle.", panel=MODEL),
+]
 Device = Annotated[
     str, _option(help="Where to train: auto (CUDA when available), cpu, cuda, cuda:N.",
                  panel=PERFORMANCE)
@@ -163,6 +170,7 @@ def train(
                 panel=INPUT),
     ] = None,
     encoder: Encoder = None,
+    embedding_model: EmbeddingModel = None,
     device: Device = "auto",
     max_train_rows: MaxTrainRows = D.max_train_rows,
     text_field: TextField = "text",
@@ -326,6 +334,7 @@ def train(
             fields=_fields(text_field, label_field, id_field),
             labels=parse_label_set(labels),
             encoder=encoder,
+            embedding_model=embedding_model,
             rejects=rejects,
             strict=strict,
             refined_out=refined_out,
@@ -380,6 +389,7 @@ def refine(
     ] = None,
     max_train_rows: MaxTrainRows = D.max_train_rows,
     encoder: Encoder = None,
+    embedding_model: EmbeddingModel = None,
     device: Device = "auto",
     seed: Annotated[int, _option(help="Without --model: the training seed.", panel=MODEL)] = (
         D.seed),
@@ -483,7 +493,8 @@ def refine(
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
     if model is None:
         _refine_untrained(corpus[0], out, save_model=save_model, max_train_rows=max_train_rows,
-                          encoder=encoder, device=device, seed=seed, overwrite=overwrite,
+                          encoder=encoder, embedding_model=embedding_model, device=device,
+                          seed=seed, overwrite=overwrite,
                           fields=_fields(text_field, label_field, id_field), rejects=rejects,
                           strict=strict, resume=resume, chunk_size=chunk_size, quiet=quiet,
                           as_json=as_json, report=report,
@@ -614,7 +625,8 @@ def export(
         graphs = export_onnx(bundle, out, int8=int8)
     except (BundleError, FileNotFoundError) as exc:
         _fail(str(exc))
-    files = [graphs["encoder"]["file"], graphs["denoiser"]["file"]]
+    files = [graphs[part]["file"] for part in ("encoder", "denoiser", "embedder")
+             if part in graphs]
     if graphs["encoder"].get("int8_file"):
         files.append(graphs["encoder"]["int8_file"])
     typer.echo(f"wrote {', '.join(files)} (opset {graphs['opset']}) into {out or bundle}")

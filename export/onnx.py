@@ -27,16 +27,18 @@ from sidyp_prod.bundle import (
     load_bundle,
     sha256_file,
 )
-from sidyp_prod.model_io import encoder_hidden_size, load_model
+from sidyp_prod.model_io import embedding_width, load_model
 
 ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder.int8.onnx"
 DENOISER_ONNX = "denoiser.onnx"
+EMBEDDER_ONNX = "embedder.onnx"
 OPSET = 17
 GRAPHS_JSON = "onnx.json"
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
 ENCODER_OUTPUTS = ("probs", "conditioning", "embedding")
+EMBEDDER_OUTPUTS = ("embedding",)
 DENOISER_INPUTS = ("noise", "conditioning", "y_given")
 DENOISER_OUTPUTS = ("logits",)
 
@@ -56,17 +58,17 @@ def _to_onnx_bytes(
     return buffer.getvalue()
 
 
-def encoder_onnx_bytes(encoder: torch.nn.Module) -> bytes:
+def encoder_onnx_bytes(encoder: torch.nn.Module, outputs: tuple[str, ...] = ENCODER_OUTPUTS
+                       ) -> bytes:
+    """Token ids and mask -> ``outputs`` (the encoder's, or the embedder's), batch first."""
     ids = torch.ones(2, 8, dtype=torch.long)
     mask = torch.ones(2, 8, dtype=torch.long)
     axes = {
         "input_ids": {0: "batch", 1: "tokens"},
         "attention_mask": {0: "batch", 1: "tokens"},
-        "probs": {0: "batch"},
-        "conditioning": {0: "batch"},
-        "embedding": {0: "batch"},
+        **{name: {0: "batch"} for name in outputs},
     }
-    return _to_onnx_bytes(encoder.eval(), (ids, mask), ENCODER_INPUTS, ENCODER_OUTPUTS, axes)
+    return _to_onnx_bytes(encoder.eval(), (ids, mask), ENCODER_INPUTS, outputs, axes)
 
 
 def denoiser_onnx_bytes(
@@ -117,26 +119,30 @@ def export_onnx(
     branches, classes = manifest["branches"], len(manifest["labels"])
     config = manifest["config"]
     width, steps = config["denoiser_width"], config["inference_steps"]
+    embedder = torch_backend.embedder
+    # With a separate embedding model the encoder graph has no embedding output.
+    encoder_outputs = ENCODER_OUTPUTS if embedder is None else ENCODER_OUTPUTS[:2]
     files = {
-        ENCODER_ONNX: encoder_onnx_bytes(torch_backend.encoder),
+        ENCODER_ONNX: encoder_onnx_bytes(torch_backend.encoder, encoder_outputs),
         DENOISER_ONNX: denoiser_onnx_bytes(
             torch_backend.reverse_process, steps, branches, classes, width
         ),
     }
     if int8:
         files[ENCODER_INT8_ONNX] = quantized_int8_bytes(files[ENCODER_ONNX])
-    hidden = encoder_hidden_size(manifest)
+    token_inputs = {"input_ids": ["batch", "tokens", "int64"],
+                    "attention_mask": ["batch", "tokens", "int64"]}
+    embedding = {"embedding": ["batch", embedding_width(manifest), "float32"]}
     graphs = {
         "opset": OPSET,
         "graph_version": GRAPH_VERSION,
         "encoder": {
             "file": ENCODER_ONNX,
             "int8_file": ENCODER_INT8_ONNX if int8 else None,
-            "inputs": {"input_ids": ["batch", "tokens", "int64"],
-                       "attention_mask": ["batch", "tokens", "int64"]},
+            "inputs": token_inputs,
             "outputs": {"probs": ["batch", branches, classes, "float32"],
                         "conditioning": ["batch", branches, width, "float32"],
-                        "embedding": ["batch", hidden, "float32"]},
+                        **(embedding if embedder is None else {})},
         },
         "denoiser": {
             "file": DENOISER_ONNX,
@@ -146,6 +152,9 @@ def export_onnx(
             "outputs": {"logits": ["rows", branches, classes, "float32"]},
         },
     }
+    if embedder is not None:
+        files[EMBEDDER_ONNX] = encoder_onnx_bytes(embedder, EMBEDDER_OUTPUTS)
+        graphs["embedder"] = {"file": EMBEDDER_ONNX, "inputs": token_inputs, "outputs": embedding}
     if out_dir is None:
         return add_to_bundle(bundle, files, {"onnx": graphs}).manifest["onnx"]
     out = Path(out_dir)
@@ -252,14 +261,20 @@ def validate_onnx(
     graphs, directory = onnx_paths(bundle, onnx_dir)
     cpu = ["CPUExecutionProvider"]
     denoiser_path = str(directory / graphs["denoiser"]["file"])
-    onnx = OnnxBackend(str(directory / graphs["encoder"]["file"]), denoiser_path, cpu)
+    embedder_path = str(directory / graphs["embedder"]["file"]) if "embedder" in graphs else None
+    onnx = OnnxBackend(str(directory / graphs["encoder"]["file"]), denoiser_path, cpu,
+                       embedder_path=embedder_path)
     torch_backend = TorchBackend.from_bundle(bundle)
     report = ValidationReport(atol)
     report.signature_problems += signature_problems(onnx.encoder, graphs["encoder"], "encoder")
     report.signature_problems += signature_problems(onnx.denoiser, graphs["denoiser"], "denoiser")
+    if onnx.embedder is not None:
+        report.signature_problems += signature_problems(onnx.embedder, graphs["embedder"],
+                                                        "embedder")
     texts = list(texts or SAMPLE_TEXTS)
     int8_file = graphs["encoder"].get("int8_file")
     int8 = OnnxBackend(str(directory / int8_file), denoiser_path, cpu) if int8_file else None
+    encoder_outputs = [n for n in ENCODER_OUTPUTS if n in graphs["encoder"]["outputs"]]
 
     def record(name: str, diff: float, into: dict[str, float]) -> None:
         into[name] = max(into.get(name, 0.0), diff)
@@ -269,14 +284,19 @@ def validate_onnx(
         batch = [texts[i % len(texts)] for i in range(size)]
         ids, mask = tokenize(model.tokenizer, batch)
         ours, ref = onnx.encode(ids, mask), torch_backend.encode(ids, mask)
-        for name in ENCODER_OUTPUTS:
+        for name in encoder_outputs:
             diff = float(np.abs(getattr(ours, name) - getattr(ref, name)).max())
             record(f"encoder.{name}", diff, report.max_abs_diff)
         if int8 is not None:
             quantized = int8.encode(ids, mask)
             for name in ("probs", "embedding"):
-                diff = float(np.abs(getattr(quantized, name) - getattr(ref, name)).max())
-                record(f"int8.{name}", diff, report.informational)
+                if name in encoder_outputs:
+                    diff = float(np.abs(getattr(quantized, name) - getattr(ref, name)).max())
+                    record(f"int8.{name}", diff, report.informational)
+        if model.embedding_tokenizer is not None:
+            ids, mask = tokenize(model.embedding_tokenizer, batch)
+            diff = float(np.abs(onnx.embed(ids, mask) - torch_backend.embed(ids, mask)).max())
+            record("embedder.embedding", diff, report.max_abs_diff)
         m, b, c = ref.probs.shape
         steps = model.config.inference_steps
         noise = rng.standard_normal((b, steps, m, c)).astype(np.float32)

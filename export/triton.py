@@ -1,9 +1,12 @@
 """Write a Triton Inference Server model repository for an exported bundle.
 
-Three models, each in ``DIR/<name>/`` with ``config.pbtxt`` and a version folder ``1/``:
+Three models (four with a separate embedding model), each in ``DIR/<name>/`` with
+``config.pbtxt`` and a version folder ``1/``:
 
 - ``sidyp_encoder``: ``encoder.onnx`` (token ids -> probs, conditioning, embedding);
 - ``sidyp_denoiser``: ``denoiser.onnx`` (the whole reverse process of a batch of chains);
+- ``sidyp_embedder``: ``embedder.onnx``, for a bundle trained with ``--embedding-model``
+  (its own token ids -> embedding; the encoder graph then has no embedding output);
 - ``sidyp_refine``: a python-backend BLS model, raw text and the LLM's label in, refined label,
   confidence and label score out. It holds the bundle's reference set (faiss) and calls the other
   two models through the server, so an online caller needs nothing but a Triton client.
@@ -30,7 +33,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from sidyp_prod.backends.triton_backend import DENOISER_MODEL, DTYPES, ENCODER_MODEL, triton_dims
+from sidyp_prod.backends.triton_backend import DTYPES, EMBEDDER_MODEL, GRAPH_MODELS, triton_dims
 from sidyp_prod.bundle import Bundle, file_digest, load_bundle
 from sidyp_prod.export.onnx import onnx_paths
 
@@ -142,7 +145,7 @@ def write_triton_repository(
     repository: str | Path = DEFAULT_REPOSITORY,
     onnx_dir: str | Path | None = None,
 ) -> Path:
-    """Write (replace) the three models of ``bundle_dir`` in ``repository``; returns its path."""
+    """Write (replace) the models of ``bundle_dir`` in ``repository``; returns its path."""
     bundle = load_bundle(bundle_dir)
     graphs, directory = onnx_paths(bundle, onnx_dir)
     repository = Path(repository)
@@ -150,9 +153,13 @@ def write_triton_repository(
     labels = "\n".join(bundle.manifest["labels"]) + "\n"
     digest = file_digest(bundle)
     batch = int(bundle.manifest["config"]["encode_batch_size"])
-    hashes = _graph_hashes(bundle, graphs, directory)
-    for model, part, max_batch in ((ENCODER_MODEL, "encoder", batch),
-                                   (DENOISER_MODEL, "denoiser", DENOISER_MAX_BATCH)):
+    parts = [part for part in GRAPH_MODELS if part in graphs]
+    hashes = _graph_hashes(bundle, graphs, directory, parts)
+    if "embedder" not in parts:  # a separate embedding model of an earlier export
+        shutil.rmtree(repository / EMBEDDER_MODEL, ignore_errors=True)
+    for part in parts:
+        model = GRAPH_MODELS[part]
+        max_batch = DENOISER_MAX_BATCH if part == "denoiser" else batch
         root = repository / model
         if root.exists():
             shutil.rmtree(root)
@@ -163,7 +170,7 @@ def write_triton_repository(
         (root / LABELS_FILE).write_text(labels)
         params = {"sidyp_bundle_digest": digest, "sidyp_graph_sha256": hashes[part],
                   "sidyp_graph_version": str(graphs["graph_version"])}
-        labelled = ("probs",) if part == "encoder" else ("logits",)
+        labelled = {"encoder": ("probs",), "denoiser": ("logits",)}.get(part, ())
         configs = {"onnxruntime": root / "config.pbtxt"}
         configs.update({name: root / "configs" / f"{name}.pbtxt" for name in CONFIG_NAMES})
         for flavour, path in configs.items():
@@ -180,8 +187,8 @@ def write_triton_repository(
     return repository
 
 
-def _graph_hashes(bundle: Bundle, graphs: dict, directory: Path) -> dict[str, str]:
+def _graph_hashes(bundle: Bundle, graphs: dict, directory: Path, parts: list[str]
+                  ) -> dict[str, str]:
     if directory == bundle.directory:
-        return {part: bundle.files[graphs[part]["file"]]["sha256"]
-                for part in ("encoder", "denoiser")}
-    return {part: graphs["sha256"][graphs[part]["file"]] for part in ("encoder", "denoiser")}
+        return {part: bundle.files[graphs[part]["file"]]["sha256"] for part in parts}
+    return {part: graphs["sha256"][graphs[part]["file"]] for part in parts}

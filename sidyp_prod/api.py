@@ -214,6 +214,7 @@ def train(
     fields: FieldNames = DEFAULT_FIELDS,
     labels: Sequence[str] | None = None,
     encoder: str | None = None,
+    embedding_model: str | None = None,
     rejects: str | Path | None = None,
     strict: bool = False,
     refined_out: str | Path | None = None,
@@ -232,11 +233,12 @@ def train(
     the format its extension names (``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``).
     ``export`` also writes the ONNX graphs into the bundle (what ``refine`` runs by default).
     ``encoder`` is a local Hugging Face checkpoint directory or a model id in the local cache
-    (default: the packaged all-MiniLM-L6-v2); ``device`` is ``auto``, ``cpu``, ``cuda`` or
-    ``cuda:N`` (auto: CUDA when available).
+    (default: the packaged all-MiniLM-L6-v2); ``embedding_model`` likewise, the sentence
+    embedding model of the neighbour prior (default: the encoder's own pretrained layers);
+    ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (auto: CUDA when available).
     """
     from .device import resolve_device
-    from .pretrained import load_pretrained
+    from .pretrained import load_pretrained, resolve_encoder
     from .training import train_sidyp
 
     config = config or SiDyPConfig()
@@ -272,9 +274,12 @@ def train(
             log(f"warning: {warning}")
     texts = [r.text for r in rows]
     pretrained = load_pretrained(encoder)
+    separate = (embedding_model is not None
+                and resolve_encoder(embedding_model)[0] != pretrained.name)
+    embedder = load_pretrained(embedding_model, role="embedding model") if separate else None
     result = train_sidyp(
         texts, given, len(label_set), pretrained, config, progress, log, torch_device,
-        work_dir=Path(out).absolute().parent,
+        work_dir=Path(out).absolute().parent, embedder=embedder,
     )
 
     from .backends.torch_backend import TorchBackend
@@ -351,8 +356,8 @@ def train(
         refinement=refinement,
     )
     training_record = {**summary.to_dict(), "history": result.history}
-    save_trained(out, result, label_set, config, pretrained, pretrained.name,
-                 training_record, overwrite=overwrite)
+    save_trained(out, result, label_set, config, pretrained, training_record,
+                 overwrite=overwrite, embedder=embedder)
     if export:
         from .export.onnx import export_onnx
 
@@ -469,10 +474,15 @@ def refine_rows(
         token_ids = unpadded_ids(*tokenize(model.tokenizer, texts))
     pad_id = pad_token_id(model.tokenizer)
     lengths = [len(ids) for ids in token_ids]
+    # A separate embedding model has its own tokens: its batches are its own.
+    embeddings = (sentence_embeddings(model, backend, texts)
+                  if model.embedding_tokenizer is not None else None)
 
     def refine_one(batch: np.ndarray) -> list[dict]:
         ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
         encoded = _encode(backend, ids, mask)
+        if embeddings is not None:
+            encoded = replace(encoded, embedding=embeddings[batch])
         weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
         # New rows get the iterative refinement of their candidates only where training did.
         refined = refine_batch(
@@ -517,13 +527,42 @@ def _blocked(model: LoadedModel) -> list[int]:
     return [model.labels.index(label) for label in small if label in model.labels]
 
 
-def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
-    """``backend.encode``, with a lone row encoded beside a copy of itself: ONNX Runtime's CPU
-    kernels round a one-row batch differently from the same row in a larger one on some CPUs."""
+def _paired(call: Callable[[np.ndarray, np.ndarray], Any], ids: np.ndarray,
+            mask: np.ndarray) -> Any:
+    """``call(ids, mask)``, with a lone row run beside a copy of itself: ONNX Runtime's CPU
+    kernels round a one-row batch differently from the same row in a larger one on some CPUs.
+    The caller keeps the first row of a lone row's result."""
     if len(ids) > 1:
-        return backend.encode(ids, mask)
-    pair = backend.encode(np.repeat(ids, 2, axis=0), np.repeat(mask, 2, axis=0))
-    return EncodedBatch(pair.probs[:, :1], pair.conditioning[:, :1], pair.embedding[:1])
+        return call(ids, mask)
+    return call(np.repeat(ids, 2, axis=0), np.repeat(mask, 2, axis=0))
+
+
+def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
+    """``backend.encode`` of a batch, a lone row as :func:`_paired` runs it."""
+    encoded = _paired(backend.encode, ids, mask)
+    return encoded if len(ids) > 1 else encoded.rows(1)
+
+
+def sentence_embeddings(model: LoadedModel, backend: ModelBackend, texts: Sequence[str]
+                        ) -> np.ndarray:
+    """(N, H) the neighbour search's sentence embeddings of ``texts``: the separate embedding
+    model's (``backend.embed``) or the encoder graph's. Each row is padded to a width of its
+    own, so a row's embedding does not depend on the others in ``texts``."""
+    tokenizer = model.embedding_tokenizer or model.tokenizer
+    token_ids = unpadded_ids(*tokenize(tokenizer, list(texts)))
+    lengths = [len(ids) for ids in token_ids]
+    pad_id = pad_token_id(tokenizer)
+    parts: dict[int, np.ndarray] = {}
+    for batch in width_batches(lengths, model.config.encode_batch_size):
+        ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
+        if model.embedding_tokenizer is None:
+            embedding = _encode(backend, ids, mask).embedding
+        else:
+            embedding = _paired(backend.embed, ids, mask)[: len(batch)]
+        parts.update(zip(batch.tolist(), embedding, strict=True))
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([parts[i] for i in range(len(texts))]).astype(np.float32)
 
 
 def refine(
@@ -720,6 +759,7 @@ def refine_corpus(
     fields: FieldNames = DEFAULT_FIELDS,
     labels: Sequence[str] | None = None,
     encoder: str | None = None,
+    embedding_model: str | None = None,
     device: str = "auto",
     rejects: str | Path | None = None,
     strict: bool = False,
@@ -756,7 +796,8 @@ def refine_corpus(
                 "corpus, --overwrite to replace it, or --save-model DIR"
             )
         trained = train(corpus, model_dir, config, fields=fields, labels=labels,
-                        encoder=encoder, rejects=rejects_path, strict=strict,
+                        encoder=encoder, embedding_model=embedding_model,
+                        rejects=rejects_path, strict=strict,
                         overwrite=True, progress=progress, log=log, device=device,
                         input_format=input_format)
         known = trained.predictions
@@ -847,6 +888,7 @@ def refine_frame(
     label_column: str = "label",
     config: SiDyPConfig | None = None,
     encoder: str | None = None,
+    embedding_model: str | None = None,
     label_set: Sequence[str] | None = None,
     save_model: str | Path | None = None,
     overwrite: bool = False,
@@ -863,7 +905,7 @@ def refine_frame(
     labels : sequence, optional
         The LLM's labels beside a sequence of texts (or instead of ``label_column``); None,
         NaN or pandas NA is a refusal (no label).
-    config, encoder, label_set
+    config, encoder, embedding_model, label_set
         As for :func:`train` (``label_set``: its ``labels``, so that rare classes are kept).
     save_model : path, optional
         Keep the trained bundle there (with its ONNX graphs), for :func:`apply_frame`,
@@ -889,7 +931,8 @@ def refine_frame(
         corpus, refined = Path(tmp) / "corpus.jsonl", Path(tmp) / "refined.jsonl"
         corpus.write_bytes("".join(source.jsonl()).encode("utf-8"))
         summary = train(corpus, save_model or Path(tmp) / "bundle", config, labels=label_set,
-                        encoder=encoder, rejects=Path(tmp) / "rejects.jsonl",
+                        encoder=encoder, embedding_model=embedding_model,
+                        rejects=Path(tmp) / "rejects.jsonl",
                         refined_out=refined, overwrite=overwrite,
                         export=save_model is not None, progress=progress)
         frame = result_frame(source, read_records(refined), rejected)

@@ -14,7 +14,7 @@ from . import __version__
 from .bundle import Bundle, BundleError, save_bundle, sha256_file
 from .config import SiDyPConfig
 from .encoder import configure_tokenizer
-from .models import DenoiserEnsemble, SiDyPEncoder
+from .models import DenoiserEnsemble, SentenceEmbedder, SiDyPEncoder
 from .neighbors import NeighborIndex
 from .pretrained import PretrainedEncoder
 from .training import TrainingResult
@@ -23,14 +23,17 @@ ENCODER_FILE = "encoder.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
 REFERENCE_FILE = "reference.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+# A separate sentence-embedding model (--embedding-model): its weights and tokenizer.
+EMBEDDER_FILE = "embedder.safetensors"
+EMBEDDING_TOKENIZER_FILE = "embedding_tokenizer.json"
 
 
-def encoder_record(pretrained: PretrainedEncoder, name: str) -> dict[str, Any]:
+def encoder_record(pretrained: PretrainedEncoder) -> dict[str, Any]:
     """What the bundle says of its encoder: enough to rebuild the architecture without the
     checkpoint (its transformers config), and what identifies the checkpoint it came from."""
     weights = [p for p in sorted(pretrained.directory.glob("*.safetensors"))]
     return {
-        "name": name,
+        "name": pretrained.name,
         "family": pretrained.family,
         "config": pretrained.config.to_dict(),
         "hidden_size": int(pretrained.config.hidden_size),
@@ -42,9 +45,37 @@ def encoder_record(pretrained: PretrainedEncoder, name: str) -> dict[str, Any]:
     }
 
 
-def encoder_hidden_size(manifest: dict[str, Any]) -> int:
-    record = manifest["encoder"]
+def embedding_record(
+    pretrained: PretrainedEncoder, embedder: PretrainedEncoder | None
+) -> dict[str, Any]:
+    """The neighbour prior's sentence-embedding model: the encoder's own pretrained layers, or
+    a separate checkpoint (its record as the encoder's, plus its files in the bundle)."""
+    if embedder is None:
+        return {"name": pretrained.name, "shared_with_encoder": True}
+    record = encoder_record(embedder)
+    record["sentence_embedding"] = f"{embedder.pooling.mode}-pooled, L2-normalised"
+    return {**record, "shared_with_encoder": False, "file": EMBEDDER_FILE,
+            "tokenizer": EMBEDDING_TOKENIZER_FILE}
+
+
+def separate_embedder(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a bundle's separate embedding model, or None (the encoder's own layers;
+    bundles written before the choice existed have no record)."""
+    record = manifest.get("embedding_model")
+    return None if record is None or record.get("shared_with_encoder") else record
+
+
+def embedding_width(manifest: dict[str, Any]) -> int:
+    """The width of the sentence embeddings (the reference set's)."""
+    record = separate_embedder(manifest) or manifest["encoder"]
     return int(record["hidden_size"] if "hidden_size" in record else record["bert"]["hidden_size"])
+
+
+def _bare_tokenizer(pretrained: PretrainedEncoder) -> Tokenizer:
+    tokenizer = Tokenizer.from_str(pretrained.tokenizer.to_str())
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
 
 
 def _numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -57,13 +88,10 @@ def save_trained(
     labels: list[str],
     config: SiDyPConfig,
     pretrained: PretrainedEncoder,
-    encoder_name: str,
     summary: dict[str, Any],
     overwrite: bool = False,
+    embedder: PretrainedEncoder | None = None,
 ) -> Path:
-    tokenizer = Tokenizer.from_str(pretrained.tokenizer.to_str())
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
     depth = int(pretrained.config.num_hidden_layers)
     config = replace(config, trainable_layers=config.resolved_trainable_layers(depth))
     manifest = {
@@ -71,7 +99,8 @@ def save_trained(
         "sidyp_prod_version": __version__,
         "labels": labels,
         "config": config.to_dict(),
-        "encoder": encoder_record(pretrained, encoder_name),
+        "encoder": encoder_record(pretrained),
+        "embedding_model": embedding_record(pretrained, embedder),
         "branches": config.branches,
         "snapshot_epochs": result.snapshot_epochs,
         "feature_dim": int(result.features.dynamics.shape[-1]),
@@ -87,7 +116,11 @@ def save_trained(
             "centroids": result.centroids,
         },
     }
-    files = {TOKENIZER_FILE: tokenizer.to_str().encode("utf-8")}
+    files = {TOKENIZER_FILE: _bare_tokenizer(pretrained).to_str().encode("utf-8")}
+    if embedder is not None:
+        module = SentenceEmbedder(embedder.model, embedder.pooling.mode)
+        arrays[EMBEDDER_FILE] = _numpy_state(module)
+        files[EMBEDDING_TOKENIZER_FILE] = _bare_tokenizer(embedder).to_str().encode("utf-8")
     return save_bundle(directory, manifest, arrays, files, overwrite=overwrite)
 
 
@@ -100,6 +133,8 @@ class LoadedModel:
     config: SiDyPConfig
     tokenizer: Tokenizer
     indexes: list[NeighborIndex]
+    # The separate embedding model's tokenizer (None: the encoder's graph gives the embedding).
+    embedding_tokenizer: Tokenizer | None
     temperature: float = 1.0  # calibration fitted at training time
     label_bias: np.ndarray | None = None  # per-class calibration fitted at training time
     label_shares: np.ndarray | None = None  # the training labels' class shares, when divided by
@@ -109,13 +144,18 @@ class LoadedModel:
         return len(self.labels)
 
 
-def load_bundle_tokenizer(bundle: Bundle) -> Tokenizer:
-    """The bundle's tokenizer, truncating and padding as the encoder expects; on its own so a
-    tokenizing stage need not build the reference set's indexes."""
+def load_bundle_tokenizer(bundle: Bundle, embedding: bool = False) -> Tokenizer:
+    """The bundle's tokenizer (``embedding``: the separate embedding model's), truncating and
+    padding as its model expects; on its own so a tokenizing stage need not build the
+    reference set's indexes."""
     config = SiDyPConfig.from_bundle(bundle.manifest["config"])
-    pad_token = bundle.manifest["encoder"].get("pad_token", "[PAD]")  # older bundles: BERT's
+    record = separate_embedder(bundle.manifest) if embedding else bundle.manifest["encoder"]
+    if record is None:
+        raise BundleError(f"bundle {bundle.directory}: no separate embedding model")
+    pad_token = record.get("pad_token", "[PAD]")  # older bundles: BERT's
+    name = record["tokenizer"] if embedding else TOKENIZER_FILE
     return configure_tokenizer(
-        Tokenizer.from_file(str(bundle.path(TOKENIZER_FILE))), config.max_length, pad_token
+        Tokenizer.from_file(str(bundle.path(name))), config.max_length, pad_token
     )
 
 
@@ -123,6 +163,8 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
     manifest = bundle.manifest
     config = SiDyPConfig.from_bundle(manifest["config"])
     tokenizer = load_bundle_tokenizer(bundle)
+    embedding_tokenizer = (load_bundle_tokenizer(bundle, embedding=True)
+                           if separate_embedder(manifest) else None)
     reference = bundle.arrays(REFERENCE_FILE)
     indexes = [
         NeighborIndex(reference["embeddings"][clean], reference["labels"][clean], use_gpu)
@@ -135,12 +177,17 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
     label_bias = np.asarray(bias, dtype=np.float64) if bias is not None else None
     shares = training.get("label_shares") if config.label_share_correction else None
     return LoadedModel(
-        bundle, list(manifest["labels"]), config, tokenizer, indexes, temperature, label_bias,
+        bundle, list(manifest["labels"]), config, tokenizer, indexes, embedding_tokenizer,
+        temperature, label_bias,
         np.asarray(shares, dtype=np.float64) if shares is not None else None,
     )
 
 
-def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:
+def load_torch_models(
+    bundle: Bundle,
+) -> tuple[SiDyPEncoder, DenoiserEnsemble, SentenceEmbedder | None]:
+    """The bundle's PyTorch modules: the encoder, the denoisers, and the separate embedding
+    model (None when the encoder's own layers give the sentence embedding)."""
     manifest = bundle.manifest
     config = SiDyPConfig.from_bundle(manifest["config"])
     record = manifest["encoder"]
@@ -158,13 +205,14 @@ def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:
         len(manifest["snapshot_epochs"]),
         n_classes,
         pooling,
+        sentence_top=separate_embedder(manifest) is None,
     )
-    missing, unexpected = encoder.load_state_dict(_torch_state(arrays), strict=False)
-    if missing or unexpected:
-        raise BundleError(
-            f"bundle {bundle.directory}: {ENCODER_FILE} does not match its encoder record "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
+    _load_state(bundle, encoder, arrays, ENCODER_FILE)
+    embedder = None
+    if (record := separate_embedder(manifest)) is not None:
+        embedder = SentenceEmbedder(_model_from_config(record), record["pooling"]["mode"])
+        _load_state(bundle, embedder, bundle.arrays(record["file"]), record["file"])
+        embedder.eval()
     denoiser = DenoiserEnsemble(
         manifest["branches"],
         n_classes,
@@ -173,7 +221,18 @@ def load_torch_models(bundle: Bundle) -> tuple[SiDyPEncoder, DenoiserEnsemble]:
         config.diffusion_steps,
     )
     denoiser.load_state_dict(_torch_state(bundle.arrays(DENOISER_FILE)))
-    return encoder.eval(), denoiser.eval()
+    return encoder.eval(), denoiser.eval(), embedder
+
+
+def _load_state(
+    bundle: Bundle, module: torch.nn.Module, arrays: dict[str, np.ndarray], name: str
+) -> None:
+    missing, unexpected = module.load_state_dict(_torch_state(arrays), strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"bundle {bundle.directory}: {name} does not match its model record "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+        )
 
 
 def _model_from_config(record: dict[str, Any]) -> Any:

@@ -32,6 +32,7 @@ class SiDyPEncoder(nn.Module):
         snapshots: int,
         n_classes: int,
         pooling: str = "mean",
+        sentence_top: bool = True,
     ):
         super().__init__()
         depth = int(model.config.num_hidden_layers)
@@ -39,7 +40,11 @@ class SiDyPEncoder(nn.Module):
             raise ValueError(f"trainable_layers must be between 1 and the encoder's depth {depth}")
         self.pooling = pooling
         self.trunk = Trunk(model, depth - trainable_layers)
-        self.sentence_top = EncoderSlice(model, depth - trainable_layers, depth, share=True)
+        # Without it the sentence embedding comes from a separate model (SentenceEmbedder).
+        self.sentence_top = (
+            EncoderSlice(model, depth - trainable_layers, depth, share=True)
+            if sentence_top else None
+        )
         self.snapshots = nn.ModuleList(
             nn.ModuleList(
                 EncoderSlice(model, depth - trainable_layers, depth) for _ in range(snapshots)
@@ -51,17 +56,37 @@ class SiDyPEncoder(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
+        """(probs, dynamics, embedding), or (probs, dynamics) without a sentence top."""
         hidden = self.trunk(input_ids, attention_mask)
-        top = self.sentence_top(hidden, attention_mask)
-        embedding = sentence_embedding(top, attention_mask, self.pooling)
         probs, dynamics = [], []
         for branch, head in zip(self.snapshots, self.heads, strict=True):
             pooled = [pool(stack(hidden, attention_mask), attention_mask, self.pooling)
                       for stack in branch]
             dynamics.append(torch.cat(pooled, dim=-1))
             probs.append(head(pooled[-1]).softmax(-1))  # the last snapshot is the final epoch
+        if self.sentence_top is None:
+            return torch.stack(probs), torch.stack(dynamics)
+        top = self.sentence_top(hidden, attention_mask)
+        embedding = sentence_embedding(top, attention_mask, self.pooling)
         return torch.stack(probs), torch.stack(dynamics), embedding
+
+
+class SentenceEmbedder(nn.Module):
+    """A separate sentence-embedding model for the neighbour prior (``--embedding-model``): the
+    whole pretrained transformers encoder, pooled as its checkpoint says, L2-normalised."""
+
+    def __init__(self, model: Any, pooling: str = "mean"):
+        super().__init__()
+        self.family = str(model.config.model_type)
+        self.embeddings = model.embeddings
+        self.layers = EncoderSlice(model, 0, int(model.config.num_hidden_layers), share=True)
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = Trunk.embed(self.embeddings, self.family, input_ids, attention_mask)
+        return sentence_embedding(self.layers(hidden, attention_mask), attention_mask,
+                                  self.pooling)
 
 
 class TimestepLinear(nn.Module):
@@ -160,10 +185,10 @@ class InferenceEncoder(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        probs, dynamics, embedding = self.encoder(input_ids, attention_mask)
+    ) -> tuple[torch.Tensor, ...]:
+        probs, dynamics, *embedding = self.encoder(input_ids, attention_mask)
         conditioning = self.denoiser.condition(dynamics)
-        return probs.transpose(0, 1), conditioning.transpose(0, 1), embedding
+        return (probs.transpose(0, 1), conditioning.transpose(0, 1), *embedding)
 
 
 class ReverseProcess(nn.Module):

@@ -90,9 +90,10 @@ def resolve_encoder(name_or_dir: str | None) -> tuple[str, str]:
     return str(name_or_dir), str(name_or_dir)
 
 
-def load_pretrained(name_or_dir: str | None, attn_implementation: str | None = None
-                    ) -> PretrainedEncoder:
-    """Load the encoder named by ``--encoder`` (``local_files_only``: never downloads)."""
+def load_pretrained(name_or_dir: str | None, attn_implementation: str | None = None,
+                    role: str = "encoder") -> PretrainedEncoder:
+    """Load the encoder named by ``--encoder`` (``local_files_only``: never downloads);
+    ``role`` names it in errors ("embedding model" for ``--embedding-model``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -105,12 +106,12 @@ def load_pretrained(name_or_dir: str | None, attn_implementation: str | None = N
         config = AutoConfig.from_pretrained(source, local_files_only=True)
     except OSError as error:
         raise FileNotFoundError(
-            f"encoder {name!r}: not a local directory and not in the local Hugging Face cache "
+            f"{role} {name!r}: not a local directory and not in the local Hugging Face cache "
             f"(models are never downloaded): {error}"
         ) from None
     if config.model_type not in SUPPORTED_FAMILIES:
         raise ValueError(
-            f"encoder {name!r}: model_type {config.model_type!r} is not supported; "
+            f"{role} {name!r}: model_type {config.model_type!r} is not supported; "
             f"supported families: {', '.join(SUPPORTED_FAMILIES)}"
         )
     options = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -120,13 +121,13 @@ def load_pretrained(name_or_dir: str | None, attn_implementation: str | None = N
         )
     except OSError as error:
         raise FileNotFoundError(
-            f"encoder {name!r}: no safetensors weights (pickled weights are never loaded): {error}"
+            f"{role} {name!r}: no safetensors weights (pickled weights are never loaded): {error}"
         ) from None
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"encoder {name!r}: needs a fast tokenizer (tokenizer.json)")
+        raise ValueError(f"{role} {name!r}: needs a fast tokenizer (tokenizer.json)")
     if tokenizer.pad_token is None:
-        raise ValueError(f"encoder {name!r}: its tokenizer has no pad token")
+        raise ValueError(f"{role} {name!r}: its tokenizer has no pad token")
     if Path(source).is_dir():
         directory = Path(source)
     else:  # a cached model id: its snapshot directory holds the pooling files

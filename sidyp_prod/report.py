@@ -357,28 +357,14 @@ class _TrainingOrder:
 
 def _embed(bundle_dir: Path, texts: list[str]) -> np.ndarray:
     """The bundle's sentence embeddings of ``texts`` (ONNX graphs if exported, else PyTorch)."""
-    from .api import _encode
+    from .api import sentence_embeddings
     from .backends import load_backend
     from .bundle import load_bundle
-    from .encoder import pad_ids, pad_token_id, padded_width, tokenize, unpadded_ids, width_batches
-    from .model_io import load_bundle_tokenizer
+    from .model_io import load_model
 
     bundle = load_bundle(bundle_dir)
     backend = load_backend(bundle, "onnx" if "encoder.onnx" in bundle.files else "torch")
-    tokenizer = load_bundle_tokenizer(bundle)
-    ids = unpadded_ids(*tokenize(tokenizer, texts))
-    lengths = [len(x) for x in ids]
-    pad = pad_token_id(tokenizer)
-    out = np.zeros((len(texts), 0), dtype=np.float32)
-    parts: dict[int, np.ndarray] = {}
-    for batch in width_batches(lengths, 32):
-        tokens, mask = pad_ids([ids[i] for i in batch], pad, padded_width(lengths[batch[0]]))
-        embedding = _encode(backend, tokens, mask).embedding
-        for i, row in zip(batch, embedding, strict=True):
-            parts[int(i)] = row
-    if parts:
-        out = np.stack([parts[i] for i in range(len(texts))]).astype(np.float32)
-    return out
+    return sentence_embeddings(load_model(bundle), backend, texts)
 
 
 def _training_texts(source: Path, wanted: set[int], fields: FieldNames,

@@ -25,7 +25,7 @@ from .config import SiDyPConfig
 from .device import Precision
 from .diffusion import cosine_alpha_bar, simplex, text_key
 from .encoder import configure_tokenizer, tokenize
-from .models import EMA, DenoiserEnsemble, ReverseProcess, SiDyPEncoder
+from .models import EMA, DenoiserEnsemble, ReverseProcess, SentenceEmbedder, SiDyPEncoder
 from .neighbors import NeighborIndex
 from .noise import centroid_distances, estimate_noise_ratio, mark_noisy, noise_scores
 from .pretrained import PretrainedEncoder
@@ -164,7 +164,10 @@ def _encode_trunk(
     device: torch.device,
     precision: Precision,
     progress: bool,
-) -> tuple[Trunk, EncoderSlice, HiddenStateCache, np.ndarray]:
+    sentence_top: bool = True,
+) -> tuple[Trunk, EncoderSlice, HiddenStateCache, np.ndarray | None]:
+    """The trunk's states of every row into a file, and (``sentence_top``) the sentence
+    embeddings from the pretrained top slice."""
     model = pretrained.model
     depth = int(model.config.num_hidden_layers)
     trainable = config.resolved_trainable_layers(depth)
@@ -173,7 +176,7 @@ def _encode_trunk(
     tokenizer = configure_tokenizer(pretrained.tokenizer, config.max_length, pretrained.pad_token)
     hidden_size = int(model.config.hidden_size)
     cache = HiddenStateCache(work_dir, len(texts), hidden_size)
-    embeddings = np.zeros((len(texts), hidden_size), dtype=np.float32)
+    embeddings = np.zeros((len(texts), hidden_size), dtype=np.float32) if sentence_top else None
     # Length-sorted batches waste little compute on padding.
     order = np.argsort([len(t) for t in texts], kind="stable")
     bar = tqdm(total=len(texts), desc="encode", unit="rows", disable=not progress)
@@ -182,14 +185,41 @@ def _encode_trunk(
         ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
         with precision.autocast():
             h = trunk(ids_t, mask_t)
-            sentence = sentence_embedding(top(h, mask_t).float(), mask_t, pretrained.pooling.mode)
-        embeddings[rows] = sentence.float().cpu().numpy()
+            if embeddings is not None:
+                sentence = sentence_embedding(top(h, mask_t).float(), mask_t,
+                                              pretrained.pooling.mode)
+                embeddings[rows] = sentence.float().cpu().numpy()
         states = h.float().cpu().numpy()
         for i, r in enumerate(rows):
             cache.put(int(r), states[i, : int(mask[i].sum())])
         bar.update(len(rows))
     bar.close()
     return trunk, top, cache, embeddings
+
+
+@torch.inference_mode()
+def embed_texts(
+    texts: list[str],
+    embedder: PretrainedEncoder,
+    config: SiDyPConfig,
+    device: torch.device,
+    progress: bool = False,
+) -> np.ndarray:
+    """(N, H) normalised sentence embeddings of ``texts`` from a separate embedding model."""
+    module = SentenceEmbedder(embedder.model, embedder.pooling.mode).to(device).eval()
+    tokenizer = configure_tokenizer(embedder.tokenizer, config.max_length, embedder.pad_token)
+    precision = Precision(device)
+    embeddings = np.zeros((len(texts), int(embedder.config.hidden_size)), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    bar = tqdm(total=len(texts), desc="embed", unit="rows", disable=not progress)
+    for rows in _batches(order, config.encode_batch_size):
+        ids, mask = tokenize(tokenizer, [texts[r] for r in rows])
+        with precision.autocast():
+            sentence = module(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        embeddings[rows] = sentence.float().cpu().numpy()
+        bar.update(len(rows))
+    bar.close()
+    return embeddings
 
 
 @contextlib.contextmanager
@@ -200,14 +230,19 @@ def encoded_trunk(
     device: torch.device,
     work_dir: str | Path | None = None,
     progress: bool = False,
+    embedder: PretrainedEncoder | None = None,
 ) -> Iterator[tuple[EncoderSlice, HiddenStateCache, np.ndarray]]:
-    """The pretrained top slice, the trunk-state file and the sentence embeddings of ``texts``,
-    the file in a temporary directory under ``work_dir`` that is removed on exit."""
+    """The pretrained top slice, the trunk-state file and the sentence embeddings of ``texts``
+    (from ``embedder`` when given, else the encoder's own pretrained top layers), the file in a
+    temporary directory under ``work_dir`` that is removed on exit."""
     with tempfile.TemporaryDirectory(prefix="sidyp-train-", dir=work_dir) as tmp:
         _, top, cache, embeddings = _encode_trunk(
-            texts, pretrained, config, Path(tmp), device, Precision(device), progress
+            texts, pretrained, config, Path(tmp), device, Precision(device), progress,
+            sentence_top=embedder is None,
         )
         try:
+            if embeddings is None:
+                embeddings = embed_texts(texts, embedder, config, device, progress)
             yield top, cache, embeddings
         finally:
             cache.close()
@@ -218,8 +253,11 @@ def sentence_embeddings(
     pretrained: PretrainedEncoder,
     config: SiDyPConfig,
     device: torch.device | None = None,
+    embedder: PretrainedEncoder | None = None,
 ) -> np.ndarray:
     """(N, H) the neighbour search's sentence embeddings of ``texts``, as training computes them."""
+    if embedder is not None:
+        return embed_texts(texts, embedder, config, device or torch.device("cpu"))
     with encoded_trunk(texts, pretrained, config, device or torch.device("cpu")) as (_, _, emb):
         return emb
 
@@ -657,12 +695,14 @@ def train_sidyp(
     log: Callable[[str], None] | None = None,
     device: torch.device | None = None,
     work_dir: str | Path | None = None,
+    embedder: PretrainedEncoder | None = None,
 ) -> TrainingResult:
     """Run every training stage on (text, given label) pairs; ``given`` is -1 where refused.
 
     ``device`` is where the encoder and denoiser train (default the CPU); the trunk's hidden
     states go to a temporary file under ``work_dir`` (default the system's temporary directory)
-    that is removed at the end."""
+    that is removed at the end. ``embedder``: a separate sentence-embedding model for the
+    neighbour prior (default: the encoder's own pretrained top layers)."""
     config.validate()
     given = np.asarray(given, dtype=np.int64)
     if (given >= 0).sum() < 2:
@@ -676,7 +716,7 @@ def train_sidyp(
     trainable = config.resolved_trainable_layers(depth)
 
     start = time.perf_counter()
-    with encoded_trunk(texts, pretrained, config, device, work_dir, progress) as (
+    with encoded_trunk(texts, pretrained, config, device, work_dir, progress, embedder) as (
         top, cache, embeddings
     ):
         timings["encode"] = time.perf_counter() - start
@@ -718,7 +758,7 @@ def train_sidyp(
 
     encoder = SiDyPEncoder(
         pretrained.model, trainable, config.branches, len(stage_one.snapshot_states[0]),
-        n_classes, pretrained.pooling.mode,
+        n_classes, pretrained.pooling.mode, sentence_top=embedder is None,
     )
     for m, branch in enumerate(stage_one.branches):
         for s, state in enumerate(stage_one.snapshot_states[m]):

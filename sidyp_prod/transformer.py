@@ -90,11 +90,16 @@ class Trunk(nn.Module):
         self.embeddings = model.embeddings
         self.lower = EncoderSlice(model, 0, n_layers, share=True)
 
+    @staticmethod
+    def embed(embeddings: nn.Module, family: str, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor) -> torch.Tensor:
+        """The family's embedding layer over token ids."""
+        if family in RAW_MASK_FAMILIES:
+            return embeddings(input_ids=input_ids, mask=attention_mask)
+        return embeddings(input_ids=input_ids)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.family in RAW_MASK_FAMILIES:
-            h = self.embeddings(input_ids=input_ids, mask=attention_mask)
-        else:
-            h = self.embeddings(input_ids=input_ids)
+        h = self.embed(self.embeddings, self.family, input_ids, attention_mask)
         return self.lower(h, attention_mask)
 
 

@@ -20,8 +20,12 @@ CONFUSED_WITH = {"sports": "music", "cooking": "travel", "music": "sports", "tra
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def vocabulary() -> list[str]:
+def vocabulary(seed: int | None = None) -> list[str]:
+    """The special tokens, then the corpus's words: sorted, or shuffled by ``seed`` (another
+    model's token ids for the same words)."""
     words = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER))
+    if seed is not None:
+        random.Random(seed).shuffle(words)
     return SPECIAL + words
 
 
@@ -62,17 +66,18 @@ def _family_config(family: str, vocab_size: int, hidden: int, layers: int):
 
 def make_tiny_encoder(
     directory: Path, hidden: int = 32, layers: int = 2, seed: int = 0, family: str = "bert",
-    sentence_transformers: bool = False,
+    sentence_transformers: bool = False, vocab_seed: int | None = None,
 ) -> Path:
     """A random encoder of ``family`` with a small WordPiece vocabulary, saved like a Hugging
     Face checkpoint (config, safetensors, fast tokenizer); ``sentence_transformers`` adds a
-    CLS-pooling sentence-transformers configuration."""
+    CLS-pooling sentence-transformers configuration; ``vocab_seed`` shuffles the vocabulary's
+    ids."""
     import torch
     from tokenizers.implementations import BertWordPieceTokenizer
     from transformers import AutoModel, PreTrainedTokenizerFast
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = vocabulary()
+    vocab = vocabulary(vocab_seed)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=True)
     PreTrainedTokenizerFast(

@@ -14,22 +14,35 @@ class EncodedBatch:
 
     probs: np.ndarray  # (M, B, C) classifier branch probabilities p(y_given | x)
     conditioning: np.ndarray  # (M, B, W) training dynamics w(x) as the denoiser consumes them
-    embedding: np.ndarray  # (B, H) normalised sentence embedding for neighbour search
+    # (B, H) normalised sentence embedding for neighbour search; None from ``encode`` when the
+    # bundle has a separate embedding model (then ``embed`` gives it, from its own tokens).
+    embedding: np.ndarray | None
 
     @classmethod
     def from_batch_first(
-        cls, probs: np.ndarray, conditioning: np.ndarray, embedding: np.ndarray
+        cls, probs: np.ndarray, conditioning: np.ndarray, embedding: np.ndarray | None = None
     ) -> EncodedBatch:
         """From the exported graphs' layout, (B, M, C) and (B, M, W): rows first, as Triton's
         batcher needs; the refinement works branch first."""
         return cls(probs.transpose(1, 0, 2), conditioning.transpose(1, 0, 2), embedding)
 
+    def rows(self, stop: int) -> EncodedBatch:
+        """The first ``stop`` rows."""
+        embedding = None if self.embedding is None else self.embedding[:stop]
+        return EncodedBatch(self.probs[:, :stop], self.conditioning[:, :stop], embedding)
+
 
 class ModelBackend(Protocol):
-    """Runs the two models. The refinement core only ever calls these two methods."""
+    """Runs the models. The refinement core only ever calls these methods; ``embed`` only for
+    a bundle with a separate embedding model."""
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
         """Token ids and mask (B, N) int64 -> :class:`EncodedBatch`."""
+        ...
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The separate embedding model's token ids and mask (B, N) int64 -> (B, H) float32
+        normalised sentence embeddings."""
         ...
 
     def reverse(

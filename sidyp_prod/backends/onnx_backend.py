@@ -25,7 +25,8 @@ def default_providers() -> list[str]:
 
 class OnnxBackend:
     def __init__(self, encoder_path: str, denoiser_path: str,
-                 providers: Sequence[str] | None = None, threads: int = 0):
+                 providers: Sequence[str] | None = None, threads: int = 0,
+                 embedder_path: str | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -38,8 +39,12 @@ class OnnxBackend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers or default_providers())
         self.precision = "fp32"
+        self.parallel_batches = 1
         self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
         self.denoiser = ort.InferenceSession(denoiser_path, options, providers=providers)
+        # The separate embedding model of the neighbour prior, when the bundle has one.
+        self.embedder = (ort.InferenceSession(embedder_path, options, providers=providers)
+                         if embedder_path else None)
 
     @classmethod
     def from_bundle(
@@ -72,8 +77,10 @@ class OnnxBackend:
         if precision == "int8" and not int8_file:
             raise BundleError(f"bundle {bundle.directory}: no int8 encoder; re-run export")
         encoder = int8_file if precision == "int8" else graphs["encoder"]["file"]
+        embedder = graphs.get("embedder")
         backend = cls(str(bundle.path(encoder)), str(bundle.path(graphs["denoiser"]["file"])),
-                      providers, threads)
+                      providers, threads,
+                      str(bundle.path(embedder["file"])) if embedder else None)
         backend.precision = precision
         return backend
 
@@ -82,6 +89,14 @@ class OnnxBackend:
             None, {"input_ids": input_ids, "attention_mask": attention_mask}
         )
         return EncodedBatch.from_batch_first(*outputs)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.embedder is None:
+            raise RuntimeError("this bundle has no separate embedding model")
+        (embedding,) = self.embedder.run(
+            None, {"input_ids": input_ids, "attention_mask": attention_mask}
+        )
+        return embedding
 
     def reverse(
         self, noise: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..models import DenoiserEnsemble, InferenceEncoder, ReverseProcess, SiDyPEncoder
+from ..models import (
+    DenoiserEnsemble,
+    InferenceEncoder,
+    ReverseProcess,
+    SentenceEmbedder,
+    SiDyPEncoder,
+)
 from .base import EncodedBatch
 
 if TYPE_CHECKING:
@@ -18,7 +24,7 @@ if TYPE_CHECKING:
 class TorchBackend:
     """``encoder`` may be None where the encoder outputs are already known (training rows).
     ``schedule`` is the :class:`~sidyp_prod.diffusion.ReverseSchedule` and ``scale`` the simplex
-    scale S of the bundle's config."""
+    scale S of the bundle's config; ``embedder`` the separate embedding model, if any."""
 
     def __init__(
         self,
@@ -27,8 +33,12 @@ class TorchBackend:
         schedule: ReverseSchedule,
         scale: float,
         device: str = "cpu",
+        embedder: SentenceEmbedder | None = None,
     ):
         self.device = torch.device(device)
+        self.precision = "fp32"
+        self.parallel_batches = 1
+        self.embedder = embedder.to(self.device).eval() if embedder is not None else None
         denoiser = denoiser.to(self.device).eval()
         self.denoiser = denoiser
         self.encoder = (
@@ -45,8 +55,9 @@ class TorchBackend:
         from ..model_io import load_torch_models
 
         config = SiDyPConfig.from_bundle(bundle.manifest["config"])
-        return cls(*load_torch_models(bundle), ReverseSchedule.from_config(config),
-                   config.simplex_scale, device)
+        encoder, denoiser, embedder = load_torch_models(bundle)
+        return cls(encoder, denoiser, ReverseSchedule.from_config(config),
+                   config.simplex_scale, device, embedder)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
@@ -57,6 +68,13 @@ class TorchBackend:
             raise RuntimeError("this TorchBackend was built without an encoder")
         outputs = self.encoder(self._tensor(input_ids), self._tensor(attention_mask))
         return EncodedBatch.from_batch_first(*(o.float().cpu().numpy() for o in outputs))
+
+    @torch.inference_mode()
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.embedder is None:
+            raise RuntimeError("this bundle has no separate embedding model")
+        embedding = self.embedder(self._tensor(input_ids), self._tensor(attention_mask))
+        return embedding.float().cpu().numpy()
 
     @torch.inference_mode()
     def condition(self, dynamics: np.ndarray) -> np.ndarray:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 ENCODER_MODEL = "sidyp_encoder"
 DENOISER_MODEL = "sidyp_denoiser"
+EMBEDDER_MODEL = "sidyp_embedder"  # a bundle's separate embedding model, when it has one
+# Triton model name of each graph of the bundle's ONNX record.
+GRAPH_MODELS = {"encoder": ENCODER_MODEL, "denoiser": DENOISER_MODEL, "embedder": EMBEDDER_MODEL}
 # Manifest dtype -> (the client's tensor type, the model config's data_type).
 DTYPES = {"float32": ("FP32", "TYPE_FP32"), "int64": ("INT64", "TYPE_INT64")}
 
@@ -94,7 +97,8 @@ class TritonBackend:
         self.precision = "fp32"
         # refine_rows keeps this many encoder batches in flight: the server overlaps them.
         self.parallel_batches = max(1, concurrency)
-        self.max_batch = {ENCODER_MODEL: 1, DENOISER_MODEL: 1}
+        self.max_batch = dict.fromkeys(GRAPH_MODELS.values(), 1)
+        self.encoder_outputs = ["probs", "conditioning", "embedding"]  # check() reads the record
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency),
                                         thread_name_prefix="triton")
@@ -164,7 +168,9 @@ class TritonBackend:
         """Refuse a server whose models are not this bundle's: names, types, dims, graph hash."""
         graphs = bundle.manifest.get("onnx") or {}
         problems = []
-        for model, part in ((ENCODER_MODEL, "encoder"), (DENOISER_MODEL, "denoiser")):
+        parts = [part for part in GRAPH_MODELS if part in graphs or part != "embedder"]
+        for part in parts:
+            model = GRAPH_MODELS[part]
             try:
                 config = self._config(model)
             except TritonError as exc:
@@ -183,6 +189,7 @@ class TritonBackend:
                     f"the bundle's {record['file']} is {expected}"
                 )
             self.max_batch[model] = max(1, int(config.get("max_batch_size") or 1))
+        self.encoder_outputs = list(graphs["encoder"]["outputs"])
         if problems:
             raise TritonError(
                 f"Triton server {self.url} does not serve the models of bundle "
@@ -228,9 +235,18 @@ class TritonBackend:
             ENCODER_MODEL,
             {"input_ids": input_ids.astype(np.int64), "attention_mask":
              attention_mask.astype(np.int64)},
-            ["probs", "conditioning", "embedding"],
+            self.encoder_outputs,
         )
         return EncodedBatch.from_batch_first(*outputs)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        (embedding,) = self._batched(
+            EMBEDDER_MODEL,
+            {"input_ids": input_ids.astype(np.int64), "attention_mask":
+             attention_mask.astype(np.int64)},
+            ["embedding"],
+        )
+        return embedding
 
     def reverse(
         self, noise: np.ndarray, conditioning: np.ndarray, y_given: np.ndarray

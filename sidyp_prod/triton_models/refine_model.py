@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sidyp_prod.backends.triton_backend import DENOISER_MODEL, ENCODER_MODEL
-
-ENCODER_OUTPUTS = ["probs", "conditioning", "embedding"]
+from sidyp_prod.backends.triton_backend import DENOISER_MODEL, EMBEDDER_MODEL, ENCODER_MODEL
 
 
 class ServerModels:
-    """sidyp-prod's back-end interface (encode, reverse) over BLS requests to this server."""
+    """sidyp-prod's back-end interface (encode, embed, reverse) over BLS requests to this
+    server. ``encoder_outputs``: the encoder graph's output names (the bundle's record)."""
 
-    def __init__(self, max_chains: int):
+    def __init__(self, max_chains: int, encoder_outputs: list[str]):
         self.max_chains = max_chains
+        self.encoder_outputs = encoder_outputs
+        self.parallel_batches = 1
 
     @staticmethod
     def _call(model: str, inputs: dict, outputs: list) -> list:
@@ -42,9 +43,13 @@ class ServerModels:
         outputs = self._call(
             ENCODER_MODEL,
             {"input_ids": input_ids, "attention_mask": attention_mask},
-            ENCODER_OUTPUTS,
+            self.encoder_outputs,
         )
         return EncodedBatch.from_batch_first(*outputs)
+
+    def embed(self, input_ids, attention_mask):
+        return self._call(EMBEDDER_MODEL, {"input_ids": input_ids,
+                                           "attention_mask": attention_mask}, ["embedding"])[0]
 
     def reverse(self, noise, conditioning, y_given):
         parts = []
@@ -75,7 +80,9 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         directory = Path(args["model_repository"]) / args["model_version"] / "bundle"
         self.model = load_model(load_bundle(directory), use_gpu=False)
-        self.models = ServerModels(int(parameters.get("denoiser_max_batch_size", "4096")))
+        outputs = list(self.model.bundle.manifest["onnx"]["encoder"]["outputs"])
+        self.models = ServerModels(int(parameters.get("denoiser_max_batch_size", "4096")),
+                                   outputs)
 
     def execute(self, requests: list) -> list:
         """All requests of a dynamic batch are refined together, each answered on its own."""
