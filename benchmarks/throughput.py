@@ -27,7 +27,8 @@ import torch
 from sidyp_prod import api
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.encoder import tokenize
-from sidyp_prod.model_io import load_model, load_torch_models
+from sidyp_prod.model_io import load_model
+from sidyp_prod.torch_bundle import load_torch_models
 from sidyp_prod.transformer import pool
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,10 +25,10 @@ import numpy as np
 
 from sidyp_prod import api
 from sidyp_prod.backends import load_backend
-from sidyp_prod.backends.onnx_backend import GRAPH_VERSION
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.export.onnx import export_onnx
 from sidyp_prod.export.triton import write_triton_repository
+from sidyp_prod.graphs import GRAPH_VERSION
 from sidyp_prod.triton_server import Ports, TritonServer
 
 sys.path.insert(0, str(Path(__file__).parent))

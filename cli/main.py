@@ -615,15 +615,27 @@ def export(
         Path | None,
         typer.Option(help="Also write a Triton model repository here (e.g. triton_models)."),
     ] = None,
+    onnx: Annotated[bool, _flag(
+        "--onnx/--no-onnx", help="Export the graphs from PyTorch (needs sidyp-prod[train]); "
+        "--no-onnx writes the --triton-repo from the graphs the bundle (or --out) already "
+        "holds, without torch.")] = True,
 ) -> None:
     """Export the encoder and denoiser to ONNX, validate them against PyTorch, and optionally
     write a Triton model repository."""
     from sidyp_prod.bundle import BundleError
-    from sidyp_prod.export.onnx import export_onnx, validate_onnx
+    from sidyp_prod.checks import MissingExtraError, require_train_extra
 
+    if not onnx:
+        if triton_repo is None:
+            _fail("--no-onnx exports nothing by itself: give --triton-repo DIR")
+        _write_triton_repo(bundle, triton_repo, out)
+        return
     try:
+        require_train_extra("ONNX export")
+        from sidyp_prod.export.onnx import export_onnx, validate_onnx
+
         graphs = export_onnx(bundle, out, int8=int8)
-    except (BundleError, FileNotFoundError) as exc:
+    except (BundleError, FileNotFoundError, MissingExtraError) as exc:
         _fail(str(exc))
     files = [graphs[part]["file"] for part in ("encoder", "denoiser", "embedder")
              if part in graphs]
@@ -637,10 +649,18 @@ def export(
             _fail(f"the ONNX graphs failed validation against PyTorch (atol {atol:g}): see above",
                   code=1)
     if triton_repo is not None:
-        from sidyp_prod.export.triton import write_triton_repository
+        _write_triton_repo(bundle, triton_repo, out)
 
-        write_triton_repository(bundle, triton_repo, onnx_dir=out)
-        typer.echo(f"wrote the Triton model repository {triton_repo} (see docs/triton.md)")
+
+def _write_triton_repo(bundle: Path, repository: Path, onnx_dir: Path | None) -> None:
+    from sidyp_prod.bundle import BundleError
+    from sidyp_prod.export.triton import write_triton_repository
+
+    try:
+        write_triton_repository(bundle, repository, onnx_dir=onnx_dir)
+    except (BundleError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote the Triton model repository {repository} (see docs/triton.md)")
 
 
 @app.command(cls=Command)

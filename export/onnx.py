@@ -17,30 +17,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidyp_prod.backends.onnx_backend import GRAPH_VERSION
 from sidyp_prod.backends.torch_backend import TorchBackend
 from sidyp_prod.bundle import (
-    Bundle,
-    BundleError,
     add_to_bundle,
     file_digest,
     load_bundle,
     sha256_file,
 )
+from sidyp_prod.graphs import (
+    DENOISER_INPUTS,
+    DENOISER_ONNX,
+    DENOISER_OUTPUTS,
+    EMBEDDER_ONNX,
+    EMBEDDER_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_INT8_ONNX,
+    ENCODER_ONNX,
+    ENCODER_OUTPUTS,
+    GRAPH_VERSION,
+    GRAPHS_JSON,
+    OPSET,
+    onnx_paths,
+)
 from sidyp_prod.model_io import embedding_width, load_model
-
-ENCODER_ONNX = "encoder.onnx"
-ENCODER_INT8_ONNX = "encoder.int8.onnx"
-DENOISER_ONNX = "denoiser.onnx"
-EMBEDDER_ONNX = "embedder.onnx"
-OPSET = 17
-GRAPHS_JSON = "onnx.json"
-
-ENCODER_INPUTS = ("input_ids", "attention_mask")
-ENCODER_OUTPUTS = ("probs", "conditioning", "embedding")
-EMBEDDER_OUTPUTS = ("embedding",)
-DENOISER_INPUTS = ("noise", "conditioning", "y_given")
-DENOISER_OUTPUTS = ("logits",)
 
 
 def _to_onnx_bytes(
@@ -165,16 +164,6 @@ def export_onnx(
     graphs["sha256"] = {name: sha256_file(out / name) for name in files}
     (out / GRAPHS_JSON).write_text(json.dumps(graphs, indent=2) + "\n")
     return graphs
-
-
-def onnx_paths(bundle: Bundle, onnx_dir: str | Path | None = None) -> tuple[dict, Path]:
-    """The graph record and the directory holding the files: the bundle, or an export dir."""
-    if onnx_dir is None:
-        return bundle.manifest["onnx"], bundle.directory
-    record = json.loads((Path(onnx_dir) / GRAPHS_JSON).read_text())
-    if record.get("bundle_digest") != file_digest(bundle):
-        raise BundleError(f"{onnx_dir}: exported from another bundle than {bundle.directory}")
-    return record, Path(onnx_dir)
 
 
 @dataclass

@@ -33,9 +33,9 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from sidyp_prod.backends.triton_backend import DTYPES, EMBEDDER_MODEL, GRAPH_MODELS, triton_dims
+from sidyp_prod.backends.triton_backend import DTYPES, triton_dims
 from sidyp_prod.bundle import Bundle, file_digest, load_bundle
-from sidyp_prod.export.onnx import onnx_paths
+from sidyp_prod.graphs import EMBEDDER_MODEL, GRAPH_MODELS, onnx_paths
 
 REFINE_MODEL = "sidyp_refine"
 DEFAULT_REPOSITORY = "triton_models"

@@ -28,6 +28,7 @@ from .checks import (
     check_parent,
     first_reject_reasons,
     refine_problems,
+    require_train_extra,
     small_classes_text,
 )
 from .config import SiDyPConfig
@@ -54,7 +55,7 @@ from .encoder import (
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import converter
 from .frames import FrameInput, frame_input, result_frame
-from .model_io import LoadedModel, load_model, save_trained
+from .model_io import LoadedModel, load_model
 from .noise import noise_ratio_at_clip
 from .readers import count_rows, detect_format
 from .refinement import (
@@ -237,8 +238,10 @@ def train(
     embedding model of the neighbour prior (default: the encoder's own pretrained layers);
     ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (auto: CUDA when available).
     """
+    require_train_extra("training")
     from .device import resolve_device
     from .pretrained import load_pretrained, resolve_encoder
+    from .torch_bundle import save_trained
     from .training import train_sidyp
 
     config = config or SiDyPConfig()

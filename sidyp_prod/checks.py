@@ -23,6 +23,34 @@ LABEL_FIELD_ABSENT_FRACTION = 0.9
 REASONS_SHOWN = 3
 
 
+class MissingExtraError(RuntimeError):
+    """A feature needs an optional install that is not there."""
+
+
+# What each part beyond refinement needs: the distributions that pip installs with the extra.
+TRAIN_EXTRA = ("torch", "transformers")
+
+
+def require_train_extra(what: str) -> None:
+    """Refuse ``what`` (training, ONNX export, the PyTorch back end) clearly when the training
+    extra is missing: the plain install refines, serves and reports without torch."""
+    import importlib.util
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):  # an import hook refused it
+            return True
+
+    missing = [name for name in TRAIN_EXTRA if absent(name)]
+    if missing:
+        raise MissingExtraError(
+            f"{what} needs {' and '.join(missing)}: pip install 'sidyp-prod[train]' "
+            "(refine with a trained bundle, export --no-onnx, serve, evaluate and report "
+            "do not)"
+        )
+
+
 def check_corpus_path(path: str | Path, input_format: str | None = None) -> None:
     """A corpus given on the command line must be a file (or '-'), or a ``datasets``
     save_to_disk directory; say so before any work."""

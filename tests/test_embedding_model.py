@@ -109,8 +109,8 @@ def test_refine_through_triton_equals_in_process(separate, fresh_corpus, tmp_pat
     from servers import free_ports
 
     from sidyp_prod import api
-    from sidyp_prod.backends.triton_backend import EMBEDDER_MODEL
     from sidyp_prod.export.triton import write_triton_repository
+    from sidyp_prod.graphs import EMBEDDER_MODEL
     from sidyp_prod.triton_server import TritonServer
 
     repository = write_triton_repository(separate[0], tmp_path / "triton_models")

@@ -11,13 +11,8 @@ from typer.testing import CliRunner
 from sidyp_prod import api
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.cli.main import app
-from sidyp_prod.export.onnx import (
-    DENOISER_INPUTS,
-    DENOISER_OUTPUTS,
-    ENCODER_INPUTS,
-    ENCODER_OUTPUTS,
-    validate_onnx,
-)
+from sidyp_prod.export.onnx import validate_onnx
+from sidyp_prod.graphs import DENOISER_INPUTS, DENOISER_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUTS
 
 
 def test_export_is_recorded_with_hashes_names_and_shapes(trained):

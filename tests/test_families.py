@@ -46,7 +46,8 @@ def _as_legacy_bundle(bundle: Path, out: Path) -> Path:
     """Rewrite a BERT bundle as sidyp-prod 0.1 wrote it: the hand-written BERT's weight names
     and a ``bert`` shape record instead of the transformers config."""
     from sidyp_prod.bundle import load_bundle, save_bundle
-    from sidyp_prod.model_io import _LEGACY_LAYER_NAMES, ENCODER_FILE
+    from sidyp_prod.model_io import ENCODER_FILE
+    from sidyp_prod.torch_bundle import _LEGACY_LAYER_NAMES
 
     loaded = load_bundle(bundle)
     manifest = {k: v for k, v in loaded.manifest.items() if k not in ("files", "format_version")}

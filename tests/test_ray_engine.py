@@ -217,8 +217,8 @@ def test_ray_actors_call_a_triton_server(ray_session, trained, multi_corpus, ref
 
     from servers import free_ports
 
-    from sidyp_prod.backends.triton_backend import ENCODER_MODEL
     from sidyp_prod.export.triton import write_triton_repository
+    from sidyp_prod.graphs import ENCODER_MODEL
     from sidyp_prod.triton_server import TritonServer
 
     bundle, _, _ = trained

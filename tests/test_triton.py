@@ -17,15 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sidyp_prod import api
-from sidyp_prod.backends.triton_backend import (
-    DENOISER_MODEL,
-    ENCODER_MODEL,
-    TritonError,
-    config_problems,
-)
+from sidyp_prod.backends.triton_backend import TritonError, config_problems
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.cli.main import app
 from sidyp_prod.export.triton import CONFIG_NAMES, REFINE_MODEL, write_triton_repository
+from sidyp_prod.graphs import DENOISER_MODEL, ENCODER_MODEL
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")

@@ -48,6 +48,9 @@ def load_backend(
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return OnnxBackend.from_bundle(bundle, providers, precision, threads)
     if name == "torch":
+        from ..checks import require_train_extra
+
+        require_train_extra("the PyTorch back end (--backend torch)")
         import torch
 
         from .torch_backend import TorchBackend

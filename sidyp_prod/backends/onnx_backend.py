@@ -7,10 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..graphs import GRAPH_VERSION
 from .base import EncodedBatch
-
-# Layout of the exported graphs this back end runs (export/onnx.py writes it to the manifest).
-GRAPH_VERSION = 2
 
 if TYPE_CHECKING:
     from ..bundle import Bundle

@@ -52,7 +52,7 @@ class TorchBackend:
     def from_bundle(cls, bundle: Bundle, device: str = "cpu") -> TorchBackend:
         from ..config import SiDyPConfig
         from ..diffusion import ReverseSchedule
-        from ..model_io import load_torch_models
+        from ..torch_bundle import load_torch_models
 
         config = SiDyPConfig.from_bundle(bundle.manifest["config"])
         encoder, denoiser, embedder = load_torch_models(bundle)

@@ -22,16 +22,12 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ..graphs import DENOISER_MODEL, EMBEDDER_MODEL, ENCODER_MODEL, ENCODER_OUTPUTS, GRAPH_MODELS
 from .base import EncodedBatch
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
 
-ENCODER_MODEL = "sidyp_encoder"
-DENOISER_MODEL = "sidyp_denoiser"
-EMBEDDER_MODEL = "sidyp_embedder"  # a bundle's separate embedding model, when it has one
-# Triton model name of each graph of the bundle's ONNX record.
-GRAPH_MODELS = {"encoder": ENCODER_MODEL, "denoiser": DENOISER_MODEL, "embedder": EMBEDDER_MODEL}
 # Manifest dtype -> (the client's tensor type, the model config's data_type).
 DTYPES = {"float32": ("FP32", "TYPE_FP32"), "int64": ("INT64", "TYPE_INT64")}
 
@@ -98,7 +94,7 @@ class TritonBackend:
         # refine_rows keeps this many encoder batches in flight: the server overlaps them.
         self.parallel_batches = max(1, concurrency)
         self.max_batch = dict.fromkeys(GRAPH_MODELS.values(), 1)
-        self.encoder_outputs = ["probs", "conditioning", "embedding"]  # check() reads the record
+        self.encoder_outputs = list(ENCODER_OUTPUTS)  # check() reads the bundle's record
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=max(1, concurrency),
                                         thread_name_prefix="triton")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sidyp_prod.backends.triton_backend import DENOISER_MODEL, EMBEDDER_MODEL, ENCODER_MODEL
+from sidyp_prod.graphs import DENOISER_MODEL, EMBEDDER_MODEL, ENCODER_MODEL
 
 
 class ServerModels:

@@ -1,0 +1,51 @@
+"""The exported graphs' contract: file names, tensor names, the layout version and the Triton
+model names. The exporter, the ONNX and Triton back ends, the Triton repository writer and the
+server-side models all read them here. Torch-free: serving imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+
+# Layout of the exported graphs; a bundle whose record says another is re-exported.
+GRAPH_VERSION = 2
+OPSET = 17
+
+ENCODER_ONNX = "encoder.onnx"
+ENCODER_INT8_ONNX = "encoder.int8.onnx"
+DENOISER_ONNX = "denoiser.onnx"
+EMBEDDER_ONNX = "embedder.onnx"  # a separate embedding model (train --embedding-model)
+GRAPHS_JSON = "onnx.json"  # the record of graphs exported outside the bundle (export --out)
+
+ENCODER_INPUTS = ("input_ids", "attention_mask")
+# Without a separate embedding model; with one, the encoder gives the first two only.
+ENCODER_OUTPUTS = ("probs", "conditioning", "embedding")
+EMBEDDER_OUTPUTS = ("embedding",)
+DENOISER_INPUTS = ("noise", "conditioning", "y_given")
+DENOISER_OUTPUTS = ("logits",)
+
+ENCODER_MODEL = "sidyp_encoder"
+DENOISER_MODEL = "sidyp_denoiser"
+EMBEDDER_MODEL = "sidyp_embedder"
+# Triton model name of each graph of the bundle's ONNX record.
+GRAPH_MODELS = {"encoder": ENCODER_MODEL, "denoiser": DENOISER_MODEL, "embedder": EMBEDDER_MODEL}
+
+
+def onnx_paths(bundle: Bundle, onnx_dir: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """The graph record and the directory holding the files: the bundle, or an export dir."""
+    from .bundle import BundleError, file_digest
+
+    if onnx_dir is None:
+        if not bundle.manifest.get("onnx"):
+            raise BundleError(f"bundle {bundle.directory}: no ONNX graphs; run `sidyp-prod "
+                              f"export {bundle.directory}` first")
+        return bundle.manifest["onnx"], bundle.directory
+    record = json.loads((Path(onnx_dir) / GRAPHS_JSON).read_text())
+    if record.get("bundle_digest") != file_digest(bundle):
+        raise BundleError(f"{onnx_dir}: exported from another bundle than {bundle.directory}")
+    return record, Path(onnx_dir)
