@@ -88,7 +88,7 @@ def quantized_int8_bytes(fp32_onnx: bytes) -> bytes:
     """Dynamic per-channel int8 quantization of the encoder weights (activations stay float).
 
     On this CPU it ran the encoder ~2.6x faster; per-channel scales kept 97.5% of the refined
-    labels equal to PyTorch's on SemEval (per-tensor: 94.5%). See docs/benchmarks.md."""
+    labels equal to PyTorch's on SemEval (per-tensor: 94.5%). See docs/experiments.md."""
     import tempfile
 
     from onnxruntime.quantization import QuantType, quantize_dynamic

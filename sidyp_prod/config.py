@@ -57,7 +57,7 @@ class SiDyPConfig:
     holdout_fraction: float = 0.1  # rows held out of Stage II to choose the best diffusion epoch
     # Prediction.
     # Which distribution gives predicted_label: "product" (geometric mean of the denoiser's
-    # p(y | x) and the classifier ensemble) measured best on 3 seeds (docs/benchmarks.md).
+    # p(y | x) and the classifier ensemble) measured best on 3 seeds (docs/experiments.md).
     label_source: str = "product"
     # When to change a given label (sidyp_prod/decision.py): "argmax" always takes the most
     # probable class (the paper); "odds" keeps the given label unless the calibrated
@@ -66,7 +66,7 @@ class SiDyPConfig:
     change_odds: float = 2.0  # labels a change must be expected to fix per label it breaks
     class_calibration: bool = True  # per-class label_score calibration from the noise marking
     # Divide the distribution by the LLM's label shares first: the experts' learned class prior
-    # is the LLM's habit, not evidence (decision.py, docs/benchmarks.md).
+    # is the LLM's habit, not evidence (decision.py, docs/experiments.md).
     label_share_correction: bool = True
     # Folds of single-branch classifiers fine-tuned on the other folds' labels: for a training
     # row, the product's third expert is a classifier that never saw its label (0: two experts).

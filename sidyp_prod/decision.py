@@ -12,7 +12,7 @@ Before calibration the distribution is divided by each class's share of the trai
 labels (``divide_by_label_shares``). Both experts behind it learn the LLM's label frequencies as
 their class prior: a class the LLM over-uses gets probability because the LLM uses it, not
 because of the text. Divided by the shares, p[a] / p[g] compares how typical the text is of the
-rows the LLM labelled a with how typical it is of those it labelled g (docs/benchmarks.md
+rows the LLM labelled a with how typical it is of those it labelled g (docs/experiments.md
 measures it on two corpora with opposite label biases).
 
 Calibration has two gold-free steps. A global temperature makes the mean probability of the given
@@ -94,7 +94,7 @@ def calibration_targets(
     p(given | x) over the labelled rows, and the per-class ratios are scaled to match. The two err
     in opposite directions where the LLM's errors look like clean rows (the mixture 0.27, the
     held-out classifiers 0.44 on a corpus 0.40 noisy); their mean kept the ECE of ``confidence``
-    under 0.10 on the three corpora measured, the mixture alone did not (docs/benchmarks.md).
+    under 0.10 on the three corpora measured, the mixture alone did not (docs/experiments.md).
     """
     class_noise = np.asarray(class_noise, dtype=np.float64)
     labelled = given >= 0

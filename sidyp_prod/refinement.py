@@ -97,7 +97,7 @@ def product_of_experts(*dists: np.ndarray) -> np.ndarray:
 
     The denoiser's p(y | x) and the classifier ensemble err differently (one follows the kNN
     prior over sentence embeddings, the other the LLM labels), so requiring both to move away
-    from a given label is stronger evidence than either alone (docs/benchmarks.md). On a
+    from a given label is stronger evidence than either alone (docs/experiments.md). On a
     training row the ensemble has seen the row's own label and leans towards it; a held-out
     classifier, which has not, is the third expert there (``BatchRefinement.held_out``).
     """

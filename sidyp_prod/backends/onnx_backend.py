@@ -33,7 +33,7 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         # Idle ORT threads would otherwise spin and steal the cores that faiss and the numpy
         # refinement need between calls. Spinning made the reverse process 22% faster on an
-        # idle machine but 31% slower with one core busy elsewhere (docs/benchmarks.md).
+        # idle machine but 31% slower with one core busy elsewhere (docs/experiments.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = list(providers or default_providers())
         self.precision = "fp32"
