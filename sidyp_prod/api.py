@@ -500,7 +500,7 @@ def refine_rows(
 
     # Outputs keep input order; the batches only decide what is encoded together.
     batches = width_batches(lengths, config.encode_batch_size)
-    parallel = int(getattr(backend, "parallel_batches", 1))
+    parallel = backend.parallel_batches
     if parallel > 1 and len(batches) > 1:
         with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
             results = list(pool.map(refine_one, batches))
@@ -640,7 +640,7 @@ def refine(
             **({"input_format": kind} if kind != "jsonl" else {}),
             "bundle": file_digest(bundle),
             "backend": backend,
-            "precision": getattr(runtime, "precision", "fp32"),
+            "precision": runtime.precision,
             "chunk_size": chunk_size,
             "fields": asdict(fields),
             "rejects": str(Path(rejects_path).absolute()),
@@ -685,8 +685,7 @@ def refine(
         raise
     finally:
         bar.close()
-        if hasattr(runtime, "close"):
-            runtime.close()  # a remote back end's connection pool
+        runtime.close()  # a remote back end's connection pool
     p = sink.progress
     elapsed = max(time.perf_counter() - start, 1e-9)
     warning = tally.label_field_warning()
@@ -701,7 +700,7 @@ def refine(
     )
     if report is not None:
         run = {"seconds": round(elapsed, 1), "rows/s": round(summary.rows_per_second, 1),
-               "backend": backend, "precision": getattr(runtime, "precision", "fp32"),
+               "backend": backend, "precision": runtime.precision,
                "rejected": p.rejected}
         build_report(out, report, model=model, fields=fields, run=run)
         summary.report = str(report)
@@ -973,6 +972,5 @@ def apply_frame(
         refined = [record for chunk in _chunks(rows, chunk_size)
                    for record in refine_rows(chunk, loaded, runtime)]
     finally:
-        if hasattr(runtime, "close"):
-            runtime.close()
+        runtime.close()
     return result_frame(source, refined, rejected)

@@ -36,6 +36,15 @@ class ModelBackend(Protocol):
     """Runs the models. The refinement core only ever calls these methods; ``embed`` only for
     a bundle with a separate embedding model."""
 
+    precision: str  # the encoder graph's numbers: "fp32", or "int8" (ONNX Runtime on the CPU)
+    # Encoder batches the refinement keeps in flight at once: more than one for a remote
+    # server, whose batcher then has requests to merge; 1 for an in-process runtime.
+    parallel_batches: int
+
+    def close(self) -> None:
+        """Release connections and worker threads (a no-op for an in-process runtime)."""
+        ...
+
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
         """Token ids and mask (B, N) int64 -> :class:`EncodedBatch`."""
         ...

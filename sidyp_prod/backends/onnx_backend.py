@@ -82,6 +82,9 @@ class OnnxBackend:
         backend.precision = precision
         return backend
 
+    def close(self) -> None:
+        """Nothing to release: the sessions go with the object."""
+
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> EncodedBatch:
         outputs = self.encoder.run(
             None, {"input_ids": input_ids, "attention_mask": attention_mask}

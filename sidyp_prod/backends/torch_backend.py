@@ -59,6 +59,9 @@ class TorchBackend:
         return cls(encoder, denoiser, ReverseSchedule.from_config(config),
                    config.simplex_scale, device, embedder)
 
+    def close(self) -> None:
+        """Nothing to release: the sessions go with the object."""
+
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 

@@ -24,6 +24,10 @@ class ServerModels:
         self.max_chains = max_chains
         self.encoder_outputs = encoder_outputs
         self.parallel_batches = 1
+        self.precision = "fp32"
+
+    def close(self) -> None:
+        """BLS requests hold nothing between calls."""
 
     @staticmethod
     def _call(model: str, inputs: dict, outputs: list) -> list:
