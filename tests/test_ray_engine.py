@@ -73,6 +73,10 @@ def test_multi_file_corpus_equals_single_process_row_for_row(
     assert {i["path"]: i["rows"] for i in manifest["inputs"]} == {
         str(files[0]): 500, str(files[1]): 300, str(files[2]): 200}
     assert sum(s["rows"] for s in manifest["shards"]) == 996 and len(manifest["shards"]) > 3
+    # One node (this machine's local Ray), whose actors handled every line.
+    assert [(n["node_id"], n["rows"]) for n in manifest["nodes"]] == [
+        (ray.get_runtime_context().get_node_id(), 1000)]
+    assert summary.nodes == 1
     from sidyp_prod.bundle import file_digest, load_bundle
 
     assert manifest["bundle_digest"] == file_digest(load_bundle(bundle))
