@@ -162,6 +162,12 @@ def test_cli_engine_ray_strict_and_errors(ray_session, trained, multi_corpus, tm
     assert result.exit_code == 2, result.output
     assert "a.jsonl:11" in result.output
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.partial-*"))
+    # Ray Client cannot run Ray Data: refused before anything starts.
+    result = runner.invoke(app, ["refine", str(files[2]), "--model", str(bundle), "--out",
+                                 str(tmp_path / "c"), "--engine", "ray", "--address",
+                                 "ray://127.0.0.1:10001", "--quiet"])
+    assert result.exit_code == 2 and "Ray Client" in result.output, result.output
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.partial-*"))
     # The local engine still takes exactly one corpus.
     result = runner.invoke(app, ["refine", str(files[0]), str(files[1]), "--model", str(bundle),
                                  "--out", str(tmp_path / "x.jsonl"), "--quiet"])

@@ -363,7 +363,9 @@ def refine_ray(
 
     DIR gets ``part-*.jsonl`` (or ``.parquet``) shards, ``rejects-*.jsonl`` shards and
     ``manifest.json``; it appears only when everything is written and the row accounting holds.
-    ``address``: an existing cluster (``ray://HOST:PORT`` or ``auto``); without one a local Ray
+    ``address``: an existing cluster, from a machine that is one of its nodes: its GCS address
+    ``HOST:PORT`` (what ``ray start --head`` prints; port 6379 by default) or ``auto``. Not
+    ``ray://`` (Ray Client cannot run Ray Data's streaming executor). Without one a local Ray
     starts on this machine, unless this process already runs one (``ray.init`` was called).
     """
     if workers < 1 or batch_size < 1 or shard_rows < 1:
@@ -372,6 +374,11 @@ def refine_ray(
         raise ValueError("cpus_per_worker must be > 0")
     if output_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {output_format!r}")
+    if address and address.startswith("ray://"):
+        raise ValueError(
+            f"--address {address}: Ray Data does not run through Ray Client (ray://); run refine "
+            "on a node of the cluster with --address HOST:PORT (the GCS address `ray start "
+            "--head` prints, port 6379 by default) or --address auto")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists; choose a new output directory")
