@@ -365,8 +365,9 @@ def refine_ray(
     ``manifest.json``; it appears only when everything is written and the row accounting holds.
     ``address``: an existing cluster, from a machine that is one of its nodes: its GCS address
     ``HOST:PORT`` (what ``ray start --head`` prints; port 6379 by default) or ``auto``. Not
-    ``ray://`` (Ray Client cannot run Ray Data's streaming executor). Without one a local Ray
-    starts on this machine, unless this process already runs one (``ray.init`` was called).
+    ``ray://`` (Ray Client cannot run Ray Data's streaming executor). Without one a new local Ray
+    starts on this machine, even where ``RAY_ADDRESS`` or a ``ray start`` names a cluster,
+    unless this process already runs one (``ray.init`` was called).
     """
     if workers < 1 or batch_size < 1 or shard_rows < 1:
         raise ValueError("workers, batch_size and shard_rows must be >= 1")
@@ -393,7 +394,10 @@ def refine_ray(
     if started:
         local = {} if address else {"num_cpus": max(os.cpu_count() or 1,
                                                      int(np.ceil(workers * cpus_per_worker)) + 1)}
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress, **local)
+        # "local": a new Ray even where RAY_ADDRESS or this machine's latest `ray start` (whose
+        # address ray.init() would otherwise join) names a cluster: --address chooses clusters.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=progress,
+                 **local)
     if not progress:
         _quiet_ray()
     # --strict's InputError must reach the driver as itself, not as Ray's generic UDF error.
