@@ -433,7 +433,8 @@ def refine(
     ] = "local",
     address: Annotated[
         str | None,
-        _option(help="A running cluster, ray://HOST:PORT (default: start a local Ray).",
+        _option(help="A running cluster, from one of its nodes: its GCS address HOST:PORT "
+                "(port 6379 by default) or auto; not ray:// (default: start a local Ray).",
                 panel=RAY),
     ] = None,
     workers: Annotated[int, _option(help="Model actors.", panel=RAY)] = 1,

@@ -3,7 +3,6 @@ actor is killed mid-job. One local Ray session (2 CPUs) serves the whole module.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from sidyp_prod.engines.ray_engine import (  # noqa: E402
     refine_ray,
 )
 
-from synthetic import make_rows  # noqa: E402
+from ray_helpers import ray_output, single_process, write_multi_corpus  # noqa: E402
 
 WORKER_TITLE = b"RefineWorker"
 
@@ -39,60 +38,17 @@ def ray_session():
     ray.shutdown()
 
 
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in rows)
-
-
 @pytest.fixture(scope="module")
 def multi_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
     """Three files (one gzipped) in a directory, with bad lines of several kinds."""
     root = tmp_path_factory.mktemp("multi")
-    first = _jsonl(make_rows(500, seed=21)).splitlines(keepends=True)
-    first[10] = "{broken\n"
-    first[20] = "\n"
-    first[30] = '{"text": 5, "label": "music"}\n'
-    (root / "a.jsonl").write_text("".join(first))
-    second = _jsonl(make_rows(300, seed=22)).splitlines(keepends=True)
-    second[0] = "\ufeff" + second[0]  # a BOM on the first line is not a reject
-    second[5] = '{"text": "song", "label": "not-a-class"}\r\n'
-    (root / "b.jsonl").write_text("".join(second).rstrip("\n"))  # no final newline
-    with gzip.open(root / "c.jsonl.gz", "wt") as handle:
-        handle.write(_jsonl(make_rows(200, seed=23)))
-    return root, [root / "a.jsonl", root / "b.jsonl", root / "c.jsonl.gz"]
-
-
-def _single_process(bundle: Path, files: list[Path], out: Path) -> tuple[list[tuple], list]:
-    """The reference: the single-process refine of each file, keyed by (file, line)."""
-    rows, rejects = [], []
-    for i, path in enumerate(files):
-        target = out / f"{i}.jsonl"
-        api.refine(path, bundle, target, rejects=out / f"{i}.rejects.jsonl")
-        lines = target.read_text().splitlines(keepends=True)
-        rejected = out / f"{i}.rejects.jsonl"
-        bad = [json.loads(r) for r in rejected.read_text().splitlines()] if rejected.exists() \
-            else []
-        bad_lines = {r["line"] for r in bad}
-        good_lines = [n for n in range(1, len(lines) + len(bad) + 1) if n not in bad_lines]
-        rows += [(str(path), n, line) for n, line in zip(good_lines, lines, strict=True)]
-        rejects += [{"file": str(path), **r} for r in bad]
-    return sorted(rows), sorted(rejects, key=lambda r: (r["file"], r["line"]))
-
-
-def _ray_output(directory: Path) -> tuple[dict, list[str], list[dict]]:
-    manifest = json.loads((directory / MANIFEST).read_text())
-    rows = [line for shard in manifest["shards"]
-            for line in (directory / shard["file"]).read_text().splitlines(keepends=True)]
-    rejects = [json.loads(line) for shard in manifest["rejects_shards"]
-               for line in (directory / shard["file"]).read_text().splitlines()]
-    listed = {s["file"] for s in manifest["shards"] + manifest["rejects_shards"]} | {MANIFEST}
-    assert {p.name for p in directory.iterdir()} == listed, "files the manifest does not list"
-    return manifest, rows, sorted(rejects, key=lambda r: (r["file"], r["line"]))
+    return root, write_multi_corpus(root)
 
 
 @pytest.fixture(scope="module")
 def reference(trained, multi_corpus, tmp_path_factory):
     bundle, _, _ = trained
-    return _single_process(bundle, multi_corpus[1], tmp_path_factory.mktemp("reference"))
+    return single_process(bundle, multi_corpus[1], tmp_path_factory.mktemp("reference"))
 
 
 def test_multi_file_corpus_equals_single_process_row_for_row(
@@ -104,7 +60,7 @@ def test_multi_file_corpus_equals_single_process_row_for_row(
     # A file and a glob for the other two (one gzipped).
     summary = refine_ray([root / "a.jsonl", str(root / "[bc].jsonl*")], bundle, tmp_path / "out",
                          batch_size=64, shard_rows=200)
-    manifest, rows, rejects = _ray_output(tmp_path / "out")
+    manifest, rows, rejects = ray_output(tmp_path / "out")
     # Byte-identical JSON lines (each names its id and text), as many as the reference's.
     assert len(rows) == len(expected_rows)
     assert sorted(rows) == sorted(line for _, _, line in expected_rows)
@@ -117,6 +73,10 @@ def test_multi_file_corpus_equals_single_process_row_for_row(
     assert {i["path"]: i["rows"] for i in manifest["inputs"]} == {
         str(files[0]): 500, str(files[1]): 300, str(files[2]): 200}
     assert sum(s["rows"] for s in manifest["shards"]) == 996 and len(manifest["shards"]) > 3
+    # One node (this machine's local Ray), whose actors handled every line.
+    assert [(n["node_id"], n["rows"]) for n in manifest["nodes"]] == [
+        (ray.get_runtime_context().get_node_id(), 1000)]
+    assert summary.nodes == 1
     from sidyp_prod.bundle import file_digest, load_bundle
 
     assert manifest["bundle_digest"] == file_digest(load_bundle(bundle))
@@ -161,7 +121,7 @@ def test_killed_worker_still_yields_complete_duplicate_free_output(
     summary = refine_ray(files, bundle, out, batch_size=20, shard_rows=20)
     killer.join()
     assert killed, "no worker was killed: the job ended first"
-    _, rows, rejects = _ray_output(out)
+    _, rows, rejects = ray_output(out)
     assert sorted(rows) == sorted(line for _, _, line in expected_rows)
     assert len(set(rows)) == len(rows) == 996
     assert rejects == expected_rejects
@@ -202,6 +162,12 @@ def test_cli_engine_ray_strict_and_errors(ray_session, trained, multi_corpus, tm
     assert result.exit_code == 2, result.output
     assert "a.jsonl:11" in result.output
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.partial-*"))
+    # Ray Client cannot run Ray Data: refused before anything starts.
+    result = runner.invoke(app, ["refine", str(files[2]), "--model", str(bundle), "--out",
+                                 str(tmp_path / "c"), "--engine", "ray", "--address",
+                                 "ray://127.0.0.1:10001", "--quiet"])
+    assert result.exit_code == 2 and "Ray Client" in result.output, result.output
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.partial-*"))
     # The local engine still takes exactly one corpus.
     result = runner.invoke(app, ["refine", str(files[0]), str(files[1]), "--model", str(bundle),
                                  "--out", str(tmp_path / "x.jsonl"), "--quiet"])
@@ -234,7 +200,7 @@ def test_ray_actors_call_a_triton_server(ray_session, trained, multi_corpus, ref
     served = [line for line in metrics.splitlines()
               if line.startswith(f'nv_inference_request_success{{model="{ENCODER_MODEL}"')]
     assert served and float(served[0].rsplit(" ", 1)[1]) > 0, "the server answered nothing"
-    _, rows, rejects = _ray_output(tmp_path / "out")
+    _, rows, rejects = ray_output(tmp_path / "out")
     assert sorted(rows) == sorted(line for _, _, line in expected_rows)
     assert rejects == expected_rejects
 

@@ -4,7 +4,8 @@ Stages: read raw lines (:class:`JsonlLines`) -> parse, validate and tokenize on 
 (``corpus.parse_line``, the tokenizer of the bundle) -> an actor pool whose actors load the bundle
 once (ONNX Runtime sessions or any ``load_backend`` back end, the faiss reference set, the
 denoiser) and call ``api.refine_rows``, the function the single-process ``refine`` calls -> write
-one shard (and its rejects shard) per batch -> a JSON manifest.
+one shard (and its rejects shard) per batch -> a JSON manifest (with the rows each node's actors
+refined, so a cluster run shows where the work went).
 
 Exactly-once output: Ray restarts a killed actor and retries its task on the same input block, so
 a shard is named after its first (file, line) and written atomically; a retried write replaces
@@ -25,7 +26,7 @@ import os
 import shutil
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -158,6 +159,10 @@ class RefineWorker:
                                     **backend_options)
         self.fields = fields
         self.labels = frozenset(self.model.labels)
+        # The node this actor runs on: the manifest counts the rows each node refined.
+        inside = ray.is_initialized()
+        self.node = ray.get_runtime_context().get_node_id() if inside else ""
+        self.node_ip = ray.util.get_node_ip_address() if inside else ""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = _parse(batch, self.fields, self.labels)
@@ -182,6 +187,8 @@ class RefineWorker:
             "rejected": pa.array(rejected, pa.bool_()),
             "changed": pa.array(changed, pa.bool_()),
             "json": pa.array(out, pa.string()),
+            "node": pa.array([self.node] * len(items), pa.string()),
+            "node_ip": pa.array([self.node_ip] * len(items), pa.string()),
         })
 
 
@@ -207,7 +214,8 @@ def write_shard(batch: pa.Table, directory: str, output_format: str) -> pa.Table
         return pa.table({"shard": pa.array([], pa.string()), "rows": pa.array([], pa.int64()),
                          "changed": pa.array([], pa.int64()),
                          "rejects_shard": pa.array([], pa.string()),
-                         "rejects": pa.array([], pa.int64()), "spans": pa.array([], pa.string())})
+                         "rejects": pa.array([], pa.int64()), "spans": pa.array([], pa.string()),
+                         "nodes": pa.array([], pa.string())})
     keys = sorted(zip(batch.column("path").to_pylist(), batch.column("line").to_pylist(),
                       range(batch.num_rows), strict=True))
     ends = batch.column("last").to_pylist()
@@ -246,6 +254,11 @@ def write_shard(batch: pa.Table, directory: str, output_format: str) -> pa.Table
         "rejects_shard": [rejects_shard],
         "rejects": [len(rejects)],
         "spans": [json.dumps(spans)],
+        # [node id, node address, lines] for each node whose actors refined (or passed on as
+        # rejects) lines of this shard
+        "nodes": [json.dumps([[*node, n] for node, n in sorted(Counter(zip(
+            batch.column("node").to_pylist(), batch.column("node_ip").to_pylist(),
+            strict=True)).items())])],
     })
 
 
@@ -280,6 +293,7 @@ class RaySummary(RefineSummary):
     shards: int = 0
     rejects_shards: int = 0
     files: int = 0
+    nodes: int = 0
     seconds: float = 0.0
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -290,7 +304,8 @@ class RaySummary(RefineSummary):
         return (
             f"read {self.read} rows from {self.files} file(s): {self.refined} refined, "
             f"{self.rejected} rejected, {self.changed} labels changed "
-            f"({self.rows_per_second:.1f} rows/s, {self.workers} worker(s)) -> {self.output}: "
+            f"({self.rows_per_second:.1f} rows/s, {self.workers} worker(s) on {self.nodes} "
+            f"node(s)) -> {self.output}: "
             f"{self.shards} shard(s), {self.rejects_shards} rejects shard(s)\n"
             f"check: input rows {self.read} = output rows {self.refined} + rejected rows "
             f"{self.rejected}: ok"
@@ -348,8 +363,11 @@ def refine_ray(
 
     DIR gets ``part-*.jsonl`` (or ``.parquet``) shards, ``rejects-*.jsonl`` shards and
     ``manifest.json``; it appears only when everything is written and the row accounting holds.
-    ``address``: an existing cluster (``ray://HOST:PORT`` or ``auto``); without one a local Ray
-    starts on this machine, unless this process already runs one (``ray.init`` was called).
+    ``address``: an existing cluster, from a machine that is one of its nodes: its GCS address
+    ``HOST:PORT`` (what ``ray start --head`` prints; port 6379 by default) or ``auto``. Not
+    ``ray://`` (Ray Client cannot run Ray Data's streaming executor). Without one a new local Ray
+    starts on this machine, even where ``RAY_ADDRESS`` or a ``ray start`` names a cluster,
+    unless this process already runs one (``ray.init`` was called).
     """
     if workers < 1 or batch_size < 1 or shard_rows < 1:
         raise ValueError("workers, batch_size and shard_rows must be >= 1")
@@ -357,6 +375,11 @@ def refine_ray(
         raise ValueError("cpus_per_worker must be > 0")
     if output_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {output_format!r}")
+    if address and address.startswith("ray://"):
+        raise ValueError(
+            f"--address {address}: Ray Data does not run through Ray Client (ray://); run refine "
+            "on a node of the cluster with --address HOST:PORT (the GCS address `ray start "
+            "--head` prints, port 6379 by default) or --address auto")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: already exists; choose a new output directory")
@@ -371,7 +394,10 @@ def refine_ray(
     if started:
         local = {} if address else {"num_cpus": max(os.cpu_count() or 1,
                                                      int(np.ceil(workers * cpus_per_worker)) + 1)}
-        ray.init(address=address, include_dashboard=False, log_to_driver=progress, **local)
+        # "local": a new Ray even where RAY_ADDRESS or this machine's latest `ray start` (whose
+        # address ray.init() would otherwise join) names a cluster: --address chooses clusters.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=progress,
+                 **local)
     if not progress:
         _quiet_ray()
     # --strict's InputError must reach the driver as itself, not as Ray's generic UDF error.
@@ -427,7 +453,8 @@ def refine_ray(
         rows_per_second=totals["input"] / max(seconds, 1e-9),
         rejects=str(out) if totals["rejected"] else None, workers=workers,
         shards=len(manifest["shards"]), rejects_shards=len(manifest["rejects_shards"]),
-        files=len(manifest["inputs"]), seconds=round(seconds, 3), manifest=manifest,
+        files=len(manifest["inputs"]), nodes=len(manifest["nodes"]), seconds=round(seconds, 3),
+        manifest=manifest,
     )
 
 
@@ -464,6 +491,10 @@ def _finish(results: list[dict[str, Any]], paths: list[str], bundle: Any, backen
             f"input rows {totals['input']} != output rows {totals['output']} + rejected rows "
             f"{totals['rejected']}; partial output left in {staging}"
         )
+    nodes: Counter[tuple[str, str]] = Counter()
+    for r in results:
+        for node_id, address, n in json.loads(r["nodes"]):
+            nodes[node_id, address] += n
     owned = {name for name, _, _ in shards} | {name for name, _ in rejects}
     for stray in staging.iterdir():
         if stray.name not in owned:
@@ -480,6 +511,9 @@ def _finish(results: list[dict[str, Any]], paths: list[str], bundle: Any, backen
         "shards": [{"file": f, "rows": n, "changed": c} for f, n, c in shards],
         "rejects_shards": [{"file": f, "rows": n} for f, n in rejects],
         "totals": totals,
+        # input rows per node, counted by the model actors that handled them
+        "nodes": [{"node_id": node_id, "address": address, "rows": n}
+                  for (node_id, address), n in sorted(nodes.items())],
         "complete": True,
     }
     _atomic_write_text(staging / MANIFEST, [json.dumps(manifest, indent=2) + "\n"])
