@@ -67,7 +67,7 @@ def main() -> None:
     single = sorted((args.work / "single.jsonl").read_text().splitlines())
 
     # Two workers need 2 CPUs of their own plus a little for the read/tokenize/write tasks.
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         # (actors, CPUs each = the threads each actor computes with)
         for workers, cpus in ((1, 1), (1, 2), (2, 1)):

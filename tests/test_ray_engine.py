@@ -33,7 +33,8 @@ WORKER_TITLE = b"RefineWorker"
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A new local Ray, whatever cluster RAY_ADDRESS or a `ray start` on this machine names.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
