@@ -42,7 +42,7 @@ from .corpus import (
     label_set_from_labels,
     label_set_from_rows,
 )
-from .decision import DecisionRule, class_noise_ratios, label_shares, small_classes
+from .decision import DecisionRule, small_classes
 from .diffusion import text_key
 from .encoder import (
     pad_ids,
@@ -61,7 +61,6 @@ from .readers import count_rows, detect_format
 from .refinement import (
     BatchRefinement,
     RefineSettings,
-    fit_output_calibration,
     for_new_rows,
     kind_counts,
     output_fields,
@@ -240,6 +239,7 @@ def train(
     """
     require_train_extra("training")
     from .device import resolve_device
+    from .post_training import fit_training_rows
     from .pretrained import load_pretrained, resolve_encoder
     from .torch_bundle import save_trained
     from .training import train_sidyp
@@ -285,50 +285,9 @@ def train(
         work_dir=Path(out).absolute().parent, embedder=embedder,
     )
 
-    from .backends.torch_backend import TorchBackend
-
     start = time.perf_counter()
-    settings = RefineSettings.from_config(config, len(label_set))
-    # The training rows' encoder outputs are already known: only the denoiser runs.
-    transductive = TorchBackend(
-        None, result.denoiser, settings.schedule, settings.scale, str(torch_device)
-    )
-    features = result.features
-    conditioning = transductive.condition(features.dynamics)
-    keys = [text_key(t) for t in texts]
-    parts = []
-    for batch in _chunks(np.arange(len(rows)), 256):
-        encoded = EncodedBatch(
-            features.probs[:, batch], conditioning[:, batch], features.embedding[batch]
-        )
-        parts.append(
-            refine_batch(
-                transductive,
-                encoded,
-                result.prior_weights[:, batch],
-                result.prior_kind[:, batch],
-                given[batch],
-                [keys[i] for i in batch],
-                settings,
-                update_prior=False,
-            )
-        )
-    refinement = BatchRefinement.concatenate(parts)
-    if features.held_out_probs is not None:
-        refinement = replace(refinement, held_out=features.held_out_probs)
-    # Gold-free calibration: the mean label_score must equal the estimated clean fraction, and
-    # each class's mean label_score its clean-marked fraction (a noise ratio the user gave is
-    # taken as it is).
-    class_noise = class_noise_ratios(result.clean, given, len(label_set))
-    shares = label_shares(given, len(label_set)) if config.label_share_correction else None
-    temperature, label_bias, calibration_noise = fit_output_calibration(
-        refinement, given, config.label_source, result.noise_ratio, class_noise, shares,
-        average_held_out=result.noise_ratio_estimated,
-    )
-    decision = DecisionRule.from_config(config, label_bias, blocked=small)
-    predictions = output_fields(
-        refinement, given, label_set, config.label_source, temperature, decision, shares
-    )
+    fit = fit_training_rows(result, texts, given, label_set, config, small, torch_device)
+    calibration, predictions = fit.calibration, fit.predictions
     result.timings["predict"] = time.perf_counter() - start
 
     summary = TrainSummary(
@@ -344,11 +303,13 @@ def train(
         prior_kinds=kind_counts(result.prior_kind),
         labels_changed=sum(p["is_label_issue"] for p in predictions),
         best_diffusion_epoch=result.best_diffusion_epoch,
-        temperature=temperature,
-        class_noise_ratios=[round(float(r), 6) for r in class_noise],
-        calibration_noise_ratio=calibration_noise,
-        label_bias=[float(b) for b in label_bias],
-        label_shares=[float(x) for x in shares] if shares is not None else None,
+        temperature=calibration.temperature,
+        class_noise_ratios=[round(float(r), 6) for r in fit.class_noise_ratios],
+        calibration_noise_ratio=fit.calibration_noise_ratio,
+        label_bias=[float(b) for b in calibration.label_bias]
+        if calibration.label_bias is not None else [],
+        label_shares=[float(x) for x in calibration.label_shares]
+        if calibration.label_shares is not None else None,
         seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
@@ -356,10 +317,13 @@ def train(
         reject_reasons=tally.reasons,
         small_classes=[label_set[c] for c in small],
         warnings=warnings,
-        refinement=refinement,
+        refinement=fit.refinement,
     )
-    training_record = {**summary.to_dict(), "history": result.history}
-    save_trained(out, result, label_set, config, pretrained, training_record,
+    # The calibration is the bundle's own record (calibration.json), not the summary's.
+    training_record = {k: v for k, v in summary.to_dict().items()
+                       if k not in ("label_bias", "label_shares")}
+    save_trained(out, result, label_set, config, pretrained,
+                 {**training_record, "history": result.history}, calibration,
                  overwrite=overwrite, embedder=embedder)
     if export:
         from .export.onnx import export_onnx
@@ -470,7 +434,7 @@ def refine_rows(
     """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
-    decision = DecisionRule.from_config(config, model.label_bias, blocked=_blocked(model))
+    decision = DecisionRule.from_config(config, model.label_bias, blocked=model.calibration.blocked)
     given = _given_indices(rows, model.labels)
     texts = [r.text for r in rows]
     if token_ids is None:
@@ -524,12 +488,6 @@ def _refine_chunk(
     refined = iter(refine_rows(fresh, model, backend) if fresh else [])
     return [{**r.record, **known[r.line_no]} if r.line_no in known else next(refined)
             for r in rows]
-def _blocked(model: LoadedModel) -> list[int]:
-    """The classes the bundle's training found too small to be a change target."""
-    small = model.bundle.manifest.get("training", {}).get("small_classes") or []
-    return [model.labels.index(label) for label in small if label in model.labels]
-
-
 def _paired(call: Callable[[np.ndarray, np.ndarray], Any], ids: np.ndarray,
             mask: np.ndarray) -> Any:
     """``call(ids, mask)``, with a lone row run beside a copy of itself: ONNX Runtime's CPU

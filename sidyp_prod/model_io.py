@@ -4,7 +4,8 @@ import it. Writing a bundle and its PyTorch modules: :mod:`sidyp_prod.torch_bund
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,50 @@ def embedding_width(manifest: dict[str, Any]) -> int:
     return int(record["hidden_size"] if "hidden_size" in record else record["bert"]["hidden_size"])
 
 
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass
+class OutputCalibration:
+    """The output calibration and decision state fitted after training (post_training.py):
+    what refine needs beyond the models. Its own bundle file, hashed like the others."""
+
+    temperature: float = 1.0
+    label_bias: np.ndarray | None = None  # (C,) per-class calibration; None: temperature only
+    label_shares: np.ndarray | None = None  # (C,) the LLM's label shares, when divided by
+    blocked: list[int] = field(default_factory=list)  # classes never a change target
+
+    def to_json(self) -> bytes:
+        def floats(a: np.ndarray | None) -> list[float] | None:
+            return None if a is None else [float(x) for x in a]
+
+        return json.dumps({"temperature": float(self.temperature),
+                           "label_bias": floats(self.label_bias),
+                           "label_shares": floats(self.label_shares),
+                           "blocked": [int(c) for c in self.blocked]}, indent=1).encode()
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, config: SiDyPConfig) -> OutputCalibration:
+        """The bundle's record; a bundle written before it existed kept these values in its
+        training summary (and one without a bias keeps the global temperature alone)."""
+        if CALIBRATION_FILE in bundle.files:
+            values = json.loads(bundle.path(CALIBRATION_FILE).read_text())
+        else:
+            training = bundle.manifest.get("training", {})
+            labels = bundle.manifest["labels"]
+            values = {**training, "blocked": [labels.index(label) for label in
+                                              training.get("small_classes") or []
+                                              if label in labels]}
+
+        def array(key: str) -> np.ndarray | None:
+            value = values.get(key)
+            return None if value is None else np.asarray(value, dtype=np.float64)
+
+        shares = array("label_shares") if config.label_share_correction else None
+        return cls(float(values.get("temperature", 1.0)), array("label_bias"), shares,
+                   [int(c) for c in values.get("blocked", [])])
+
+
 @dataclass
 class LoadedModel:
     """Everything refinement needs from a bundle except the back end's models."""
@@ -48,13 +93,23 @@ class LoadedModel:
     indexes: list[NeighborIndex]
     # The separate embedding model's tokenizer (None: the encoder's graph gives the embedding).
     embedding_tokenizer: Tokenizer | None
-    temperature: float = 1.0  # calibration fitted at training time
-    label_bias: np.ndarray | None = None  # per-class calibration fitted at training time
-    label_shares: np.ndarray | None = None  # the training labels' class shares, when divided by
+    calibration: OutputCalibration = field(default_factory=OutputCalibration)
 
     @property
     def n_classes(self) -> int:
         return len(self.labels)
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature
+
+    @property
+    def label_bias(self) -> np.ndarray | None:
+        return self.calibration.label_bias
+
+    @property
+    def label_shares(self) -> np.ndarray | None:
+        return self.calibration.label_shares
 
 
 def load_bundle_tokenizer(bundle: Bundle, embedding: bool = False) -> Tokenizer:
@@ -83,14 +138,7 @@ def load_model(bundle: Bundle, use_gpu: bool | None = None) -> LoadedModel:
         NeighborIndex(reference["embeddings"][clean], reference["labels"][clean], use_gpu)
         for clean in reference["clean"].astype(bool)
     ]
-    training = manifest.get("training", {})
-    temperature = float(training.get("temperature", 1.0))
-    # Bundles written before the per-class step have no bias: they keep the global temperature.
-    bias = training.get("label_bias")
-    label_bias = np.asarray(bias, dtype=np.float64) if bias is not None else None
-    shares = training.get("label_shares") if config.label_share_correction else None
     return LoadedModel(
         bundle, list(manifest["labels"]), config, tokenizer, indexes, embedding_tokenizer,
-        temperature, label_bias,
-        np.asarray(shares, dtype=np.float64) if shares is not None else None,
+        OutputCalibration.from_bundle(bundle, config),
     )

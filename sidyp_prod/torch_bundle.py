@@ -15,12 +15,14 @@ from . import __version__
 from .bundle import Bundle, BundleError, save_bundle, sha256_file
 from .config import SiDyPConfig
 from .model_io import (
+    CALIBRATION_FILE,
     DENOISER_FILE,
     EMBEDDER_FILE,
     EMBEDDING_TOKENIZER_FILE,
     ENCODER_FILE,
     REFERENCE_FILE,
     TOKENIZER_FILE,
+    OutputCalibration,
     separate_embedder,
 )
 from .models import DenoiserEnsemble, SentenceEmbedder, SiDyPEncoder
@@ -76,6 +78,7 @@ def save_trained(
     config: SiDyPConfig,
     pretrained: PretrainedEncoder,
     summary: dict[str, Any],
+    calibration: OutputCalibration,
     overwrite: bool = False,
     embedder: PretrainedEncoder | None = None,
 ) -> Path:
@@ -103,7 +106,8 @@ def save_trained(
             "centroids": result.centroids,
         },
     }
-    files = {TOKENIZER_FILE: _bare_tokenizer(pretrained).to_str().encode("utf-8")}
+    files = {TOKENIZER_FILE: _bare_tokenizer(pretrained).to_str().encode("utf-8"),
+             CALIBRATION_FILE: calibration.to_json()}
     if embedder is not None:
         module = SentenceEmbedder(embedder.model, embedder.pooling.mode)
         arrays[EMBEDDER_FILE] = _numpy_state(module)

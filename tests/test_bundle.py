@@ -315,3 +315,41 @@ def test_an_older_bundle_keeps_its_decision_rule():
     assert not old.label_share_correction and old.held_out_folds == 0
     new = SiDyPConfig.from_bundle(SiDyPConfig().to_dict())
     assert new == SiDyPConfig()
+
+
+def test_the_calibration_is_its_own_hashed_record(trained, fresh_corpus, tmp_path):
+    """calibration.json holds the fitted calibration and decision state, hashed like every
+    file; a bundle written before it (the values in its training summary) gives the same
+    labels."""
+    from sidyp_prod import api
+    from sidyp_prod.model_io import CALIBRATION_FILE
+
+    bundle_path, _, summary = trained
+    loaded = load_bundle(bundle_path)
+    assert CALIBRATION_FILE in loaded.files
+    record = json.loads(loaded.path(CALIBRATION_FILE).read_text())
+    assert record["temperature"] == pytest.approx(summary.temperature)
+    np.testing.assert_allclose(record["label_bias"], summary.label_bias)
+    assert "label_bias" not in loaded.manifest["training"]
+
+    manifest = {k: v for k, v in loaded.manifest.items() if k not in ("files", "format_version")}
+    labels = manifest["labels"]
+    manifest["training"] = {**manifest["training"], "temperature": record["temperature"],
+                            "label_bias": record["label_bias"],
+                            "label_shares": record["label_shares"],
+                            "small_classes": [labels[c] for c in record["blocked"]]}
+    arrays = {n: loaded.arrays(n) for n in loaded.files if n.endswith(".safetensors")}
+    files = {n: loaded.path(n) for n in loaded.files
+             if not n.endswith(".safetensors") and n != CALIBRATION_FILE}
+    older = save_bundle(tmp_path / "older", manifest, arrays, files)
+    api.refine(fresh_corpus, bundle_path, tmp_path / "new.jsonl")
+    api.refine(fresh_corpus, older, tmp_path / "old.jsonl")
+    assert (tmp_path / "new.jsonl").read_bytes() == (tmp_path / "old.jsonl").read_bytes()
+
+    tampered = tmp_path / "tampered"
+    save_bundle(tampered, manifest, arrays, {**files, CALIBRATION_FILE: loaded.path(
+        CALIBRATION_FILE)})
+    path = tampered / CALIBRATION_FILE
+    path.write_text(path.read_text().replace('"temperature": ', '"temperature": 1'))
+    with pytest.raises(BundleError):
+        load_bundle(tampered)
