@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from sidyp_prod.config import SiDyPConfig
+from sidyp_prod.config import INPUT, MODEL, PERFORMANCE, SiDyPConfig
 
 # Nothing is ever fetched from a model hub; set before transformers/tokenizers are imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,10 +50,8 @@ app = typer.Typer(
 # Importing the config is cheap (no torch); the CLI defaults are the library's defaults.
 D = SiDyPConfig()
 
-# Help panels of train's many options.
-INPUT, MODEL, STAGE1, PRIOR, STAGE2 = "Input", "Model", "Stage I", "Prior", "Stage II"
-PREDICTION, OUTPUT, PERFORMANCE = "Prediction", "Output", "Performance"
-BACKEND, RAY = "Model runtime", "--engine ray"
+# Help panels: the training settings' come with the configuration (config.py).
+OUTPUT, BACKEND, RAY = "Output", "Model runtime", "--engine ray"
 
 
 def _option(*names: str, help: str, panel: str | None = None, **kwargs: Any) -> Any:
@@ -148,7 +149,32 @@ def _report(summary, as_json: bool) -> None:
     typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.to_text())
 
 
+def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` (whose ``**settings`` takes them) an option for every SiDyPConfig
+    field: name, type, default, help and panel come from the configuration itself."""
+    hints = get_type_hints(SiDyPConfig)
+    options = []
+    for f in fields(SiDyPConfig):
+        kind = f.metadata.get("cli_type") or hints[f.name]
+        if "choices" in f.metadata:
+            kind = Literal[f.metadata["choices"]]  # type: ignore[valid-type]
+        name = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            option = _flag(f"{name}/--no-{name[2:]}", help=f.metadata["help"],
+                           panel=f.metadata["panel"])
+        else:
+            option = _option(name, help=f.metadata["help"], panel=f.metadata["panel"])
+        default = str(f.default) if kind is str and f.default is not None else f.default
+        options.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                         default=default, annotation=Annotated[kind, option]))
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=[*own, *options])  # type: ignore
+    return command
+
+
 @app.command(cls=Command)
+@_with_config_options
 def train(
     corpus: Annotated[
         Path, typer.Argument(help="Corpus with text and LLM labels: JSONL, CSV, TSV, Parquet or "
@@ -172,7 +198,6 @@ def train(
     encoder: Encoder = None,
     embedding_model: EmbeddingModel = None,
     device: Device = "auto",
-    max_train_rows: MaxTrainRows = D.max_train_rows,
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
@@ -185,136 +210,9 @@ def train(
         bool, _flag("--export/--no-export", help="Also export the ONNX graphs into the bundle.",
                     panel=OUTPUT)
     ] = True,
-    max_length: Annotated[
-        int, _option(help="Token limit; longer texts are truncated.", panel=MODEL)
-    ] = D.max_length,
-    trainable_layers: Annotated[
-        str, _option(help="Top encoder layers each branch tunes, or 'all' (the paper's full "
-                     "fine-tune).", panel=MODEL)
-    ] = str(D.trainable_layers),
-    branches: Annotated[int, _option(help="Classifier branches M.", panel=STAGE1)] = D.branches,
-    classifier_epochs: Annotated[int, _option(help="Stage I epochs.", panel=STAGE1)] = (
-        D.classifier_epochs),
-    snapshots: Annotated[
-        int, _option(help="Recorded training-dynamics snapshots (last epochs).", panel=STAGE1)
-    ] = D.snapshots,
-    classifier_batch_size: Annotated[
-        int, _option(help="Stage I batch size.", panel=STAGE1)
-    ] = D.classifier_batch_size,
-    classifier_lr: Annotated[
-        float, _option(help="Learning rate of the tuned encoder layers.", panel=STAGE1)
-    ] = D.classifier_lr,
-    head_lr: Annotated[
-        float, _option(help="Learning rate of the classifier heads.", panel=STAGE1)
-    ] = D.head_lr,
-    classifier_dropout: Annotated[
-        float, _option(help="Dropout before the classifier heads.", panel=STAGE1)
-    ] = D.classifier_dropout,
-    warmup_fraction: Annotated[
-        float, _option(help="Stage I lr warm-up.", panel=STAGE1)
-    ] = D.warmup_fraction,
-    coreg_alpha: Annotated[
-        float, _option(help="Stage I co-regularisation weight.", panel=STAGE1)
-    ] = D.coreg_alpha,
-    coreg_warmup_fraction: Annotated[
-        float, _option(help="Stage I epochs without co-regularisation.", panel=STAGE1)
-    ] = D.coreg_warmup_fraction,
-    grad_clip: Annotated[
-        float, _option(help="Gradient-norm clip (both stages).", panel=STAGE1)
-    ] = D.grad_clip,
-    noise_ratio: Annotated[
-        float | None,
-        _option(help="Noise fraction rho (default: estimated from the data).", panel=PRIOR),
-    ] = None,
-    knn_k: Annotated[int, _option(help="Neighbours K of the prior.", panel=PRIOR)] = D.knn_k,
-    tau_certain: Annotated[
-        float, _option(help="Vote share that makes a row's candidate certain.", panel=PRIOR)
-    ] = D.tau_certain,
-    tau_dominant: Annotated[
-        float, _option(help="Top-two vote share that makes a row dominant.", panel=PRIOR)
-    ] = D.tau_dominant,
-    dynamic_prior: Annotated[
-        bool, _flag("--dynamic-prior/--no-dynamic-prior",
-                    help="Refine the Stage II targets from the denoiser (the paper; off: the "
-                    "static kNN weights, measured better).", panel=PRIOR)
-    ] = D.dynamic_prior,
-    diffusion_epochs: Annotated[
-        int, _option(help="Stage II epochs.", panel=STAGE2)
-    ] = D.diffusion_epochs,
-    diffusion_lr: Annotated[
-        float, _option(help="Denoiser learning rate.", panel=STAGE2)
-    ] = D.diffusion_lr,
-    diffusion_batch_size: Annotated[
-        int, _option(help="Stage II batch size.", panel=STAGE2)
-    ] = D.diffusion_batch_size,
-    diffusion_steps: Annotated[int, _option(help="T_train.", panel=STAGE2)] = D.diffusion_steps,
-    inference_steps: Annotated[int, _option(help="T_infer.", panel=STAGE2)] = D.inference_steps,
-    timestep_mapping: Annotated[
-        Literal["spaced", "authors"],
-        _option(help="Inference time steps: DDIM-style spacing or the authors' indices.",
-                panel=STAGE2),
-    ] = D.timestep_mapping,  # type: ignore[assignment]
-    denoiser_width: Annotated[
-        int, _option(help="Width the conditioning is projected to.", panel=STAGE2)
-    ] = D.denoiser_width,
-    refine_samples: Annotated[
-        int, _option(help="n_s reverse processes per update.", panel=STAGE2)
-    ] = D.refine_samples,
-    coreg_lambda: Annotated[
-        float, _option(help="Stage II co-regularisation weight.", panel=STAGE2)
-    ] = D.coreg_lambda,
-    simplex_scale: Annotated[float, _option(help="S.", panel=STAGE2)] = D.simplex_scale,
-    diffusion_warmup_fraction: Annotated[
-        float, _option(help="Stage II epochs on certain rows only.", panel=STAGE2)
-    ] = D.diffusion_warmup_fraction,
-    ema_decay: Annotated[
-        float, _option(help="Decay of the denoiser's weight average.", panel=STAGE2)
-    ] = D.ema_decay,
-    use_ema: Annotated[
-        bool, _flag("--use-ema/--no-use-ema", help="Keep the EMA denoiser weights.",
-                    panel=STAGE2)
-    ] = D.use_ema,
-    holdout_fraction: Annotated[
-        float, _option(help="Rows held out to pick the diffusion epoch.", panel=STAGE2)
-    ] = D.holdout_fraction,
-    label_source: Annotated[
-        Literal["product", "marginal", "given", "candidates", "classifier"],
-        _option(help="Which distribution gives predicted_label.", panel=PREDICTION),
-    ] = D.label_source,  # type: ignore[assignment]
-    change_rule: Annotated[
-        Literal["odds", "argmax"],
-        _option(help="'odds': keep the LLM label unless another class is --change-odds times "
-                "as probable; 'argmax': always the most probable class.", panel=PREDICTION),
-    ] = D.change_rule,  # type: ignore[assignment]
-    change_odds: Annotated[
-        float, _option(help="Labels a change must be expected to fix per label it breaks.",
-                       panel=PREDICTION)
-    ] = D.change_odds,
-    class_calibration: Annotated[
-        bool, _flag("--class-calibration/--no-class-calibration",
-                    help="Per-class label_score calibration from the noise marking.",
-                    panel=PREDICTION)
-    ] = D.class_calibration,
-    label_share_correction: Annotated[
-        bool, _flag("--label-share-correction/--no-label-share-correction",
-                    help="Divide the distribution by the LLM labels' class shares before "
-                    "calibrating (the experts' learned prior is the LLM's habit).",
-                    panel=PREDICTION)
-    ] = D.label_share_correction,
-    held_out_folds: Annotated[
-        int, _option(help="Folds of classifiers that never saw a training row's label: the "
-                     "product's third expert for --refined-out (0: off).", panel=PREDICTION)
-    ] = D.held_out_folds,
-    min_class_rows: Annotated[
-        int, _option(help="A class with fewer LLM labels is kept but never a change target "
-                     "(0: off).", panel=PREDICTION)
-    ] = D.min_class_rows,
-    encode_batch_size: Annotated[
-        int, _option(help="Rows per encoder batch.", panel=PERFORMANCE)
-    ] = D.encode_batch_size,
-    seed: Annotated[int, _option(help="Seed of every random draw.", panel=PERFORMANCE)] = D.seed,
     quiet: Quiet = False,
     as_json: JsonOut = False,
+    **settings: Any,
 ) -> None:
     """Train SiDyP on a corpus and write a model bundle; --refined-out also writes the corpus's
     own refined labels (better than a `refine` of the training corpus)."""
@@ -322,10 +220,9 @@ def train(
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.corpus import InputError, parse_label_set
 
-    params = {k: v for k, v in locals().items() if k in SiDyPConfig.__dataclass_fields__}
     try:
-        params["trainable_layers"] = _layers(trainable_layers)
-        config = SiDyPConfig.from_dict(params)
+        config = SiDyPConfig.from_dict(
+            {**settings, "trainable_layers": _layers(settings["trainable_layers"])})
         config.validate()
         summary = api.train(
             corpus,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # Decision settings added after the first bundles: absent from a manifest, they mean the paper's
@@ -13,73 +13,120 @@ SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
 }
 
 
+LABEL_SOURCES = ("product", "marginal", "given", "candidates", "classifier")
+CHANGE_RULES = ("odds", "argmax")
+TIMESTEP_MAPPINGS = ("spaced", "authors")
+
+# Help panels of the options the CLI makes of these fields (``train --help`` groups by them).
+INPUT, MODEL, STAGE1, PRIOR, STAGE2 = "Input", "Model", "Stage I", "Prior", "Stage II"
+PREDICTION, PERFORMANCE = "Prediction", "Performance"
+
+
+def setting(default: Any, help: str, panel: str, **cli: Any) -> Any:
+    """A field with what the CLI needs to make an option of it: its help text and panel, and
+    for some ``choices`` (a fixed set of values) or ``cli_type`` (str for int-or-"all")."""
+    return field(default=default, metadata={"help": help, "panel": panel, **cli})
+
+
 @dataclass
 class SiDyPConfig:
-    """Hyper-parameters. Defaults are sized for a CPU; the paper's values are in the comments."""
+    """Hyper-parameters. Defaults are sized for a CPU; the paper's values are in the comments.
+    Each field's metadata is the help and panel of its ``train`` option (cli/main.py)."""
 
     # Encoder: the frozen lower trunk is shared; each branch fine-tunes copies of the top layers.
-    max_length: int = 128  # paper: 128
-    # Top transformer layers each branch fine-tunes, or "all" (paper: all 12 of bert-base).
-    trainable_layers: int | str = 1
+    max_length: int = setting(128, "Token limit; longer texts are truncated.", MODEL)  # paper: 128
+    # paper: all 12 of bert-base
+    trainable_layers: int | str = setting(
+        1, "Top encoder layers each branch tunes, or 'all' (the paper's full fine-tune).", MODEL,
+        cli_type=str)
     # Stage I: classifier ensemble and training dynamics.
-    branches: int = 2  # paper: 3
-    classifier_epochs: int = 6  # paper: 20
-    classifier_batch_size: int = 32
-    classifier_lr: float = 2e-4  # paper: 5e-5 for a full fine-tune; only the top layer trains here
-    head_lr: float = 2e-3
-    classifier_dropout: float = 0.1
-    warmup_fraction: float = 0.06
-    coreg_alpha: float = 5.0  # alpha: weight of the KL co-regularisation between branches
-    coreg_warmup_fraction: float = 0.1  # alpha = 0 during this fraction of epochs
-    grad_clip: float = 1.0
-    snapshots: int = 1  # epochs whose branch features condition the denoiser (paper: every epoch)
-    # Noise marking.
-    noise_ratio: float | None = None  # rho; None = estimate from the data (paper: 0.5 given)
-    # Dynamic prior.
-    knn_k: int = 10  # paper: 10
-    tau_certain: float = 0.9  # paper: 0.9
-    tau_dominant: float = 0.8  # paper: 0.8
+    branches: int = setting(2, "Classifier branches M.", STAGE1)  # paper: 3
+    classifier_epochs: int = setting(6, "Stage I epochs.", STAGE1)  # paper: 20
+    classifier_batch_size: int = setting(32, "Stage I batch size.", STAGE1)
+    # paper: 5e-5 for a full fine-tune; only the top layer trains here
+    classifier_lr: float = setting(2e-4, "Learning rate of the tuned encoder layers.", STAGE1)
+    head_lr: float = setting(2e-3, "Learning rate of the classifier heads.", STAGE1)
+    classifier_dropout: float = setting(0.1, "Dropout before the classifier heads.", STAGE1)
+    warmup_fraction: float = setting(0.06, "Stage I lr warm-up.", STAGE1)
+    # alpha: weight of the KL co-regularisation between branches
+    coreg_alpha: float = setting(5.0, "Stage I co-regularisation weight.", STAGE1)
+    coreg_warmup_fraction: float = setting(  # alpha = 0 during this fraction of epochs
+        0.1, "Stage I epochs without co-regularisation.", STAGE1)
+    grad_clip: float = setting(1.0, "Gradient-norm clip (both stages).", STAGE1)
+    snapshots: int = setting(  # epochs whose features condition the denoiser (paper: every one)
+        1, "Recorded training-dynamics snapshots (last epochs).", STAGE1)
+    # Noise marking: rho; None = estimate from the data (paper: 0.5 given).
+    noise_ratio: float | None = setting(
+        None, "Noise fraction rho (default: estimated from the data).", PRIOR)
+    # Dynamic prior (paper: 10, 0.9, 0.8).
+    knn_k: int = setting(10, "Neighbours K of the prior.", PRIOR)
+    tau_certain: float = setting(0.9, "Vote share that makes a row's candidate certain.", PRIOR)
+    tau_dominant: float = setting(0.8, "Top-two vote share that makes a row dominant.", PRIOR)
     # Stage II: simplex diffusion.
-    simplex_scale: float = 5.0  # S, paper: 5
-    diffusion_steps: int = 800  # T_train, paper: 800
-    inference_steps: int = 10  # T_infer, paper: 10
-    timestep_mapping: str = "spaced"  # "spaced" (DDIM-style) or "authors" (indices 9..0)
-    denoiser_width: int = 256  # w is projected to this width first (paper: dim(w))
-    diffusion_epochs: int = 30  # paper: 10 (too few steps on small corpora; docs/method.md)
-    diffusion_batch_size: int = 128  # paper: 128
-    diffusion_lr: float = 1e-3  # paper: 6e-4 to 1e-3
-    diffusion_warmup_fraction: float = 0.2  # only certain rows train during this fraction of epochs
-    refine_samples: int = 4  # n_s, paper: 4
-    coreg_lambda: float = 2.0  # lambda, paper: 2
-    dynamic_prior: bool = False  # True: the paper's iterative refinement of the targets
-    ema_decay: float = 0.99
-    use_ema: bool = False  # the authors keep an EMA but evaluate the raw weights
-    holdout_fraction: float = 0.1  # rows held out of Stage II to choose the best diffusion epoch
+    simplex_scale: float = setting(5.0, "S.", STAGE2)  # paper: 5
+    diffusion_steps: int = setting(800, "T_train.", STAGE2)  # paper: 800
+    inference_steps: int = setting(10, "T_infer.", STAGE2)  # paper: 10
+    timestep_mapping: str = setting(  # "spaced" (DDIM-style) or "authors" (indices 9..0)
+        "spaced", "Inference time steps: DDIM-style spacing or the authors' indices.", STAGE2,
+        choices=TIMESTEP_MAPPINGS)
+    denoiser_width: int = setting(  # w is projected to this width first (paper: dim(w))
+        256, "Width the conditioning is projected to.", STAGE2)
+    diffusion_epochs: int = setting(  # paper: 10 (too few steps on small corpora; method.md)
+        30, "Stage II epochs.", STAGE2)
+    diffusion_batch_size: int = setting(128, "Stage II batch size.", STAGE2)  # paper: 128
+    diffusion_lr: float = setting(1e-3, "Denoiser learning rate.", STAGE2)  # paper: 6e-4..1e-3
+    diffusion_warmup_fraction: float = setting(
+        0.2, "Stage II epochs on certain rows only.", STAGE2)
+    refine_samples: int = setting(4, "n_s reverse processes per update.", STAGE2)  # paper: 4
+    coreg_lambda: float = setting(2.0, "Stage II co-regularisation weight.", STAGE2)  # paper: 2
+    dynamic_prior: bool = setting(  # True: the paper's iterative refinement of the targets
+        False, "Refine the Stage II targets from the denoiser (the paper; off: the static kNN "
+        "weights, measured better).", PRIOR)
+    ema_decay: float = setting(0.99, "Decay of the denoiser's weight average.", STAGE2)
+    # The authors keep an EMA but evaluate the raw weights.
+    use_ema: bool = setting(False, "Keep the EMA denoiser weights.", STAGE2)
+    holdout_fraction: float = setting(
+        0.1, "Rows held out to pick the diffusion epoch.", STAGE2)
     # Prediction.
     # Which distribution gives predicted_label: "product" (geometric mean of the denoiser's
     # p(y | x) and the classifier ensemble) measured best on 3 seeds (docs/experiments.md).
-    label_source: str = "product"
+    label_source: str = setting(
+        "product", "Which distribution gives predicted_label.", PREDICTION,
+        choices=LABEL_SOURCES)
     # When to change a given label (sidyp_prod/decision.py): "argmax" always takes the most
     # probable class (the paper); "odds" keeps the given label unless the calibrated
     # distribution makes another class change_odds times as probable.
-    change_rule: str = "odds"
-    change_odds: float = 2.0  # labels a change must be expected to fix per label it breaks
-    class_calibration: bool = True  # per-class label_score calibration from the noise marking
+    change_rule: str = setting(
+        "odds", "'odds': keep the LLM label unless another class is --change-odds times as "
+        "probable; 'argmax': always the most probable class.", PREDICTION,
+        choices=CHANGE_RULES)
+    change_odds: float = setting(
+        2.0, "Labels a change must be expected to fix per label it breaks.", PREDICTION)
+    class_calibration: bool = setting(
+        True, "Per-class label_score calibration from the noise marking.", PREDICTION)
     # Divide the distribution by the LLM's label shares first: the experts' learned class prior
     # is the LLM's habit, not evidence (decision.py, docs/experiments.md).
-    label_share_correction: bool = True
+    label_share_correction: bool = setting(
+        True, "Divide the distribution by the LLM labels' class shares before calibrating (the "
+        "experts' learned prior is the LLM's habit).", PREDICTION)
     # Folds of single-branch classifiers fine-tuned on the other folds' labels: for a training
     # row, the product's third expert is a classifier that never saw its label (0: two experts).
-    held_out_folds: int = 5
+    held_out_folds: int = setting(
+        5, "Folds of classifiers that never saw a training row's label: the product's third "
+        "expert for --refined-out (0: off).", PREDICTION)
     # Training sample: at most this many rows, drawn per LLM label (0 or None: every row); the
     # rest of the corpus is refined as new rows.
-    max_train_rows: int | None = 10_000
+    max_train_rows: int | None = setting(
+        10_000, "Train on a sample of this many rows drawn per LLM label (every class kept, "
+        "chosen by --seed; 0: every row); the rest are refined as new rows.", INPUT)
     # A class with fewer LLM labels than this is kept as a label but never a change target: too
     # few rows to learn it from, and the label-share correction would inflate it (0: off).
-    min_class_rows: int = 5
+    min_class_rows: int = setting(
+        5, "A class with fewer LLM labels is kept but never a change target (0: off).",
+        PREDICTION)
     # Runtime.
-    seed: int = 0
-    encode_batch_size: int = 64
+    seed: int = setting(0, "Seed of every random draw.", PERFORMANCE)
+    encode_batch_size: int = setting(64, "Rows per encoder batch.", PERFORMANCE)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,8 +171,8 @@ class SiDyPConfig:
             raise ValueError("snapshots must be between 1 and classifier_epochs")
         if self.noise_ratio is not None and not 0.0 <= self.noise_ratio < 1.0:
             raise ValueError("noise_ratio must be in [0, 1)")
-        if self.timestep_mapping not in ("spaced", "authors"):
-            raise ValueError("timestep_mapping must be 'spaced' or 'authors'")
+        if self.timestep_mapping not in TIMESTEP_MAPPINGS:
+            raise ValueError(f"timestep_mapping must be one of {TIMESTEP_MAPPINGS}")
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(f"label_source must be one of {LABEL_SOURCES}")
         if self.change_rule not in CHANGE_RULES:
@@ -136,7 +183,3 @@ class SiDyPConfig:
             raise ValueError("min_class_rows must be >= 0")
         if not 0.0 < self.tau_dominant <= self.tau_certain <= 1.0:
             raise ValueError("need 0 < tau_dominant <= tau_certain <= 1")
-
-
-LABEL_SOURCES = ("marginal", "given", "candidates", "product", "classifier")
-CHANGE_RULES = ("argmax", "odds")
