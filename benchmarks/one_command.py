@@ -57,11 +57,14 @@ def run_watched(command: list[str], journal: Path, interval: float = 1.0) -> dic
     child = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     samples: list[tuple[float, int, int, float]] = []
     peak = 0
-    while child.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # reaps it once it has exited
+        if pid:
+            break
         try:
             rss, cpu = _proc_stats(child.pid)
         except (FileNotFoundError, ProcessLookupError, IndexError):
-            break
+            continue
         peak = max(peak, rss)
         try:
             done = int(json.loads(journal.read_text())["progress"]["lines"])
@@ -69,7 +72,6 @@ def run_watched(command: list[str], journal: Path, interval: float = 1.0) -> dic
             done = 0
         samples.append((time.perf_counter() - start, done, rss, cpu))
         time.sleep(interval)
-    _, status, usage = os.wait4(child.pid, 0)
     out = child.stdout.read() if child.stdout else ""
     if status != 0:
         raise SystemExit(f"{' '.join(command)} failed ({status}):\n{out}")
