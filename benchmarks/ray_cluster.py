@@ -33,6 +33,7 @@ from sidyp_prod.bundle import load_bundle
 from sidyp_prod.engines.ray_engine import MANIFEST
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ray_throughput import output_rows
 from throughput import example_bundle, machine, synthetic_corpus
 
 NODE_CPUS, WORKERS, CPUS_PER_WORKER = 3, 2, 2
@@ -50,12 +51,6 @@ def _refine(parts: Path, bundle: Path, out: Path, *options: str) -> tuple[float,
     if done.returncode:
         sys.exit(f"{' '.join(command)}: exit {done.returncode}\n{done.stderr[-4000:]}")
     return seconds, json.loads(done.stdout)
-
-
-def _rows(directory: Path) -> list[str]:
-    manifest = json.loads((directory / MANIFEST).read_text())
-    return sorted(line for s in manifest["shards"]
-                  for line in (directory / s["file"]).read_text().splitlines())
 
 
 def main() -> None:
@@ -97,7 +92,7 @@ def main() -> None:
 
     manifest = json.loads((cluster_out / MANIFEST).read_text())
     per_node = {names.get(n["node_id"], n["node_id"]): n["rows"] for n in manifest["nodes"]}
-    same = _rows(cluster_out) == _rows(local_out)
+    same = output_rows(cluster_out) == output_rows(local_out)
     print(f"{machine()}, ray {ray.__version__}, {args.rows} rows in {args.files} files, "
           f"{WORKERS} workers x {CPUS_PER_WORKER} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end")

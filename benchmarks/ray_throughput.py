@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput import example_bundle, machine, synthetic_corpus
 
 
-def _rows(directory: Path) -> list[str]:
+def output_rows(directory: Path) -> list[str]:
+    """Every row of a --engine ray output directory, sorted (comparable across runs)."""
     manifest = json.loads((directory / MANIFEST).read_text())
     return sorted(line for s in manifest["shards"]
                   for line in (directory / s["file"]).read_text().splitlines())
@@ -77,7 +78,7 @@ def main() -> None:
             refine_ray([parts], bundle, out, workers=workers, cpus_per_worker=cpus)
             name = f"--engine ray, {workers} worker(s) x {cpus} CPU(s)"
             results[name] = args.rows / (time.perf_counter() - start)
-            differing[name] = len(set(_rows(out)) ^ set(single)) // 2
+            differing[name] = len(set(output_rows(out)) ^ set(single)) // 2
     finally:
         ray.shutdown()
 
