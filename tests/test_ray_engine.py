@@ -169,6 +169,10 @@ def test_cli_engine_ray_strict_and_errors(ray_session, trained, multi_corpus, tm
                                  "ray://127.0.0.1:10001", "--quiet"])
     assert result.exit_code == 2 and "Ray Client" in result.output, result.output
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.partial-*"))
+    result = runner.invoke(app, ["refine", str(files[2]), "--model", str(bundle), "--out",
+                                 str(tmp_path / "c"), "--engine", "ray", "--address", "auto",
+                                 "--quiet"], env={"RAY_ADDRESS": "ray://127.0.0.1:10001"})
+    assert result.exit_code == 2 and "RAY_ADDRESS=ray://" in result.output, result.output
     # The local engine still takes exactly one corpus.
     result = runner.invoke(app, ["refine", str(files[0]), str(files[1]), "--model", str(bundle),
                                  "--out", str(tmp_path / "x.jsonl"), "--quiet"])

@@ -375,9 +375,13 @@ def refine_ray(
         raise ValueError("cpus_per_worker must be > 0")
     if output_format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {output_format!r}")
-    if address and address.startswith("ray://"):
+    # "auto" is whatever RAY_ADDRESS names, which may be a Ray Client address too.
+    target = os.environ.get("RAY_ADDRESS", "auto") if address == "auto" else address
+    if target and target.startswith("ray://"):
         raise ValueError(
-            f"--address {address}: Ray Data does not run through Ray Client (ray://); run refine "
+            f"--address {address}"
+            + (f" (RAY_ADDRESS={target})" if target != address else "")
+            + ": Ray Data does not run through Ray Client (ray://); run refine "
             "on a node of the cluster with --address HOST:PORT (the GCS address `ray start "
             "--head` prints, port 6379 by default) or --address auto")
     out = Path(out)
