@@ -464,12 +464,7 @@ def refine_rows(
 
     # Outputs keep input order; the batches only decide what is encoded together.
     batches = width_batches(lengths, config.encode_batch_size)
-    parallel = backend.parallel_batches
-    if parallel > 1 and len(batches) > 1:
-        with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
-            results = list(pool.map(refine_one, batches))
-    else:
-        results = [refine_one(batch) for batch in batches]
+    results = _map_batches(backend, refine_one, batches)
     extras: list[dict | None] = [None] * len(rows)
     for batch, fields in zip(batches, results, strict=True):
         for i, extra in zip(batch, fields, strict=True):
@@ -504,6 +499,17 @@ def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> Encoded
     return encoded if len(ids) > 1 else encoded.rows(1)
 
 
+def _map_batches(backend: ModelBackend, function: Callable[[np.ndarray], Any],
+                 batches: list[np.ndarray]) -> list[Any]:
+    """``function`` over ``batches`` in order, ``backend.parallel_batches`` of them in flight
+    (a remote server overlaps them; results do not depend on it)."""
+    parallel = backend.parallel_batches
+    if parallel > 1 and len(batches) > 1:
+        with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
+            return list(pool.map(function, batches))
+    return [function(batch) for batch in batches]
+
+
 def sentence_embeddings(model: LoadedModel, backend: ModelBackend, texts: Sequence[str]
                         ) -> np.ndarray:
     """(N, H) the neighbour search's sentence embeddings of ``texts``: the separate embedding
@@ -513,13 +519,16 @@ def sentence_embeddings(model: LoadedModel, backend: ModelBackend, texts: Sequen
     token_ids = unpadded_ids(*tokenize(tokenizer, list(texts)))
     lengths = [len(ids) for ids in token_ids]
     pad_id = pad_token_id(tokenizer)
-    parts: dict[int, np.ndarray] = {}
-    for batch in width_batches(lengths, model.config.encode_batch_size):
+
+    def embed_one(batch: np.ndarray) -> np.ndarray:
         ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
         if model.embedding_tokenizer is None:
-            embedding = _encode(backend, ids, mask).embedding
-        else:
-            embedding = _paired(backend.embed, ids, mask)[: len(batch)]
+            return _encode(backend, ids, mask).embedding
+        return _paired(backend.embed, ids, mask)[: len(batch)]
+
+    batches = width_batches(lengths, model.config.encode_batch_size)
+    parts: dict[int, np.ndarray] = {}
+    for batch, embedding in zip(batches, _map_batches(backend, embed_one, batches), strict=True):
         parts.update(zip(batch.tolist(), embedding, strict=True))
     if not parts:
         return np.zeros((0, 0), dtype=np.float32)
