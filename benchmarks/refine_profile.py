@@ -8,7 +8,7 @@ is wrapped to time ``encode``/``embed``/``reverse``. "read, parse, write" is the
 stages leave over. Shares of one run, so they compare across machines better than seconds.
 
     python benchmarks/refine_profile.py --model BUNDLE --corpus CORPUS [--chunk-size 1024]
-        [--backend onnx] [--precision fp32] [--triton-url grpc://127.0.0.1:8001]
+        [--backend onnx] [--precision auto|fp32|int8] [--triton-url grpc://127.0.0.1:8001]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--backend", default="onnx")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--triton-url", default=None)
     args = parser.parse_args()
 

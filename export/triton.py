@@ -16,11 +16,12 @@ The two ONNX models come in three configurations of the same files, picked per s
 ``config.pbtxt``):
 
 - ``config.pbtxt``: ``backend: "onnxruntime"`` on ``KIND_GPU``, for NVIDIA's server images;
-- ``configs/cpu.pbtxt``: the same on ``KIND_CPU``, for NVIDIA's images on machines without GPUs;
+- ``configs/cpu.pbtxt``: the same on ``KIND_CPU``, for NVIDIA's images on machines without GPUs,
+  with the per-row int8 encoder (``model.int8.onnx``), as in-process ``refine`` runs on a CPU;
 - ``configs/tensorrt.pbtxt``: the same with ONNX Runtime's TensorRT accelerator in FP16 (opt-in);
 - ``configs/python.pbtxt``: ``backend: "python"`` running the ONNX file in onnxruntime, for
   servers without the onnxruntime backend (the tritonserver binary of the nvidia-pytriton wheel,
-  which ``sidyp-prod serve`` runs).
+  which ``sidyp-prod serve`` runs); the encoder's int8 graph too.
 
 Every ONNX model's config carries the graph's sha256 and the bundle digest as parameters, so a
 client can check that the server runs the models of its bundle.
@@ -35,12 +36,13 @@ from pathlib import Path
 
 from sidyp_prod.backends.triton_backend import DTYPES, triton_dims
 from sidyp_prod.bundle import Bundle, file_digest, load_bundle
-from sidyp_prod.graphs import EMBEDDER_MODEL, GRAPH_MODELS, onnx_paths
+from sidyp_prod.graphs import EMBEDDER_MODEL, GRAPH_MODELS, INT8_SCHEME, onnx_paths
 
 REFINE_MODEL = "sidyp_refine"
 DEFAULT_REPOSITORY = "triton_models"
 CONFIG_NAMES = ("python", "cpu", "tensorrt")  # configs/NAME.pbtxt besides config.pbtxt
 LABELS_FILE = "labels.txt"
+INT8_MODEL_FILE = "model.int8.onnx"  # the encoder's CPU configurations serve this graph
 # Requests queue this long for the dynamic batcher to merge them; small, the callers batch too.
 QUEUE_DELAY_US = 2000
 # Chains per denoiser request: B rows x (C + n_s) chains go through the reverse process.
@@ -79,7 +81,7 @@ def model_config(
         # The python backend runs onnxruntime on the CPU of the server's host.
         instances = "instance_group [ { kind: KIND_CPU count: 1 } ]"
     elif flavour == "cpu":
-        backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
+        backend = f'backend: "onnxruntime"\ndefault_model_filename: "{parameters["onnx_file"]}"'
         instances = "instance_group [ { kind: KIND_CPU count: 1 } ]"
     else:
         backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
@@ -166,14 +168,22 @@ def write_triton_repository(
         (root / "1").mkdir(parents=True)
         (root / "configs").mkdir()
         _link_or_copy(str(directory / graphs[part]["file"]), str(root / "1" / "model.onnx"))
+        # CPU servers run the per-row int8 encoder, as in-process refine does on a CPU.
+        cpu_file, cpu_hash = "model.onnx", hashes[part]
+        if part == "encoder" and graphs[part].get("int8_scheme") == INT8_SCHEME:
+            cpu_file, cpu_hash = INT8_MODEL_FILE, hashes["encoder.int8"]
+            _link_or_copy(str(directory / graphs[part]["int8_file"]), str(root / "1" / cpu_file))
         (root / "1" / "model.py").write_text(_template("onnx_model.py"))
         (root / LABELS_FILE).write_text(labels)
-        params = {"sidyp_bundle_digest": digest, "sidyp_graph_sha256": hashes[part],
+        common = {"sidyp_bundle_digest": digest,
                   "sidyp_graph_version": str(graphs["graph_version"])}
         labelled = {"encoder": ("probs",), "denoiser": ("logits",)}.get(part, ())
         configs = {"onnxruntime": root / "config.pbtxt"}
         configs.update({name: root / "configs" / f"{name}.pbtxt" for name in CONFIG_NAMES})
         for flavour, path in configs.items():
+            on_cpu = flavour in ("cpu", "python")
+            params = {**common, "sidyp_graph_sha256": cpu_hash if on_cpu else hashes[part],
+                      "onnx_file": cpu_file if on_cpu else "model.onnx"}
             path.write_text(model_config(model, graphs[part], max_batch, flavour, params,
                                          labelled))
     root = repository / REFINE_MODEL
@@ -189,6 +199,10 @@ def write_triton_repository(
 
 def _graph_hashes(bundle: Bundle, graphs: dict, directory: Path, parts: list[str]
                   ) -> dict[str, str]:
+    """sha256 of each part's graph, and of the int8 encoder as "encoder.int8"."""
+    files = {part: graphs[part]["file"] for part in parts}
+    if graphs["encoder"].get("int8_file"):
+        files["encoder.int8"] = graphs["encoder"]["int8_file"]
     if directory == bundle.directory:
-        return {part: bundle.files[graphs[part]["file"]]["sha256"] for part in parts}
-    return {part: graphs["sha256"][graphs[part]["file"]] for part in parts}
+        return {key: bundle.files[name]["sha256"] for key, name in files.items()}
+    return {key: graphs["sha256"][name] for key, name in files.items()}

@@ -71,6 +71,15 @@ from .report import ReportSummary, build_report
 from .stream import ResumableOutput, StdoutOutput
 
 DEFAULT_FIELDS = FieldNames()
+# Training rows that pick the int8 encoder graph's fp32 channels (export/quantize.py).
+CALIBRATION_ROWS = 256
+
+
+def calibration_sample(texts: Sequence[str]) -> list[str]:
+    """Evenly spaced training texts (deterministic) for the int8 graph's calibration: the widest
+    activation channels depend on the text the model sees."""
+    step = max(1, len(texts) // CALIBRATION_ROWS)
+    return list(texts[::step][:CALIBRATION_ROWS])
 
 
 @dataclass
@@ -156,6 +165,7 @@ class RefineSummary:
     notes: list[str] = field(default_factory=list)  # what the user should know, not a failure
     # Why the run failed although every row was written (exit code 3 in the CLI).
     problems: list[str] = field(default_factory=list)
+    precision: str = ""  # the encoder graph that ran: fp32 or int8
 
     @property
     def ok(self) -> bool:
@@ -168,7 +178,8 @@ class RefineSummary:
         text = (
             f"read {self.read} rows: {self.refined} refined, {self.rejected} rejected, "
             f"{self.changed} labels changed (LLM label replaced), {self.filled} unlabeled rows "
-            f"given a label ({self.rows_per_second:.1f} rows/s) -> {self.output}"
+            f"given a label ({self.rows_per_second:.1f} rows/s, {self.precision or 'fp32'} "
+            f"encoder) -> {self.output}"
         )
         if self.rejected:
             text += f"; rejects in {self.rejects}"
@@ -328,7 +339,7 @@ def train(
     if export:
         from .export.onnx import export_onnx
 
-        export_onnx(out)
+        export_onnx(out, calibration_texts=calibration_sample([row.text for row in rows]))
     if refined_out and len(rows) == usable:
         _write_records(Path(refined_out), (
             {**row.record, **extra} for row, extra in zip(rows, predictions, strict=True)))
@@ -541,7 +552,7 @@ def refine(
     out: str | Path,
     *,
     backend: str = "onnx",
-    precision: str = "fp32",
+    precision: str = "auto",
     fields: FieldNames = DEFAULT_FIELDS,
     rejects: str | Path | None = None,
     strict: bool = False,
@@ -664,6 +675,7 @@ def refine(
         filled=p.filled, reject_reasons=first_reject_reasons(rejects_path) if p.rejected else [],
         notes=notes,
         problems=refine_problems(p.lines, p.rejected, tally, loaded.labels, max_reject_fraction),
+        precision=runtime.precision,
     )
     if report is not None:
         run = {"seconds": round(elapsed, 1), "rows/s": round(summary.rows_per_second, 1),
@@ -917,7 +929,7 @@ def apply_frame(
     text_column: str = "text",
     label_column: str = "label",
     backend: str = "onnx",
-    precision: str = "fp32",
+    precision: str = "auto",
     chunk_size: int = 1024,
     strict: bool = False,
 ) -> Any:  # -> pandas.DataFrame

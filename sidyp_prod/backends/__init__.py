@@ -26,7 +26,7 @@ def load_backend(
     bundle: Bundle,
     name: str = "onnx",
     device: str | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     url: str | None = None,
     threads: int = 0,
     **options: object,
@@ -34,7 +34,7 @@ def load_backend(
     """Build the named back end for a loaded bundle.
 
     ``onnx``: ONNX Runtime on the bundle's exported graphs (CUDA provider when available;
-    ``precision`` picks the fp32 or int8 encoder, see OnnxBackend.from_bundle);
+    ``precision`` picks the encoder graph: auto, fp32 or int8, see OnnxBackend.from_bundle);
     ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda";
     ``triton``: the models on the Triton server at ``url`` (grpc://HOST:PORT or
     http://HOST:PORT), checked against the bundle first; ``options`` go to TritonBackend.
@@ -51,6 +51,8 @@ def load_backend(
         from ..checks import require_train_extra
 
         require_train_extra("the PyTorch back end (--backend torch)")
+        if precision == "int8":
+            raise ValueError("--precision int8 is the ONNX back end's; torch runs fp32")
         import torch
 
         from .torch_backend import TorchBackend
@@ -64,10 +66,11 @@ def load_backend(
 
         if not url:
             raise ValueError("the triton backend needs the server's URL")
-        if precision != "fp32":
-            raise ValueError("the Triton server runs the fp32 graphs; --precision int8 is local")
         backend = TritonBackend(url, **options)  # type: ignore[arg-type]
-        backend.check(bundle)
+        backend.check(bundle)  # learns which encoder graph the server runs
+        if precision != "auto" and precision != backend.precision:
+            raise ValueError(f"the Triton server runs the {backend.precision} encoder graph, "
+                             f"not {precision} (its configuration picks the graph)")
         return backend
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 

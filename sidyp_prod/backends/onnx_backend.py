@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..graphs import GRAPH_VERSION
+from ..graphs import GRAPH_VERSION, INT8_SCHEME, PRECISIONS
 from .base import EncodedBatch
 
 if TYPE_CHECKING:
@@ -46,17 +46,18 @@ class OnnxBackend:
 
     @classmethod
     def from_bundle(
-        cls, bundle: Bundle, providers: Sequence[str] | None = None, precision: str = "fp32",
+        cls, bundle: Bundle, providers: Sequence[str] | None = None, precision: str = "auto",
         threads: int = 0,
     ) -> OnnxBackend:
-        """``precision``: "fp32", or "int8" for the dynamically quantized encoder (CPU only:
-        faster, but its activation scales are per batch, so a row's result then depends
-        slightly on the rows batched with it). ``threads``: ONNX Runtime's intra-op threads
-        (0: one per core)."""
+        """``precision``: "fp32"; "int8", the quantized encoder (CPU only: MatMulInteger is a CPU
+        kernel); or "auto": int8 on the CPU when the bundle's int8 graph has per-row scales (a
+        row's result then does not depend on its batch, see export/quantize.py), else fp32.
+        ``threads``: ONNX Runtime's intra-op threads (0: one per core)."""
         from ..bundle import BundleError
 
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"not {precision!r}")
         graphs = bundle.manifest.get("onnx")
         if not graphs:
             raise BundleError(
@@ -69,12 +70,16 @@ class OnnxBackend:
                 f"re-run `sidyp-prod export {bundle.directory}`"
             )
         providers = list(providers or default_providers())
-        int8_file = graphs["encoder"].get("int8_file")
+        encoder_record = graphs["encoder"]
+        int8_file = encoder_record.get("int8_file")
+        if precision == "auto":
+            per_row = encoder_record.get("int8_scheme") == INT8_SCHEME
+            precision = "int8" if per_row and "CUDAExecutionProvider" not in providers else "fp32"
         if precision == "int8" and "CUDAExecutionProvider" in providers:
-            providers = ["CPUExecutionProvider"]  # MatMulInteger is a CPU kernel
+            providers = ["CPUExecutionProvider"]
         if precision == "int8" and not int8_file:
             raise BundleError(f"bundle {bundle.directory}: no int8 encoder; re-run export")
-        encoder = int8_file if precision == "int8" else graphs["encoder"]["file"]
+        encoder = int8_file if precision == "int8" else encoder_record["file"]
         embedder = graphs.get("embedder")
         backend = cls(str(bundle.path(encoder)), str(bundle.path(graphs["denoiser"]["file"])),
                       providers, threads,

@@ -178,12 +178,17 @@ class TritonBackend:
             problems += config_problems(config, record, model)
             parameters = {k: v.get("string_value") for k, v in
                           config.get("parameters", {}).items()}
-            expected = bundle.files.get(record["file"], {}).get("sha256")
-            if parameters.get("sidyp_graph_sha256") != expected:
+            # The encoder's CPU configurations serve the int8 graph, the GPU ones the fp32 one.
+            served = {bundle.files.get(record[key], {}).get("sha256"): record[key]
+                      for key in ("file", "int8_file") if record.get(key)}
+            graph = served.get(parameters.get("sidyp_graph_sha256"))
+            if graph is None:
                 problems.append(
                     f"{model}: serves graph sha256 {parameters.get('sidyp_graph_sha256')}, "
-                    f"the bundle's {record['file']} is {expected}"
+                    f"the bundle's {' or '.join(f'{v} is {k}' for k, v in served.items())}"
                 )
+            elif part == "encoder":
+                self.precision = "int8" if graph == record.get("int8_file") else "fp32"
             self.max_batch[model] = max(1, int(config.get("max_batch_size") or 1))
         self.encoder_outputs = list(graphs["encoder"]["outputs"])
         if problems:

@@ -346,7 +346,7 @@ def refine_ray(
     out: str | Path,
     *,
     backend: str = "onnx",
-    precision: str = "fp32",
+    precision: str = "auto",
     backend_options: dict[str, Any] | None = None,
     fields: FieldNames = DEFAULT_FIELDS,
     strict: bool = False,

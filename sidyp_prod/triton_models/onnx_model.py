@@ -18,7 +18,10 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         self.outputs = [o["name"] for o in config["output"]]
-        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        # The encoder's python configuration names its int8 graph (parameter onnx_file).
+        parameters = config.get("parameters", {})
+        filename = parameters.get("onnx_file", {}).get("string_value", "model.onnx")
+        path = Path(args["model_repository"]) / args["model_version"] / filename
         options = ort.SessionOptions()
         # Idle threads must not spin: other models share this host's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

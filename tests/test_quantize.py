@@ -1,0 +1,99 @@
+"""The per-row int8 encoder (export/quantize.py): batch independence, closeness to fp32, the
+default precision, and a re-export that gives the same graph."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from sidyp_prod import api
+from sidyp_prod.backends import load_backend
+from sidyp_prod.bundle import load_bundle
+from sidyp_prod.encoder import tokenize
+from sidyp_prod.export.onnx import export_onnx
+from sidyp_prod.export.quantize import activation_ranges, fp32_channels, quantize_per_row
+from sidyp_prod.graphs import INT8_SCHEME
+from sidyp_prod.model_io import load_bundle_tokenizer
+
+TEXTS = ["song band melody", "the flight to the island was late again", "oven",
+         "a recipe with garlic, onions and a long list of other things to buy", "goal"]
+
+
+def _session(graph: bytes | str) -> ort.InferenceSession:
+    return ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+
+
+def test_a_rows_int8_outputs_do_not_depend_on_the_rows_beside_it(trained):
+    bundle, _, _ = trained
+    graphs = load_bundle(bundle).manifest["onnx"]["encoder"]
+    assert graphs["int8_scheme"] == INT8_SCHEME
+    session = _session(str(bundle / graphs["int8_file"]))
+    ids, mask = tokenize(load_bundle_tokenizer(load_bundle(bundle)), TEXTS)
+    together = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    for i in range(len(TEXTS)):
+        alone = session.run(None, {"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})
+        for a, b in zip(alone, together, strict=True):
+            # Per-tensor scales would move a row by ~1e-2 here; per-row scales leave only the
+            # fp32 kernels' last-bit differences between batch sizes.
+            np.testing.assert_allclose(a[0], b[i], rtol=0, atol=1e-5)
+
+
+def test_int8_graph_is_close_to_fp32_and_keeps_the_named_channels_in_fp32(trained):
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    fp32 = (bundle / loaded.manifest["onnx"]["encoder"]["file"]).read_bytes()
+    ids, mask = tokenize(load_bundle_tokenizer(loaded), TEXTS)
+    ranges = activation_ranges(fp32, [(ids, mask)])
+    channels = fp32_channels(ranges, count=2)
+    assert all(len(c) == 2 for c in channels.values())
+    quantized = quantize_per_row(fp32, channels)
+    model = onnx.load_from_string(quantized)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulInteger") >= len(channels)
+    # Every remaining fp32 MatMul with a weight is an fp32-channel one (2 input rows).
+    weights = {i.name: i for i in model.graph.initializer}
+    assert all(weights[n.input[1]].dims[0] == 2 for n in model.graph.node
+               if n.op_type == "MatMul" and n.input[1] in weights)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    reference, ours = _session(fp32).run(None, feeds), _session(quantized).run(None, feeds)
+    for name, a, b in zip(("probs", "conditioning", "embedding"), ours, reference, strict=False):
+        scale = float(np.abs(b).max())
+        assert np.abs(a - b).max() <= 0.05 * scale, name
+
+
+def test_default_precision_is_int8_on_cpu_and_chunking_does_not_change_the_output(
+        trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    assert load_backend(load_bundle(bundle), "onnx", device="cpu").precision == "int8"
+    assert load_backend(load_bundle(bundle), "onnx", precision="fp32").precision == "fp32"
+    outputs = {}
+    for chunk in (1000, 7):
+        summary = api.refine(fresh_corpus, bundle, tmp_path / f"c{chunk}.jsonl", chunk_size=chunk)
+        assert summary.precision == "int8"
+        outputs[chunk] = (tmp_path / f"c{chunk}.jsonl").read_bytes()
+    assert outputs[1000] == outputs[7]
+    api.refine(fresh_corpus, bundle, tmp_path / "fp32.jsonl", precision="fp32")
+
+    def labels(name: str) -> list[str]:
+        return [json.loads(line)["predicted_label"]
+                for line in (tmp_path / name).read_text().splitlines()]
+
+    fp32, int8 = labels("fp32.jsonl"), labels("c1000.jsonl")
+    assert sum(a == b for a, b in zip(int8, fp32, strict=True)) >= 0.97 * len(fp32)
+
+
+def test_reexport_reuses_the_recorded_fp32_channels(trained, tmp_path):
+    bundle, _, _ = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    before = load_bundle(copy).manifest
+    export_onnx(copy)  # no calibration texts: the channels train picked
+    after = load_bundle(copy).manifest
+    encoder = after["onnx"]["encoder"]
+    assert encoder["int8_fp32_channels"] == before["onnx"]["encoder"]["int8_fp32_channels"]
+    name = encoder["int8_file"]
+    assert after["files"][name]["sha256"] == before["files"][name]["sha256"]
