@@ -602,9 +602,11 @@ def serve(
     except KeyboardInterrupt:
         server.stop()
         raise typer.Exit(130) from None
-    typer.echo(f"ready: serving {repository} on {host}\n  HTTP    {server.http_url}\n"
-               f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\nCtrl-C stops it.")
     try:
+        # Inside the try: a SIGTERM right after this line must still stop the server.
+        typer.echo(f"ready: serving {repository} on {host}\n  HTTP    {server.http_url}\n"
+                   f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n"
+                   "Ctrl-C stops it.")
         code = server.process.wait() if server.process else 1
         typer.echo(f"error: tritonserver exited with code {code}: {server.log_cause()}\n"
                    f"--- the server's log, last lines ---\n{server.log_tail()}", err=True)

@@ -53,7 +53,9 @@ def activation_ranges(
         values = session.run(names, {"input_ids": ids, "attention_mask": mask})
         real = mask.astype(bool)
         for name, value in zip(names, values, strict=True):
-            rows = np.abs(value[real] if value.ndim == 3 else value.reshape(-1, value.shape[-1]))
+            # Token rows: the real ones only; other inputs (DeBERTa's relative positions) whole.
+            token_rows = value.shape[:2] == real.shape
+            rows = np.abs(value[real] if token_rows else value.reshape(-1, value.shape[-1]))
             ranges[name] = np.maximum(ranges.get(name, 0.0), rows.max(axis=0))
     return ranges
 

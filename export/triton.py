@@ -7,6 +7,8 @@ Three models (four with a separate embedding model), each in ``DIR/<name>/`` wit
 - ``sidyp_denoiser``: ``denoiser.onnx`` (the whole reverse process of a batch of chains);
 - ``sidyp_embedder``: ``embedder.onnx``, for a bundle trained with ``--embedding-model``
   (its own token ids -> embedding; the encoder graph then has no embedding output);
+- ``sidyp_tokenizer`` (python backend: text -> the encoder's token ids) and ``sidyp_encode``, an
+  ensemble of it and ``sidyp_encoder``: text in, the encoder's outputs out;
 - ``sidyp_refine``: a python-backend BLS model, raw text and the LLM's label in, refined label,
   confidence and label score out. It holds the bundle's reference set (faiss) and calls the other
   two models through the server, so an online caller needs nothing but a Triton client.
@@ -36,7 +38,17 @@ from pathlib import Path
 
 from sidyp_prod.backends.triton_backend import DTYPES, triton_dims
 from sidyp_prod.bundle import Bundle, file_digest, load_bundle
-from sidyp_prod.graphs import EMBEDDER_MODEL, GRAPH_MODELS, INT8_SCHEME, onnx_paths
+from sidyp_prod.graphs import (
+    EMBEDDER_MODEL,
+    ENCODE_ENSEMBLE,
+    ENCODER_INPUTS,
+    ENCODER_MODEL,
+    GRAPH_MODELS,
+    INT8_SCHEME,
+    TOKENIZER_MODEL,
+    onnx_paths,
+)
+from sidyp_prod.model_io import TOKENIZER_FILE
 
 REFINE_MODEL = "sidyp_refine"
 DEFAULT_REPOSITORY = "triton_models"
@@ -129,6 +141,45 @@ def refine_config(max_batch_size: int, parameters: dict[str, str]) -> str:
     ]) + "\n"
 
 
+def tokenizer_config(max_batch_size: int, max_length: int, pad_token: str) -> str:
+    """The python model that turns text into the encoder's token ids. No dynamic batching:
+    each request is padded on its own, to the width refine pads its rows to."""
+    ids = ",\n".join(f'  {{ name: "{n}" data_type: TYPE_INT64 dims: [ -1 ] }}'
+                     for n in ENCODER_INPUTS)
+    return "\n".join([
+        f'name: "{TOKENIZER_MODEL}"',
+        'backend: "python"',
+        f"max_batch_size: {max_batch_size}",
+        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
+        f"output [\n{ids}\n]",
+        "instance_group [ { kind: KIND_CPU count: 1 } ]",
+        _parameters({"max_length": str(max_length), "pad_token": pad_token}),
+    ]) + "\n"
+
+
+def encode_ensemble_config(max_batch_size: int, encoder_record: dict) -> str:
+    """text -> sidyp_tokenizer -> sidyp_encoder -> the encoder's outputs, as one model."""
+    outputs = ",\n".join(_tensor(n, s) for n, s in encoder_record["outputs"].items())
+
+    def maps(kind: str, names: list[str]) -> str:
+        return " ".join(f'{kind} {{ key: "{n}" value: "{n}" }}' for n in names)
+
+    ids = list(ENCODER_INPUTS)
+    return "\n".join([
+        f'name: "{ENCODE_ENSEMBLE}"',
+        'platform: "ensemble"',
+        f"max_batch_size: {max_batch_size}",
+        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
+        f"output [\n{outputs}\n]",
+        "ensemble_scheduling { step [",
+        f'  {{ model_name: "{TOKENIZER_MODEL}" model_version: -1',
+        f'    {maps("input_map", ["text"])} {maps("output_map", ids)} }},',
+        f'  {{ model_name: "{ENCODER_MODEL}" model_version: -1',
+        f'    {maps("input_map", ids)} {maps("output_map", list(encoder_record["outputs"]))} }}',
+        "] }",
+    ]) + "\n"
+
+
 def _link_or_copy(src: str, dst: str) -> str:
     """Hard links keep a repository next to its bundle from doubling the disk it takes."""
     try:
@@ -186,6 +237,19 @@ def write_triton_repository(
                       "onnx_file": cpu_file if on_cpu else "model.onnx"}
             path.write_text(model_config(model, graphs[part], max_batch, flavour, params,
                                          labelled))
+    # The tokenizer and the text -> encoder ensemble.
+    config = bundle.manifest["config"]
+    for name in (TOKENIZER_MODEL, ENCODE_ENSEMBLE):
+        shutil.rmtree(repository / name, ignore_errors=True)
+        (repository / name / "1").mkdir(parents=True)
+    root = repository / TOKENIZER_MODEL
+    (root / "1" / "model.py").write_text(_template("tokenizer_model.py"))
+    _link_or_copy(str(bundle.path(TOKENIZER_FILE)), str(root / "1" / "tokenizer.json"))
+    (root / "config.pbtxt").write_text(tokenizer_config(
+        batch, int(config["max_length"]), bundle.manifest["encoder"].get("pad_token", "[PAD]")))
+    (repository / ENCODE_ENSEMBLE / "config.pbtxt").write_text(
+        encode_ensemble_config(batch, graphs["encoder"]))
+
     root = repository / REFINE_MODEL
     if root.exists():
         shutil.rmtree(root)

@@ -37,6 +37,9 @@ DENOISER_OUTPUTS = ("logits",)
 ENCODER_MODEL = "sidyp_encoder"
 DENOISER_MODEL = "sidyp_denoiser"
 EMBEDDER_MODEL = "sidyp_embedder"
+# Text -> token ids (python backend), and the ensemble text -> tokenizer -> encoder.
+TOKENIZER_MODEL = "sidyp_tokenizer"
+ENCODE_ENSEMBLE = "sidyp_encode"
 # Triton model name of each graph of the bundle's ONNX record.
 GRAPH_MODELS = {"encoder": ENCODER_MODEL, "denoiser": DENOISER_MODEL, "embedder": EMBEDDER_MODEL}
 

@@ -21,7 +21,7 @@ from sidyp_prod.backends.triton_backend import TritonError, config_problems
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.cli.main import app
 from sidyp_prod.export.triton import CONFIG_NAMES, REFINE_MODEL, write_triton_repository
-from sidyp_prod.graphs import DENOISER_MODEL, ENCODER_MODEL
+from sidyp_prod.graphs import DENOISER_MODEL, ENCODE_ENSEMBLE, ENCODER_MODEL, TOKENIZER_MODEL
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -94,7 +94,41 @@ def test_every_config_matches_the_onnx_graphs(trained, repository):
         assert labels == load_bundle(bundle).manifest["labels"]
     refine = parse_config(repository / REFINE_MODEL / "config.pbtxt")
     assert [t["name"] for t in refine["input"]] == ["text", "label"]
+    tokenizer = parse_config(repository / TOKENIZER_MODEL / "config.pbtxt")
+    assert [t["name"] for t in tokenizer["output"]] == ["input_ids", "attention_mask"]
+    ensemble = parse_config(repository / ENCODE_ENSEMBLE / "config.pbtxt")
+    assert ensemble["platform"] == "ensemble"
+    assert [step["model_name"] for step in ensemble["ensemble_scheduling"]["step"]] == [
+        TOKENIZER_MODEL, ENCODER_MODEL]
+    encoder = parse_config(repository / ENCODER_MODEL / "config.pbtxt")
+    assert ensemble["output"] == encoder["output"] or [
+        {k: v for k, v in t.items() if k != "label_filename"} for t in encoder["output"]
+    ] == ensemble["output"]
     assert (repository / REFINE_MODEL / "1" / "bundle" / "manifest.json").is_file()
+
+
+def test_the_encode_ensemble_tokenizes_and_encodes_raw_text(trained, server):
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.encoder import pad_ids, pad_token_id, padded_width, tokenize, unpadded_ids
+    from sidyp_prod.model_io import load_bundle_tokenizer
+
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    local = load_backend(loaded, "onnx")  # the CPU default, as the server's CPU configs
+    tokenizer = load_bundle_tokenizer(loaded)
+    client = grpcclient.InferenceServerClient(f"localhost:{server.ports.grpc}")
+    for text in ("song band melody guitar", "oven"):
+        tensor = grpcclient.InferInput("text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        result = client.infer(ENCODE_ENSEMBLE, [tensor])
+        (row,) = unpadded_ids(*tokenize(tokenizer, [text]))
+        expected = local.encode(*pad_ids([row], pad_token_id(tokenizer),
+                                          padded_width(len(row))))
+        for name in ("probs", "conditioning", "embedding"):
+            served = result.as_numpy(name)
+            assert served.shape[0] == 1
+            np.testing.assert_array_equal(served[0], getattr(expected, name)[:, 0]
+                                          if name != "embedding" else expected.embedding[0])
 
 
 @pytest.mark.parametrize("scheme", ["http", "grpc"])
