@@ -38,6 +38,7 @@ from sidyp_prod.diffusion import text_key
 from sidyp_prod.encoder import tokenize
 from sidyp_prod.evaluate import expected_calibration_error, read_records
 from sidyp_prod.model_io import REFERENCE_FILE, LoadedModel, load_model
+from sidyp_prod.pipeline import sentence_embeddings
 from sidyp_prod.pretrained import load_pretrained
 from sidyp_prod.refinement import (
     BatchRefinement,
@@ -205,7 +206,7 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
     """The distributions behind `refine` for rows the bundle never saw (what refine_rows runs)."""
     backend = load_backend(loaded.bundle, "onnx")
     settings = RefineSettings.from_config(loaded.config, loaded.n_classes)
-    embeddings = (api.sentence_embeddings(loaded, backend, texts)
+    embeddings = (sentence_embeddings(loaded, backend, texts)
                   if loaded.embedding_tokenizer is not None else None)
     parts, priors = [], []
     for start in range(0, len(texts), loaded.config.encode_batch_size):

@@ -244,10 +244,10 @@ def validate_onnx(
     """Run the exported graphs and the PyTorch models on the same inputs and report: the graphs'
     signatures against the manifest, the largest |difference| of every output over several batch
     sizes and sequence lengths, and whether the refined labels of a sample agree."""
-    from sidyp_prod.api import refine_rows
     from sidyp_prod.backends.onnx_backend import OnnxBackend
     from sidyp_prod.corpus import Row
     from sidyp_prod.encoder import tokenize
+    from sidyp_prod.pipeline import refine_rows
 
     bundle = load_bundle(bundle_dir)
     model = load_model(bundle)

@@ -9,8 +9,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import backend_choice, load_backend
-from .backends.base import EncodedBatch, ModelBackend
 from .bundle import file_digest, load_bundle
 from .checks import (
     DEFAULT_MAX_REJECT_FRACTION,
@@ -42,30 +40,17 @@ from .corpus import (
     label_set_from_labels,
     label_set_from_rows,
 )
-from .decision import DecisionRule, small_classes
-from .diffusion import text_key
-from .encoder import (
-    pad_ids,
-    pad_token_id,
-    padded_width,
-    tokenize,
-    unpadded_ids,
-    width_batches,
-)
+from .decision import small_classes
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import converter
 from .frames import FrameInput, frame_input, result_frame
-from .model_io import LoadedModel, load_model
+from .model_io import load_model
 from .noise import noise_ratio_at_clip
+from .pipeline import given_indices, refine_chunk, refine_rows
 from .readers import count_rows, detect_format
 from .refinement import (
     BatchRefinement,
-    RefineSettings,
-    for_new_rows,
     kind_counts,
-    output_fields,
-    prior_from_neighbors,
-    refine_batch,
 )
 from .report import ReportSummary, build_report
 from .stream import ResumableOutput, StdoutOutput
@@ -205,11 +190,6 @@ def _tallied(items: Iterable[Row | Reject], tally: CorpusTally) -> Iterator[Row 
         yield item
 
 
-def _given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
-    index = {label: i for i, label in enumerate(labels)}
-    return np.array([index[r.label] if r.label is not None else -1 for r in rows], dtype=np.int64)
-
-
 def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # the bundle's parent, made as save_bundle does
     with AtomicWriter(path) as writer:
@@ -277,7 +257,7 @@ def train(
         raise ValueError(f"{corpus}: need at least two classes, found {label_set}"
                          + (f" ({len(rejected)} rows rejected: {rejects_path})" if rejected
                             else ""))
-    given = _given_indices(rows, label_set)
+    given = given_indices(rows, label_set)
     small = small_classes(given, len(label_set), config.min_class_rows)
     warnings = [w for w in (
         tally.label_field_warning(),
@@ -428,124 +408,6 @@ def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
         yield items[start : start + size]
 
 
-def refine_rows(
-    rows: Sequence[Row],
-    model: LoadedModel,
-    backend: ModelBackend,
-    token_ids: Sequence[np.ndarray] | None = None,
-) -> list[dict]:
-    """Refine a chunk of parsed rows with a loaded bundle: each input record plus its new fields.
-
-    ``token_ids`` are the rows' unpadded ids (``encoder.unpadded_ids``) when an earlier stage
-    already tokenized them (the Ray engine tokenizes on CPU workers, away from the model
-    actors); either way each row is padded to a width of its own (``encoder.width_batches``), so
-    its output does not depend on the other rows in ``rows``.
-    A back end with ``parallel_batches`` > 1 (a remote server) gets that many encoder batches in
-    flight at once; results do not depend on it, since each row's noise is seeded by its text.
-    """
-    config = model.config
-    settings = RefineSettings.from_config(config, model.n_classes)
-    decision = DecisionRule.from_config(config, model.label_bias, blocked=model.calibration.blocked)
-    given = _given_indices(rows, model.labels)
-    texts = [r.text for r in rows]
-    if token_ids is None:
-        token_ids = unpadded_ids(*tokenize(model.tokenizer, texts))
-    pad_id = pad_token_id(model.tokenizer)
-    lengths = [len(ids) for ids in token_ids]
-    # A separate embedding model has its own tokens: its batches are its own.
-    embeddings = (sentence_embeddings(model, backend, texts)
-                  if model.embedding_tokenizer is not None else None)
-
-    def refine_one(batch: np.ndarray) -> list[dict]:
-        ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
-        encoded = _encode(backend, ids, mask)
-        if embeddings is not None:
-            encoded = replace(encoded, embedding=embeddings[batch])
-        weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
-        # New rows get the iterative refinement of their candidates only where training did.
-        refined = refine_batch(
-            backend, encoded, weights, kind, given[batch],
-            [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
-            conditional=config.label_source == "given",
-        )
-        return output_fields(
-            for_new_rows(refined, config.held_out_folds), given[batch], model.labels,
-            config.label_source, model.temperature, decision, model.label_shares,
-        )
-
-    # Outputs keep input order; the batches only decide what is encoded together.
-    batches = width_batches(lengths, config.encode_batch_size)
-    results = _map_batches(backend, refine_one, batches)
-    extras: list[dict | None] = [None] * len(rows)
-    for batch, fields in zip(batches, results, strict=True):
-        for i, extra in zip(batch, fields, strict=True):
-            extras[i] = extra
-    return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
-
-
-def _refine_chunk(
-    rows: Sequence[Row], model: LoadedModel, backend: ModelBackend,
-    known: Mapping[int, dict] | None,
-) -> list[dict]:
-    """``refine_rows`` for the rows whose fields are not ``known`` already; input order kept."""
-    if not known:
-        return refine_rows(rows, model, backend)
-    fresh = [r for r in rows if r.line_no not in known]
-    refined = iter(refine_rows(fresh, model, backend) if fresh else [])
-    return [{**r.record, **known[r.line_no]} if r.line_no in known else next(refined)
-            for r in rows]
-def _paired(call: Callable[[np.ndarray, np.ndarray], Any], ids: np.ndarray,
-            mask: np.ndarray) -> Any:
-    """``call(ids, mask)``, with a lone row run beside a copy of itself: ONNX Runtime's CPU
-    kernels round a one-row batch differently from the same row in a larger one on some CPUs.
-    The caller keeps the first row of a lone row's result."""
-    if len(ids) > 1:
-        return call(ids, mask)
-    return call(np.repeat(ids, 2, axis=0), np.repeat(mask, 2, axis=0))
-
-
-def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> EncodedBatch:
-    """``backend.encode`` of a batch, a lone row as :func:`_paired` runs it."""
-    encoded = _paired(backend.encode, ids, mask)
-    return encoded if len(ids) > 1 else encoded.rows(1)
-
-
-def _map_batches(backend: ModelBackend, function: Callable[[np.ndarray], Any],
-                 batches: list[np.ndarray]) -> list[Any]:
-    """``function`` over ``batches`` in order, ``backend.parallel_batches`` of them in flight
-    (a remote server overlaps them; results do not depend on it)."""
-    parallel = backend.parallel_batches
-    if parallel > 1 and len(batches) > 1:
-        with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
-            return list(pool.map(function, batches))
-    return [function(batch) for batch in batches]
-
-
-def sentence_embeddings(model: LoadedModel, backend: ModelBackend, texts: Sequence[str]
-                        ) -> np.ndarray:
-    """(N, H) the neighbour search's sentence embeddings of ``texts``: the separate embedding
-    model's (``backend.embed``) or the encoder graph's. Each row is padded to a width of its
-    own, so a row's embedding does not depend on the others in ``texts``."""
-    tokenizer = model.embedding_tokenizer or model.tokenizer
-    token_ids = unpadded_ids(*tokenize(tokenizer, list(texts)))
-    lengths = [len(ids) for ids in token_ids]
-    pad_id = pad_token_id(tokenizer)
-
-    def embed_one(batch: np.ndarray) -> np.ndarray:
-        ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
-        if model.embedding_tokenizer is None:
-            return _encode(backend, ids, mask).embedding
-        return _paired(backend.embed, ids, mask)[: len(batch)]
-
-    batches = width_batches(lengths, model.config.encode_batch_size)
-    parts: dict[int, np.ndarray] = {}
-    for batch, embedding in zip(batches, _map_batches(backend, embed_one, batches), strict=True):
-        parts.update(zip(batch.tolist(), embedding, strict=True))
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([parts[i] for i in range(len(texts))]).astype(np.float32)
-
-
 def refine(
     corpus: str | Path,
     model: str | Path,
@@ -635,7 +497,7 @@ def refine(
     tally = CorpusTally(fields.label)
 
     def flush() -> None:
-        sink.write_chunk(_refine_chunk(rows, loaded, runtime, known), rejected, line)
+        sink.write_chunk(refine_chunk(rows, loaded, runtime, known), rejected, line)
         bar.update(len(rows) + len(rejected))
         rows.clear()
         rejected.clear()

@@ -357,10 +357,10 @@ class _TrainingOrder:
 
 def _embed(bundle_dir: Path, texts: list[str]) -> np.ndarray:
     """The bundle's sentence embeddings of ``texts`` (ONNX graphs if exported, else PyTorch)."""
-    from .api import sentence_embeddings
     from .backends import load_backend
     from .bundle import load_bundle
     from .model_io import load_model
+    from .pipeline import sentence_embeddings
 
     bundle = load_bundle(bundle_dir)
     backend = load_backend(bundle, "onnx" if "encoder.onnx" in bundle.files else "torch")

@@ -67,10 +67,10 @@ def test_the_bundle_records_and_stores_both_models(separate, trained, embedder_d
 def test_refine_embeds_as_training_did_with_the_embedders_own_tokens(separate, train_corpus):
     """The reference set's embeddings (computed in training by PyTorch) are what the ONNX and
     torch back ends give for the same texts: the embedding tokenizer is the one used."""
-    from sidyp_prod.api import sentence_embeddings
     from sidyp_prod.backends import load_backend
     from sidyp_prod.bundle import load_bundle
     from sidyp_prod.model_io import REFERENCE_FILE, load_model
+    from sidyp_prod.pipeline import sentence_embeddings
 
     bundle = load_bundle(separate[0])
     model = load_model(bundle)

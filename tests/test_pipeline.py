@@ -223,12 +223,12 @@ def test_refine_reports_the_knn_candidates_when_training_kept_them(trained, fres
     does refine; a new row's candidates are its neighbours' vote, as a training row's are."""
     import numpy as np
 
-    from sidyp_prod.api import refine_rows
     from sidyp_prod.backends import load_backend
     from sidyp_prod.bundle import load_bundle
     from sidyp_prod.corpus import Row, iter_corpus
     from sidyp_prod.encoder import tokenize
     from sidyp_prod.model_io import load_model
+    from sidyp_prod.pipeline import refine_rows
     from sidyp_prod.refinement import RefineSettings, prior_from_neighbors
 
     bundle, _, _ = trained

@@ -143,10 +143,10 @@ def test_refine_through_triton_equals_in_process_onnx(trained, fresh_corpus, onn
 
 
 def test_the_bls_model_answers_raw_text(trained, server):
-    from sidyp_prod.api import refine_rows
     from sidyp_prod.backends import load_backend
     from sidyp_prod.corpus import Row
     from sidyp_prod.model_io import load_model
+    from sidyp_prod.pipeline import refine_rows
 
     bundle, _, _ = trained
     loaded = load_bundle(bundle)

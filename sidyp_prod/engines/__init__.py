@@ -1,1 +1,2 @@
-"""Ways to run refinement beyond one process; each is a thin adapter over ``api.refine_rows``."""
+"""Ways to run refinement beyond one process; each is a thin adapter over
+``pipeline.refine_rows``."""

@@ -3,9 +3,9 @@
 Stages: read raw lines (:class:`JsonlLines`) -> parse, validate and tokenize on CPU tasks
 (``corpus.parse_line``, the tokenizer of the bundle) -> an actor pool whose actors load the bundle
 once (ONNX Runtime sessions or any ``load_backend`` back end, the faiss reference set, the
-denoiser) and call ``api.refine_rows``, the function the single-process ``refine`` calls -> write
-one shard (and its rejects shard) per batch -> a JSON manifest (with the rows each node's actors
-refined, so a cluster run shows where the work went).
+denoiser) and call ``pipeline.refine_rows``, the function the single-process ``refine`` calls
+-> write one shard (and its rejects shard) per batch -> a JSON manifest (with the rows each
+node's actors refined, so a cluster run shows where the work went).
 
 Exactly-once output: Ray restarts a killed actor and retries its task on the same input block, so
 a shard is named after its first (file, line) and written atomically; a retried write replaces
@@ -38,13 +38,14 @@ import ray
 import ray.data
 from ray.data.datasource import FileBasedDatasource
 
-from ..api import DEFAULT_FIELDS, RefineSummary, refine_rows
+from ..api import DEFAULT_FIELDS, RefineSummary
 from ..backends import load_backend
 from ..bundle import file_digest, load_bundle
 from ..corpus import FieldNames, InputError, Reject, Row, json_line, parse_line, strip_line_end
 from ..encoder import tokenize, unpadded_ids
 from ..formats import jsonl_to_parquet
 from ..model_io import load_bundle_tokenizer, load_model
+from ..pipeline import refine_rows
 
 LINES_PER_BLOCK = 4096
 MANIFEST = "manifest.json"
@@ -144,7 +145,7 @@ def parse_and_tokenize(
 
 
 class RefineWorker:
-    """One actor: loads the bundle once and refines batches with ``api.refine_rows``.
+    """One actor: loads the bundle once and refines batches with ``pipeline.refine_rows``.
 
     The back end comes from ``load_backend(bundle, backend, precision=..., **backend_options)``,
     so any back end that function knows (``onnx``, ``torch``, a Triton client given its URL)

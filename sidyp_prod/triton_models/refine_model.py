@@ -90,8 +90,8 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         """All requests of a dynamic batch are refined together, each answered on its own."""
-        from sidyp_prod.api import refine_rows
         from sidyp_prod.corpus import Row
+        from sidyp_prod.pipeline import refine_rows
 
         rows, spans, responses = [], [], [None] * len(requests)
         for i, request in enumerate(requests):
