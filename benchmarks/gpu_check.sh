@@ -55,6 +55,22 @@ step refine-minilm-full sidyp-prod refine "$DATA/valid.jsonl" --model "$OUT/mini
   --out "$OUT/minilm-full.valid.jsonl" --backend torch --quiet
 sidyp-prod evaluate "$OUT/minilm-full.refined.jsonl" | head -3
 sidyp-prod evaluate "$OUT/minilm-full.valid.jsonl" | head -3
+# fp32 against fp16 encoder graphs in ONNX Runtime's CUDA provider (needs onnxruntime-gpu):
+# rows/s of each and how many labels differ, on train + valid.
+if python -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())"; then
+  cat "$DATA/train.jsonl" "$DATA/valid.jsonl" > "$OUT/semeval.jsonl"
+  step export-fp16 sidyp-prod export "$OUT/minilm-full" --fp16 --no-validate
+  for p in fp32 fp16; do
+    step "refine-onnx-$p" sidyp-prod refine "$OUT/semeval.jsonl" --model "$OUT/minilm-full" \
+      --out "$OUT/semeval.$p.jsonl" --precision "$p" --overwrite
+    grep -o '[0-9.]* rows/s' "$OUT/refine-onnx-$p.log" | tail -1
+  done
+  python - "$OUT/semeval.fp32.jsonl" "$OUT/semeval.fp16.jsonl" <<'EOF'
+import json, sys
+a, b = ([json.loads(line)["predicted_label"] for line in open(p)] for p in sys.argv[1:])
+print(f"fp16 labels differing from fp32: {sum(x != y for x, y in zip(a, b))} of {len(a)}")
+EOF
+fi
 if [ -n "$MPNET" ]; then
   step train-mpnet train mpnet "$MPNET" trainable_layers=all classifier_lr=5e-5 \
     classifier_epochs=20 branches=3

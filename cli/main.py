@@ -307,9 +307,10 @@ def refine(
         float, _option(help="How long to retry an unreachable Triton server.", panel=BACKEND)
     ] = 120.0,
     precision: Annotated[
-        Literal["auto", "fp32", "int8"],
+        Literal["auto", "fp32", "int8", "fp16"],
         _option(help="Encoder graph: auto = int8 on CPUs (per-row scales: batch-independent, "
-                "≥99.5% same labels), fp32 on GPUs.", panel=BACKEND),
+                "≥99.5% same labels), fp32 on GPUs; fp16 (export --fp16) for GPUs.",
+                panel=BACKEND),
     ] = "auto",
     text_field: TextField = "text",
     label_field: LabelField = "label",
@@ -506,6 +507,9 @@ def export(
     ] = None,
     int8: Annotated[bool, _flag("--int8/--no-int8",
                                 help="Also write the int8-quantized encoder.")] = True,
+    fp16: Annotated[bool, _flag("--fp16/--no-fp16",
+                                help="Also write a float16 encoder for GPUs "
+                                "(refine --precision fp16).")] = False,
     atol: Annotated[float, typer.Option(help="Largest accepted |onnx - torch| difference.")] = 1e-4,
     validate: Annotated[bool, _flag("--validate/--no-validate",
                                     help="Compare against PyTorch after export.")] = True,
@@ -532,13 +536,13 @@ def export(
         require_train_extra("ONNX export")
         from sidyp_prod.export.onnx import export_onnx, validate_onnx
 
-        graphs = export_onnx(bundle, out, int8=int8)
+        graphs = export_onnx(bundle, out, int8=int8, fp16=fp16)
     except (BundleError, FileNotFoundError, MissingExtraError) as exc:
         _fail(str(exc))
     files = [graphs[part]["file"] for part in ("encoder", "denoiser", "embedder")
              if part in graphs]
-    if graphs["encoder"].get("int8_file"):
-        files.append(graphs["encoder"]["int8_file"])
+    files += [graphs["encoder"][key] for key in ("int8_file", "fp16_file")
+              if graphs["encoder"].get(key)]
     typer.echo(f"wrote {', '.join(files)} (opset {graphs['opset']}) into {out or bundle}")
     if validate:
         report = validate_onnx(bundle, atol=atol, onnx_dir=out)

@@ -31,6 +31,7 @@ from sidyp_prod.graphs import (
     DENOISER_OUTPUTS,
     EMBEDDER_ONNX,
     EMBEDDER_OUTPUTS,
+    ENCODER_FP16_ONNX,
     ENCODER_INPUTS,
     ENCODER_INT8_ONNX,
     ENCODER_ONNX,
@@ -102,13 +103,25 @@ def int8_encoder(fp32_onnx: bytes, tokenizer: Any, calibration_texts: Sequence[s
     return quantize_per_row(fp32_onnx, recorded), recorded
 
 
+def fp16_encoder(fp32_onnx: bytes) -> bytes:
+    """The encoder in float16 for the CUDA provider, inputs and outputs as in fp32. LayerNorm
+    stays fp32 (its variance in fp16 loses the small differences it normalises)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load_from_string(fp32_onnx), keep_io_types=True,
+                                     op_block_list=["LayerNormalization"])
+    return model.SerializeToString()
+
+
 def export_onnx(
     bundle_dir: str | Path, out_dir: str | Path | None = None, int8: bool = True,
-    calibration_texts: Sequence[str] | None = None,
+    calibration_texts: Sequence[str] | None = None, fp16: bool = False,
 ) -> dict:
-    """Write ``encoder.onnx``, ``denoiser.onnx`` (and ``encoder.int8.onnx`` with ``int8``) into
-    the bundle and record them (names, shapes, hashes) in its manifest; or, with ``out_dir``,
-    into that directory with the same record in ``onnx.json``. Returns the record.
+    """Write ``encoder.onnx``, ``denoiser.onnx`` (and ``encoder.int8.onnx`` with ``int8``,
+    ``encoder.fp16.onnx`` with ``fp16``) into the bundle and record them (names, shapes,
+    hashes) in its manifest; or, with ``out_dir``, into that directory with the same record in
+    ``onnx.json``. Returns the record.
     ``calibration_texts`` pick the int8 graph's fp32 channels (see int8_encoder)."""
     bundle = load_bundle(bundle_dir)
     torch_backend = TorchBackend.from_bundle(bundle)
@@ -130,6 +143,8 @@ def export_onnx(
         recorded = (manifest.get("onnx") or {}).get("encoder", {}).get("int8_fp32_channels")
         files[ENCODER_INT8_ONNX], channels = int8_encoder(
             files[ENCODER_ONNX], load_bundle_tokenizer(bundle), calibration_texts, recorded)
+    if fp16:
+        files[ENCODER_FP16_ONNX] = fp16_encoder(files[ENCODER_ONNX])
     token_inputs = {"input_ids": ["batch", "tokens", "int64"],
                     "attention_mask": ["batch", "tokens", "int64"]}
     embedding = {"embedding": ["batch", embedding_width(manifest), "float32"]}
@@ -142,6 +157,7 @@ def export_onnx(
             # Per-row activation ranges: a row's int8 outputs do not depend on its batch.
             "int8_scheme": INT8_SCHEME if int8 else None,
             "int8_fp32_channels": channels,
+            "fp16_file": ENCODER_FP16_ONNX if fp16 else None,
             "inputs": token_inputs,
             "outputs": {"probs": ["batch", branches, classes, "float32"],
                         "conditioning": ["batch", branches, width, "float32"],
@@ -174,7 +190,7 @@ def export_onnx(
 class ValidationReport:
     atol: float
     max_abs_diff: dict[str, float] = field(default_factory=dict)
-    informational: dict[str, float] = field(default_factory=dict)  # int8: reported, not gated
+    informational: dict[str, float] = field(default_factory=dict)  # int8, fp16: not gated
     signature_problems: list[str] = field(default_factory=list)
     labels_compared: int = 0
     labels_differing: int = 0
@@ -265,8 +281,10 @@ def validate_onnx(
         report.signature_problems += signature_problems(onnx.embedder, graphs["embedder"],
                                                         "embedder")
     texts = list(texts or SAMPLE_TEXTS)
-    int8_file = graphs["encoder"].get("int8_file")
-    int8 = OnnxBackend(str(directory / int8_file), denoiser_path, cpu) if int8_file else None
+    # The reduced-precision encoders: their differences are reported, not gated.
+    reduced = {key.split("_")[0]: OnnxBackend(str(directory / graphs["encoder"][key]),
+                                              denoiser_path, cpu)
+               for key in ("int8_file", "fp16_file") if graphs["encoder"].get(key)}
     encoder_outputs = [n for n in ENCODER_OUTPUTS if n in graphs["encoder"]["outputs"]]
 
     def record(name: str, diff: float, into: dict[str, float]) -> None:
@@ -280,12 +298,12 @@ def validate_onnx(
         for name in encoder_outputs:
             diff = float(np.abs(getattr(ours, name) - getattr(ref, name)).max())
             record(f"encoder.{name}", diff, report.max_abs_diff)
-        if int8 is not None:
-            quantized = int8.encode(ids, mask)
+        for precision, backend in reduced.items():
+            approximate = backend.encode(ids, mask)
             for name in ("probs", "embedding"):
                 if name in encoder_outputs:
-                    diff = float(np.abs(getattr(quantized, name) - getattr(ref, name)).max())
-                    record(f"int8.{name}", diff, report.informational)
+                    diff = float(np.abs(getattr(approximate, name) - getattr(ref, name)).max())
+                    record(f"{precision}.{name}", diff, report.informational)
         if model.embedding_tokenizer is not None:
             ids, mask = tokenize(model.embedding_tokenizer, batch)
             diff = float(np.abs(onnx.embed(ids, mask) - torch_backend.embed(ids, mask)).max())

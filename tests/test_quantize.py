@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from sidyp_prod import api
 from sidyp_prod.backends import load_backend
-from sidyp_prod.bundle import load_bundle
+from sidyp_prod.bundle import BundleError, load_bundle
 from sidyp_prod.encoder import tokenize
 from sidyp_prod.export.onnx import export_onnx
 from sidyp_prod.export.quantize import activation_ranges, fp32_channels, quantize_per_row
@@ -21,6 +23,10 @@ from sidyp_prod.model_io import load_bundle_tokenizer
 
 TEXTS = ["song band melody", "the flight to the island was late again", "oven",
          "a recipe with garlic, onions and a long list of other things to buy", "goal"]
+
+
+def _labels(path: Path) -> list[str]:
+    return [json.loads(line)["predicted_label"] for line in path.read_text().splitlines()]
 
 
 def _session(graph: bytes | str) -> ort.InferenceSession:
@@ -77,12 +83,7 @@ def test_default_precision_is_int8_on_cpu_and_chunking_does_not_change_the_outpu
         outputs[chunk] = (tmp_path / f"c{chunk}.jsonl").read_bytes()
     assert outputs[1000] == outputs[7]
     api.refine(fresh_corpus, bundle, tmp_path / "fp32.jsonl", precision="fp32")
-
-    def labels(name: str) -> list[str]:
-        return [json.loads(line)["predicted_label"]
-                for line in (tmp_path / name).read_text().splitlines()]
-
-    fp32, int8 = labels("fp32.jsonl"), labels("c1000.jsonl")
+    fp32, int8 = _labels(tmp_path / "fp32.jsonl"), _labels(tmp_path / "c1000.jsonl")
     assert sum(a == b for a, b in zip(int8, fp32, strict=True)) >= 0.97 * len(fp32)
 
 
@@ -97,3 +98,20 @@ def test_reexport_reuses_the_recorded_fp32_channels(trained, tmp_path):
     assert encoder["int8_fp32_channels"] == before["onnx"]["encoder"]["int8_fp32_channels"]
     name = encoder["int8_file"]
     assert after["files"][name]["sha256"] == before["files"][name]["sha256"]
+
+
+def test_fp16_encoder_is_written_on_request_and_refines_close_to_fp32(
+        trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    with pytest.raises(BundleError, match="--fp16"):
+        load_backend(load_bundle(copy), "onnx", precision="fp16")
+    export_onnx(copy, fp16=True)
+    graph = onnx.load(copy / load_bundle(copy).manifest["onnx"]["encoder"]["fp16_file"])
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.graph.initializer)
+    summary = api.refine(fresh_corpus, copy, tmp_path / "fp16.jsonl", precision="fp16")
+    assert summary.precision == "fp16"
+    api.refine(fresh_corpus, copy, tmp_path / "fp32.jsonl", precision="fp32")
+    fp32, fp16 = _labels(tmp_path / "fp32.jsonl"), _labels(tmp_path / "fp16.jsonl")
+    assert sum(a == b for a, b in zip(fp16, fp32, strict=True)) >= 0.97 * len(fp32)

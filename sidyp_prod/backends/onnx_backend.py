@@ -50,8 +50,9 @@ class OnnxBackend:
         threads: int = 0,
     ) -> OnnxBackend:
         """``precision``: "fp32"; "int8", the quantized encoder (CPU only: MatMulInteger is a CPU
-        kernel); or "auto": int8 on the CPU when the bundle's int8 graph has per-row scales (a
-        row's result then does not depend on its batch, see export/quantize.py), else fp32.
+        kernel); "fp16", the float16 encoder of ``export --fp16`` (for CUDA; CPUs run it slowly);
+        or "auto": int8 on the CPU when the bundle's int8 graph has per-row scales (a row's
+        result then does not depend on its batch, see export/quantize.py), else fp32.
         ``threads``: ONNX Runtime's intra-op threads (0: one per core)."""
         from ..bundle import BundleError
 
@@ -77,9 +78,13 @@ class OnnxBackend:
             precision = "int8" if per_row and "CUDAExecutionProvider" not in providers else "fp32"
         if precision == "int8" and "CUDAExecutionProvider" in providers:
             providers = ["CPUExecutionProvider"]
-        if precision == "int8" and not int8_file:
-            raise BundleError(f"bundle {bundle.directory}: no int8 encoder; re-run export")
-        encoder = int8_file if precision == "int8" else encoder_record["file"]
+        files = {"fp32": encoder_record["file"], "int8": int8_file,
+                 "fp16": encoder_record.get("fp16_file")}
+        if not files[precision]:
+            flag = " --fp16" if precision == "fp16" else ""
+            raise BundleError(f"bundle {bundle.directory}: no {precision} encoder; run "
+                              f"`sidyp-prod export {bundle.directory}{flag}`")
+        encoder = files[precision]
         embedder = graphs.get("embedder")
         backend = cls(str(bundle.path(encoder)), str(bundle.path(graphs["denoiser"]["file"])),
                       providers, threads,
