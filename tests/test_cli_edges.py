@@ -240,7 +240,7 @@ def test_help_shows_flags_without_a_value_and_the_choices():
     result = runner.invoke(app, ["refine", "-h"], env={"COLUMNS": "200", "TERM": "dumb"})
     assert result.exit_code == 0
     assert "<bool>" not in result.output
-    assert "<onnx|torch>" in result.output and "<auto|fp32|int8>" in result.output
+    assert "<onnx|torch>" in result.output and "<auto|fp32|int8|fp16>" in result.output
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
     for panel in ("Input", "Model", "Stage I", "Prior", "Stage II", "Prediction", "Output",
                   "Performance"):
