@@ -8,6 +8,9 @@ each label source, plus fixed/broken counts, ECE and wall time per stage. Gold l
 here, after training, and nowhere else.
 
     python benchmarks/quality.py [--corpus PATH] [--valid PATH] [--seeds 0 1 2] [--out DIR]
+
+With ``--inductive-folds K`` it scores every training row as a new row instead: `train` on K-1
+folds, `refine` the last, against a plain full fine-tune on the same folds (inductive.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from decision_rules import save_quality_plots  # benchmarks/ is on sys.path as a script
+from inductive import mean_sd, print_inductive_table, run_inductive
 from throughput import machine
 
 from sidyp_prod import api
@@ -305,6 +309,9 @@ def main() -> None:
                         help="the prior's sentence-embedding model (train --embedding-model)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1: the runs in docs/benchmarks.md, two side by side)")
+    parser.add_argument("--inductive-folds", type=int, default=0,
+                        help="score every row as a new row by K-fold cross-fitting through "
+                        "train and refine, with a plain full fine-tune on the same folds")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -312,6 +319,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     valid = args.valid if args.valid.exists() else None
+    if args.inductive_folds:
+        runs = [run_inductive(args.corpus, valid, seed, args.inductive_folds, args.out,
+                              SiDyPConfig(**{**args.config, "seed": seed}), args.encoder,
+                              args.embedding_model, plain=not args.skip_baselines)
+                for seed in args.seeds]
+        (args.out / "inductive.json").write_text(json.dumps(
+            {"machine": machine(), "corpus": str(args.corpus), "config_overrides": args.config,
+             "results": runs}, indent=1))
+        print_inductive_table(runs)
+        return
     results = []
     for seed in args.seeds:
         config = SiDyPConfig(**{**args.config, "seed": seed})
@@ -346,12 +363,7 @@ def stat(results: list[dict], path: list[str], scale: float = 100.0, digits: int
             v = v.get(key) if isinstance(v, dict) else None
         if v is not None:
             values.append(float(v))  # type: ignore[arg-type]
-    if not values:
-        return "n/a"
-    text = f"{scale * np.mean(values):.{digits}f}"
-    if len(values) > 1:
-        text += f" ± {scale * np.std(values):.{digits}f}"
-    return text
+    return mean_sd(values, scale, digits)
 
 
 def fixed_broken(results: list[dict], path: list[str]) -> str:

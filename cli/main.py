@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_type_hints
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from sidyp_prod.config import INPUT, MODEL, PERFORMANCE, SiDyPConfig
+from sidyp_prod.config import INPUT, MODEL, PERFORMANCE, PRESET_CHOICES, SiDyPConfig
 
 # Nothing is ever fetched from a model hub; set before transformers/tokenizers are imported.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,6 +176,7 @@ def _with_config_options(command: Callable[..., None]) -> Callable[..., None]:
 @app.command(cls=Command)
 @_with_config_options
 def train(
+    ctx: typer.Context,
     corpus: Annotated[
         Path, typer.Argument(help="Corpus with text and LLM labels: JSONL, CSV, TSV, Parquet or "
                              "a datasets directory.")
@@ -210,6 +211,12 @@ def train(
         bool, _flag("--export/--no-export", help="Also export the ONNX graphs into the bundle.",
                     panel=OUTPUT)
     ] = True,
+    preset: Annotated[
+        Literal[PRESET_CHOICES],  # type: ignore[valid-type]
+        _option(help="Starting settings, which the options below override: 'quality' fine-tunes "
+                "every encoder layer of three branches (the paper's recipe; slower on a CPU), "
+                "'auto' picks it when training on a GPU.", panel=MODEL),
+    ] = "auto",
     quiet: Quiet = False,
     as_json: JsonOut = False,
     **settings: Any,
@@ -221,9 +228,13 @@ def train(
     from sidyp_prod.corpus import InputError, parse_label_set
 
     try:
-        config = SiDyPConfig.from_dict(
-            {**settings, "trainable_layers": _layers(settings["trainable_layers"])})
+        given = {name: value for name, value in settings.items() if _given(ctx, name)}
+        if "trainable_layers" in given:
+            given["trainable_layers"] = _layers(given["trainable_layers"])
+        preset, config = api.training_config(preset, device, **given)
         config.validate()
+        if not quiet:
+            _log(f"preset {preset}")
         summary = api.train(
             corpus,
             out,
@@ -245,6 +256,13 @@ def train(
     except (InputError, ValueError, FileNotFoundError, BundleError, RuntimeError) as exc:
         _fail(str(exc))
     _report(summary, as_json)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option ``name`` (on the command line or from the environment)."""
+    source = ctx.get_parameter_source(name)
+    # Compared by name: Typer ships its own copy of click's ParameterSource.
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def _layers(value: str) -> int | str:

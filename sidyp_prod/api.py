@@ -29,7 +29,7 @@ from .checks import (
     require_train_extra,
     small_classes_text,
 )
-from .config import SiDyPConfig
+from .config import SiDyPConfig, resolve_preset
 from .corpus import (
     AtomicWriter,
     FieldNames,
@@ -83,6 +83,8 @@ class TrainSummary:
     class_noise_ratios: list[float] = field(default_factory=list)  # rho per given class
     # The rho the calibration fitted to (decision.calibration_targets); None: noise_ratio.
     calibration_noise_ratio: float | None = None
+    # 90% interval of the noise ratio (noise.noise_ratio_interval); None when it was given.
+    noise_ratio_interval: tuple[float, float] | None = None
     label_bias: list[float] = field(default_factory=list)  # per-class calibration
     label_shares: list[float] | None = None  # the given labels' class shares, when divided by
     seconds: dict[str, float] = field(default_factory=dict)
@@ -119,7 +121,9 @@ class TrainSummary:
             f"classes           {self.classes}",
             f"noise ratio       {self.noise_ratio:.3f} ({how})"
             + (f", calibrated to {self.calibration_noise_ratio:.3f}"
-               if self.calibration_noise_ratio not in (None, self.noise_ratio) else ""),
+               if self.calibration_noise_ratio not in (None, self.noise_ratio) else "")
+            + (f" (90% interval {self.noise_ratio_interval[0]:.3f} to "
+               f"{self.noise_ratio_interval[1]:.3f})" if self.noise_ratio_interval else ""),
             f"prior candidates  {kinds}",
             f"labels changed    {self.labels_changed}",
             "seconds           " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
@@ -195,6 +199,17 @@ def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
     with AtomicWriter(path) as writer:
         for reject in rejects:
             writer.write_json(reject.to_json())
+
+
+def training_config(preset: str = "auto", device: str = "auto",
+                    **overrides: Any) -> tuple[str, SiDyPConfig]:
+    """The preset ``train`` runs (``auto``: ``quality`` on a GPU, else ``default``) and its
+    configuration with ``overrides`` on top."""
+    require_train_extra("training")
+    from .device import resolve_device
+
+    name = resolve_preset(preset, resolve_device(device).type == "cuda")
+    return name, SiDyPConfig.from_preset(name, **overrides)
 
 
 def train(
@@ -297,6 +312,8 @@ def train(
         temperature=calibration.temperature,
         class_noise_ratios=[round(float(r), 6) for r in fit.class_noise_ratios],
         calibration_noise_ratio=fit.calibration_noise_ratio,
+        noise_ratio_interval=(None if fit.noise_ratio_interval is None else
+                              tuple(round(x, 4) for x in fit.noise_ratio_interval)),
         label_bias=[float(b) for b in calibration.label_bias]
         if calibration.label_bias is not None else [],
         label_shares=[float(x) for x in calibration.label_shares]

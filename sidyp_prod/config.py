@@ -131,6 +131,13 @@ class SiDyPConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_preset(cls, preset: str, **overrides: Any) -> SiDyPConfig:
+        """The settings of a named preset (PRESETS), with ``overrides`` on top."""
+        if preset not in PRESETS:
+            raise ValueError(f"preset {preset!r}: one of {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[preset], **overrides})
+
     def resolved_trainable_layers(self, depth: int) -> int:
         """``trainable_layers`` as a number of layers of an encoder ``depth`` layers deep."""
         if self.trainable_layers == "all":
@@ -183,3 +190,24 @@ class SiDyPConfig:
             raise ValueError("min_class_rows must be >= 0")
         if not 0.0 < self.tau_dominant <= self.tau_certain <= 1.0:
             raise ValueError("need 0 < tau_dominant <= tau_certain <= 1")
+
+
+# Named starting points of ``train --preset``; options given explicitly override them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # The paper's recipe: every encoder layer of three branches (and of the held-out
+    # classifiers) fine-tuned at the paper's learning rate. Its CPU cost is in
+    # docs/benchmarks.md; ``auto`` picks it when training runs on a GPU.
+    "quality": {"trainable_layers": "all", "branches": 3, "classifier_epochs": 4,
+                "classifier_lr": 5e-5},
+}
+PRESET_CHOICES = ("auto", *PRESETS)
+
+
+def resolve_preset(preset: str, on_gpu: bool) -> str:
+    """``auto``: ``quality`` when training runs on a GPU, else ``default``."""
+    if preset == "auto":
+        return "quality" if on_gpu else "default"
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: one of {list(PRESET_CHOICES)}")
+    return preset

@@ -81,3 +81,34 @@ def mark_noisy(scores: np.ndarray, ratio: float, labelled: np.ndarray) -> np.nda
         order = idx[np.argsort(-scores[idx], kind="stable")]
         noisy[order[:n_noisy]] = True
     return noisy
+
+
+def noise_ratio_interval(
+    scores: np.ndarray,
+    labelled: np.ndarray,
+    p_given_held_out: np.ndarray | None = None,
+    draws: int = 200,
+    level: float = 0.9,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A ``level`` interval for the noise ratio, by bootstrap over the labelled rows.
+
+    ``scores`` is (M, N), one noise-score row per branch; ``p_given_held_out`` (N,) is the
+    held-out classifiers' p(given | x). The two estimates err in opposite directions
+    (calibration_targets), so each draw contributes the lower of the two to the lower bound and
+    the higher to the upper bound: the interval covers both estimators' resampling spread and
+    their disagreement, not only the sampling noise of their mean.
+    """
+    rows = np.flatnonzero(labelled)
+    if len(rows) < 4:
+        return NOISE_RATIO_CLIP
+    rng = np.random.default_rng(seed)
+    low, high = np.empty(draws), np.empty(draws)
+    for d in range(draws):
+        sample = rng.choice(rows, size=len(rows), replace=True)
+        mixture = float(np.mean([estimate_noise_ratio(s[sample]) for s in scores]))
+        held = mixture if p_given_held_out is None else 1.0 - float(
+            p_given_held_out[sample].mean())
+        low[d], high[d] = min(mixture, held), max(mixture, held)
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(low, tail)), float(np.quantile(high, 1.0 - tail))

@@ -21,6 +21,7 @@ from .config import SiDyPConfig
 from .decision import DecisionRule, class_noise_ratios, label_shares
 from .diffusion import text_key
 from .model_io import OutputCalibration
+from .noise import noise_ratio_interval
 from .refinement import (
     BatchRefinement,
     RefineSettings,
@@ -39,6 +40,8 @@ class TrainingRowsFit:
     calibration: OutputCalibration
     class_noise_ratios: np.ndarray  # (C,) the clean marks' noise ratio per given class
     calibration_noise_ratio: float | None  # the rho the calibration fitted to
+    # A 90% interval for the noise ratio (noise.noise_ratio_interval); None when it was given.
+    noise_ratio_interval: tuple[float, float] | None
     predictions: list[dict[str, Any]]  # the training rows' output fields, in row order
 
 
@@ -80,9 +83,16 @@ def fit_training_rows(
         refinement, given, config.label_source, result.noise_ratio, class_noise, shares,
         average_held_out=result.noise_ratio_estimated,
     )
+    interval = None
+    if result.noise_ratio_estimated:
+        labelled = given >= 0
+        p_given = (None if refinement.held_out is None else
+                   refinement.held_out[np.arange(len(given)), np.maximum(given, 0)])
+        interval = noise_ratio_interval(result.noise_scores, labelled, p_given, seed=config.seed)
     calibration = OutputCalibration(temperature, label_bias, shares, blocked)
     decision = DecisionRule.from_config(config, label_bias, blocked=blocked)
     predictions = output_fields(
         refinement, given, labels, config.label_source, temperature, decision, shares
     )
-    return TrainingRowsFit(refinement, calibration, class_noise, calibration_noise, predictions)
+    return TrainingRowsFit(refinement, calibration, class_noise, calibration_noise, interval,
+                           predictions)

@@ -55,6 +55,7 @@ class TrainingResult:
     centroids: np.ndarray  # (M, S, C, H) class centroids of each recorded snapshot
     noise_ratio: float
     noise_ratio_estimated: bool
+    noise_scores: np.ndarray  # (M, N) each branch's noise score per row (NaN: unlabelled)
     features: RowFeatures  # the training rows' classifier probabilities and training dynamics
     prior_weights: np.ndarray  # (M, N, C) the dynamic prior after training
     prior_kind: np.ndarray  # (M, N)
@@ -773,6 +774,7 @@ def train_sidyp(
         centroids=stage_one.centroids.astype(np.float32),
         noise_ratio=ratio,
         noise_ratio_estimated=estimated,
+        noise_scores=np.stack(scores),
         features=features,
         prior_weights=refined_weights,
         prior_kind=prior_kind,

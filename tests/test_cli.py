@@ -64,6 +64,26 @@ def test_train_refine_evaluate(tiny_encoder, tmp_path):
     assert len([json.loads(line) for line in result.stdout.splitlines()]) == 120
 
 
+def test_preset_gives_the_settings_that_options_do_not(tiny_encoder, tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(60, seed=5))
+    result = runner.invoke(app, [
+        "train", str(corpus), "--out", str(tmp_path / "b"), "--encoder", str(tiny_encoder),
+        "--preset", "quality", "--branches", "2", "--classifier-epochs", "1",
+        "--diffusion-epochs", "1", "--held-out-folds", "0", "--denoiser-width", "16",
+        "--max-length", "32", "--no-export", "--device", "cpu",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "preset quality" in result.output
+    config = json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]
+    # From the preset: every layer (the tiny encoder has two) at the paper's rate; given
+    # explicitly: two branches.
+    assert config["trainable_layers"] == 2 and config["classifier_lr"] == 5e-5
+    assert config["branches"] == 2 and config["classifier_epochs"] == 1
+    result = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path / "c"),
+                                 "--preset", "fast"])
+    assert result.exit_code == 2 and "fast" in result.output
+
+
 def test_strict_bad_input_exits_2_naming_file_line_and_field(trained, tmp_path):
     bundle, _, _ = trained
     corpus = tmp_path / "bad.jsonl"
