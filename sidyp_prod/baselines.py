@@ -15,9 +15,11 @@ from .training import _branch_outputs, _Run, _stage_one, encoded_trunk, out_of_f
 
 def plain_fine_tune_config(config: SiDyPConfig) -> SiDyPConfig:
     """The usual alternative to SiDyP: one classifier, every encoder layer fine-tuned at one
-    learning rate (5e-5) for 4 epochs on the LLM labels; no co-regularisation, no dynamics."""
+    learning rate (5e-5) for 4 epochs on the LLM labels; no co-regularisation, no dynamics.
+    Batches of 16: on SemEval's valid rows 48.3% against 42.1% with batches of 32 (one seed)."""
     return replace(config, trainable_layers="all", branches=1, snapshots=1, coreg_alpha=0.0,
-                   classifier_epochs=4, classifier_lr=5e-5, head_lr=5e-5)
+                   classifier_epochs=4, classifier_lr=5e-5, head_lr=5e-5,
+                   classifier_batch_size=16)
 
 
 def fine_tuned_classifier_probs(

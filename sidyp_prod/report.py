@@ -327,6 +327,7 @@ class _Bundle:
             "settings": manifest.get("config", {}),
             "training_rows": training.get("rows"),
             "noise_ratio": training.get("noise_ratio"),
+            "noise_ratio_interval": training.get("noise_ratio_interval"),
             "training_seconds": training.get("seconds", {}),
         }
         return cls(bundle.directory, info, list(manifest["labels"]),
