@@ -41,6 +41,17 @@ def run(corpus: Path, seed: int, out: Path, config: SiDyPConfig) -> dict:
                         overwrite=True, export=False)
     seconds = time.perf_counter() - start
     report = api.evaluate(work / "refined.jsonl")
+    # The training rows' distributions, for trying other noise estimators without retraining.
+    records = list(read_records(work / "refined.jsonl"))
+    index = {label: i for i, label in enumerate(sorted(
+        {r["label"] for r in records if r.get("label") is not None}))}
+    refinement = summary.refinement
+    np.savez_compressed(
+        work / "arrays.npz",
+        given=np.array([index.get(r.get("label"), -1) for r in records]),
+        gold=np.array([index.get(r["gold_label"], -2) for r in records]),
+        **{name: getattr(refinement, name) for name in ("classifier", "marginal", "held_out")
+           if getattr(refinement, name) is not None})
     estimate = summary.calibration_noise_ratio or summary.noise_ratio
     return {"corpus": corpus.stem, "seed": seed, "rows": report.n_rows,
             "llm": report.given_accuracy, "refined": report.refined_accuracy,
