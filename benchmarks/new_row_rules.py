@@ -1,0 +1,107 @@
+"""How a new row's label is best made: the combinations of the experts and the decision rules,
+re-scored on the bundles an inductive run kept (no retraining).
+
+A training row has a held-out classifier as its third expert; a new row does not, and
+`for_new_rows` lets the ensemble stand in for it. This scores, on every fold's new rows (each
+fold's bundle never saw them), the distributions refine could report: the default product, the
+product without the stand-in, the ensemble alone, the denoiser's p(y | x) alone, the kNN prior
+alone; each with the bundle's calibration, under the odds rule (2, 3) and the argmax.
+
+    python benchmarks/quality.py --inductive-folds 5 --seeds 0 --out runs/inductive
+    python benchmarks/new_row_rules.py runs/inductive --corpus CORPUS
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from quality import _refine_valid  # benchmarks/ is on sys.path as a script
+
+from sidyp_prod.bundle import load_bundle
+from sidyp_prod.decision import DecisionRule, calibrate, decide
+from sidyp_prod.evaluate import expected_calibration_error, read_records
+from sidyp_prod.model_io import load_model
+from sidyp_prod.refinement import reported_distribution
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
+
+# (name, distribution source, keep the ensemble as the stand-in third expert)
+SOURCES = [("product (default: ensemble twice)", "product", True),
+           ("product of denoiser and ensemble", "product", False),
+           ("ensemble alone", "classifier", False),
+           ("denoiser p(y | x) alone", "marginal", False)]
+RULES = [("odds 2 (default)", "odds", 2.0), ("odds 3", "odds", 3.0), ("argmax", "argmax", 1.0)]
+
+
+def fold_arrays(fold: Path, gold_by_id: dict) -> dict:
+    loaded = load_model(load_bundle(fold / "bundle"))
+    index = {label: i for i, label in enumerate(loaded.labels)}
+    rows = list(read_records(fold / "new.jsonl"))
+    given = np.array([index.get(r.get("label"), -1) for r in rows])
+    gold = np.array([index.get(gold_by_id[r["id"]], -2) for r in rows])
+    refinement, prior = _refine_valid([r["text"] for r in rows], given, loaded, fold / "bundle")
+    return {"loaded": loaded, "given": given, "gold": gold, "refinement": refinement,
+            "prior": prior}
+
+
+def score_variants(folds: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name, source, stand_in in SOURCES:
+        for rule_name, rule, odds in RULES:
+            right, changed, fixed, broken, conf = [], 0, 0, 0, []
+            for f in folds:
+                loaded, given, gold = f["loaded"], f["given"], f["gold"]
+                refinement = f["refinement"] if stand_in else replace(f["refinement"],
+                                                                      held_out=None)
+                decision = DecisionRule(rule, odds, loaded.label_bias, blocked=tuple(
+                    loaded.calibration.blocked or ()))
+                reported = reported_distribution(refinement, given, source, loaded.temperature,
+                                                 loaded.label_shares)
+                dist = calibrate(reported, given, decision)
+                pred = decide(dist, given, decision)
+                right.append(pred == gold)
+                moved = (pred != given) & (given >= 0)
+                changed += int(moved.sum())
+                fixed += int((moved & (pred == gold)).sum())
+                broken += int((moved & (given == gold)).sum())
+                conf.append(dist[np.arange(len(pred)), pred])
+            hits = np.concatenate(right)
+            out[f"{name}, {rule_name}"] = {
+                "accuracy": float(hits.mean()), "changed": changed, "fixed": fixed,
+                "broken": broken,
+                "ece": expected_calibration_error(np.concatenate(conf), hits)}
+    hits = np.concatenate([f["prior"].argmax(1) == f["gold"] for f in folds])
+    out["kNN prior alone, argmax"] = {"accuracy": float(hits.mean())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="an inductive run's --out directory")
+    parser.add_argument("--corpus", type=Path, default=SHARED / "train.jsonl")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    gold_by_id = {r["id"]: r["gold_label"] for r in read_records(args.corpus)}
+    folds = [fold_arrays(d, gold_by_id)
+             for d in sorted(args.run.glob(f"seed{args.seed}-fold*")) if (d / "bundle").exists()]
+    scores = score_variants(folds)
+    (args.run / f"new-row-rules-{args.seed}.json").write_text(json.dumps(scores, indent=1))
+    print(f"\n{sum(len(f['given']) for f in folds)} new rows, {len(folds)} folds\n")
+    print("| distribution, rule | accuracy (%) | changed | fixed/broken | ECE |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, s in scores.items():
+        fb = f"{s['fixed']}/{s['broken']}" if "fixed" in s else "–"
+        ece = f"{s['ece']:.3f}" if "ece" in s else "–"
+        print(f"| {name} | {100 * s['accuracy']:.1f} | {s.get('changed', '–')} | {fb} | {ece} |")
+
+
+if __name__ == "__main__":
+    main()
