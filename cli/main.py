@@ -308,6 +308,10 @@ def refine(
     device: Device = "auto",
     seed: Annotated[int, _option(help="Without --model: the training seed.", panel=MODEL)] = (
         D.seed),
+    preset: Annotated[
+        Literal[PRESET_CHOICES],  # type: ignore[valid-type]
+        _option(help="Without --model: the training settings, as train --preset.", panel=MODEL),
+    ] = "auto",
     overwrite: Annotated[
         bool, _flag("--overwrite/--no-overwrite", help="Without --model: replace an existing "
                     "--save-model bundle.", panel=OUTPUT)
@@ -410,8 +414,8 @@ def refine(
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
     if model is None:
         _refine_untrained(corpus[0], out, save_model=save_model, max_train_rows=max_train_rows,
-                          encoder=encoder, embedding_model=embedding_model, device=device,
-                          seed=seed, overwrite=overwrite,
+                          preset=preset, encoder=encoder, embedding_model=embedding_model,
+                          device=device, seed=seed, overwrite=overwrite,
                           fields=_fields(text_field, label_field, id_field), rejects=rejects,
                           strict=strict, resume=resume, chunk_size=chunk_size, quiet=quiet,
                           as_json=as_json, report=report,
@@ -460,7 +464,7 @@ def refine(
 
 
 def _refine_untrained(corpus: Path, out: str | None, *, max_train_rows: int | None, seed: int,
-                      quiet: bool, as_json: bool, **options) -> None:
+                      preset: str, quiet: bool, as_json: bool, **options) -> None:
     """``refine CORPUS`` without --model: train on it, then refine every row."""
     from sidyp_prod import api
     from sidyp_prod.bundle import BundleError
@@ -470,8 +474,11 @@ def _refine_untrained(corpus: Path, out: str | None, *, max_train_rows: int | No
     if out == "-":
         _fail("refine without --model writes a file: give --out PATH (or omit it)")
     try:
-        config = SiDyPConfig(max_train_rows=max_train_rows, seed=seed)
+        preset, config = api.training_config(preset, options["device"],
+                                             max_train_rows=max_train_rows, seed=seed)
         config.validate()
+        if not quiet:
+            _log(f"preset {preset}")
         summary = api.refine_corpus(
             corpus, out, config, progress=not quiet, log=None if quiet else _log, **options,
         )
