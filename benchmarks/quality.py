@@ -166,8 +166,6 @@ def run_seed(corpus: Path, valid: Path | None, seed: int, out: Path, config: SiD
         decisions = {}
         for name, rule, odds, per_class, variant in RULES:
             temperature, bias, shares, held_out = calibrations[variant]
-            if variant == "trained":  # the bundle's own calibration, fitted for new rows
-                temperature, bias = loaded.temperature, loaded.label_bias
             decision = DecisionRule(rule, odds, bias if per_class else None)
             refinement = v_refinement if held_out else replace(v_refinement, held_out=None)
             decisions[name] = _score_rule(refinement, v_given, v_gold, config.label_source,

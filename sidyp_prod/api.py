@@ -86,9 +86,6 @@ class TrainSummary:
     # 90% interval of the noise ratio (noise.noise_ratio_interval); None when it was given.
     noise_ratio_interval: tuple[float, float] | None = None
     label_bias: list[float] = field(default_factory=list)  # per-class calibration
-    # temperature and label_bias gave the training rows their labels; refine's calibration for
-    # new rows (post_training.py) is the bundle's calibration.json, with this temperature.
-    new_row_temperature: float | None = None
     label_shares: list[float] | None = None  # the given labels' class shares, when divided by
     seconds: dict[str, float] = field(default_factory=dict)
     refined_out: str | None = None
@@ -313,7 +310,6 @@ def train(
         labels_changed=sum(p["is_label_issue"] for p in predictions),
         best_diffusion_epoch=result.best_diffusion_epoch,
         temperature=calibration.temperature,
-        new_row_temperature=fit.new_row_calibration.temperature,
         class_noise_ratios=[round(float(r), 6) for r in fit.class_noise_ratios],
         calibration_noise_ratio=fit.calibration_noise_ratio,
         noise_ratio_interval=(None if fit.noise_ratio_interval is None else
@@ -331,12 +327,11 @@ def train(
         warnings=warnings,
         refinement=fit.refinement,
     )
-    # The calibration is the bundle's own record (calibration.json), not the summary's: the
-    # new-row one (refine's); the summary's temperature and bias gave the training rows theirs.
+    # The calibration is the bundle's own record (calibration.json), not the summary's.
     training_record = {k: v for k, v in summary.to_dict().items()
                        if k not in ("label_bias", "label_shares")}
     save_trained(out, result, label_set, config, pretrained,
-                 {**training_record, "history": result.history}, fit.new_row_calibration,
+                 {**training_record, "history": result.history}, calibration,
                  overwrite=overwrite, embedder=embedder)
     if export:
         from .export.onnx import export_onnx

@@ -4,8 +4,7 @@ calibration fitted on them.
 A training row's encoder outputs are known from Stage I, so only the denoiser runs; each row's
 third expert is a classifier that never saw its label (``held_out_folds``). The calibration
 (temperature, per-class bias) and the decision state (label shares, blocked classes) fitted
-here give the training rows their refined labels; the same fit on the training rows in a new
-row's form is what the bundle records in ``calibration.json`` for refine.
+here are what the bundle records in ``calibration.json`` for refine.
 """
 
 from __future__ import annotations
@@ -38,8 +37,7 @@ BATCH_ROWS = 256
 @dataclass
 class TrainingRowsFit:
     refinement: BatchRefinement  # every distribution of every training row
-    calibration: OutputCalibration  # the training rows' own (their refined labels)
-    new_row_calibration: OutputCalibration  # refine's, for rows the bundle never saw
+    calibration: OutputCalibration
     class_noise_ratios: np.ndarray  # (C,) the clean marks' noise ratio per given class
     calibration_noise_ratio: float | None  # the rho the calibration fitted to
     # A 90% interval for the noise ratio (noise.noise_ratio_interval); None when it was given.
@@ -92,22 +90,9 @@ def fit_training_rows(
                    refinement.held_out[np.arange(len(given)), np.maximum(given, 0)])
         interval = noise_ratio_interval(result.noise_scores, labelled, p_given, seed=config.seed)
     calibration = OutputCalibration(temperature, label_bias, shares, blocked)
-    new_row_calibration = calibration
-    if refinement.held_out is not None:
-        # On a new row the ensemble never saw the label and stands in for the held-out expert
-        # (for_new_rows); on a training row it did, and leans towards the given label. Fitted
-        # on the training rows as they are, the calibration gives new rows too little
-        # p(given) (SemEval: 0.40 against the 0.47 fitted) and too many changes; fitted with
-        # the held-out classifiers in the ensemble's place, the rows look like new ones.
-        as_new = replace(refinement, classifier=refinement.held_out)
-        new_temperature, new_bias, _ = fit_output_calibration(
-            as_new, given, config.label_source, result.noise_ratio, class_noise, shares,
-            average_held_out=result.noise_ratio_estimated,
-        )
-        new_row_calibration = OutputCalibration(new_temperature, new_bias, shares, blocked)
     decision = DecisionRule.from_config(config, label_bias, blocked=blocked)
     predictions = output_fields(
         refinement, given, labels, config.label_source, temperature, decision, shares
     )
-    return TrainingRowsFit(refinement, calibration, new_row_calibration, class_noise,
-                           calibration_noise, interval, predictions)
+    return TrainingRowsFit(refinement, calibration, class_noise, calibration_noise, interval,
+                           predictions)
