@@ -47,26 +47,7 @@ def estimate_noise_ratio(
     x = x[np.isfinite(x)]
     if len(x) < 4 or np.ptp(x) == 0:
         return float(clip[0])
-    x = (x - x.mean()) / x.std()
-    low = x <= np.median(x)
-    mu = np.array([x[low].mean(), x[~low].mean()])
-    var = np.array([x[low].var(), x[~low].var()]) + 1e-3
-    pi = np.array([0.5, 0.5])
-    for _ in range(iterations):
-        log_p = -0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * np.log(2 * np.pi * var) + np.log(pi)
-        log_p -= log_p.max(axis=1, keepdims=True)
-        resp = np.exp(log_p)
-        resp /= resp.sum(axis=1, keepdims=True)
-        nk = resp.sum(axis=0) + 1e-9
-        mu_new = (resp * x[:, None]).sum(axis=0) / nk
-        var = (resp * (x[:, None] - mu_new) ** 2).sum(axis=0) / nk + 1e-3
-        pi = nk / nk.sum()
-        if np.allclose(mu_new, mu, atol=1e-7):
-            mu = mu_new
-            break
-        mu = mu_new
-    noisy_component = int(np.argmax(mu))
-    return float(np.clip(pi[noisy_component], *clip))
+    return float(np.clip(_far_component_weights(x[None], iterations)[0], *clip))
 
 
 def mark_noisy(scores: np.ndarray, ratio: float, labelled: np.ndarray) -> np.ndarray:
