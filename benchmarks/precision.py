@@ -24,6 +24,7 @@ from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod import api
 from sidyp_prod.export.onnx import export_onnx
+from sidyp_prod.training_pipeline import calibration_sample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
 
@@ -40,7 +41,7 @@ def main() -> None:
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(args.model, bundle)
     train = [json.loads(line) for line in (DATA / "train.jsonl").read_text().splitlines()]
-    export_onnx(bundle, calibration_texts=api.calibration_sample([r["text"] for r in train]))
+    export_onnx(bundle, calibration_texts=calibration_sample([r["text"] for r in train]))
 
     corpus = args.work / "semeval.jsonl"
     records = train + [json.loads(line) for line in

@@ -3,9 +3,10 @@ neighbour search, reverse process (the denoiser), the rest of the refinement (nu
 and reading/parsing/writing.
 
 Runs the real ``api.refine`` end to end on a bundle and a corpus; each stage's function is
-wrapped with a timer where ``api`` calls it (the product code is not changed), and the back end
-is wrapped to time ``encode``/``embed``/``reverse``. "read, parse, write" is the wall time the
-stages leave over. Shares of one run, so they compare across machines better than seconds.
+wrapped with a timer where ``api`` or ``pipeline`` calls it (the product code is not changed),
+and the back end is wrapped to time ``encode``/``embed``/``reverse``. "read, parse, write" is
+the wall time the stages leave over. Shares of one run, so they compare across machines
+better than seconds.
 
     python benchmarks/refine_profile.py --model BUNDLE --corpus CORPUS [--chunk-size 1024]
         [--backend onnx] [--precision auto|fp32|int8] [--triton-url grpc://127.0.0.1:8001]
@@ -27,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from throughput import machine  # benchmarks/ is on sys.path as a script
 
-from sidyp_prod import api
+from sidyp_prod import api, pipeline
 
 SECONDS: dict[str, float] = defaultdict(float)
 
@@ -70,11 +71,12 @@ def main() -> None:
     api.load_backend = lambda *a, **k: TimedBackend(load(*a, **k))  # type: ignore[assignment]
     api.load_model = timed("load bundle and runtime", api.load_model)  # type: ignore[assignment]
     api.load_bundle = timed("load bundle and runtime", api.load_bundle)  # type: ignore
-    api.tokenize = timed("tokenize", api.tokenize)  # type: ignore[assignment]
-    api.prior_from_neighbors = timed(  # type: ignore[assignment]
-        "neighbour search", api.prior_from_neighbors)
-    api.refine_batch = timed("refinement", api.refine_batch)  # type: ignore[assignment]
-    api.output_fields = timed("decision", api.output_fields)  # type: ignore[assignment]
+    # The stages of one chunk are where pipeline.refine_rows calls them.
+    pipeline.tokenize = timed("tokenize", pipeline.tokenize)  # type: ignore[assignment]
+    pipeline.prior_from_neighbors = timed(  # type: ignore[assignment]
+        "neighbour search", pipeline.prior_from_neighbors)
+    pipeline.refine_batch = timed("refinement", pipeline.refine_batch)  # type: ignore
+    pipeline.output_fields = timed("decision", pipeline.output_fields)  # type: ignore
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         summary = api.refine(args.corpus, args.model, Path(tmp) / "out.jsonl",

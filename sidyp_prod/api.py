@@ -4,12 +4,11 @@ in-memory rows (notebooks). The CLI is a thin layer over these."""
 
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,170 +34,30 @@ from .corpus import (
     FieldNames,
     Reject,
     Row,
+    default_model_path,
+    default_refined_path,
     default_rejects_path,
     iter_corpus,
-    label_set_from_labels,
-    label_set_from_rows,
 )
 from .decision import small_classes
 from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
 from .formats import converter
 from .frames import FrameInput, frame_input, result_frame
 from .model_io import load_model
-from .noise import noise_ratio_at_clip
 from .pipeline import given_indices, refine_chunk, refine_rows
-from .readers import count_rows, detect_format
-from .refinement import (
-    BatchRefinement,
-    kind_counts,
-)
+from .readers import count_rows, detect_format, file_identity
 from .report import ReportSummary, build_report
-from .stream import ResumableOutput, StdoutOutput
+from .stream import ResumableOutput, StdoutOutput, refine_in_chunks
+from .summaries import CorpusSummary, RefineSummary, TrainSummary
+from .training_rows import read_training_rows, split_rows, write_records, write_rejects
+
+__all__ = [
+    "CorpusSummary", "RefineSummary", "TrainSummary", "apply_frame", "default_model_path",
+    "default_refined_path", "evaluate", "refine", "refine_corpus", "refine_frame", "report",
+    "train", "training_config",
+]
 
 DEFAULT_FIELDS = FieldNames()
-# Training rows that pick the int8 encoder graph's fp32 channels (export/quantize.py).
-CALIBRATION_ROWS = 256
-
-
-def calibration_sample(texts: Sequence[str]) -> list[str]:
-    """Evenly spaced training texts (deterministic) for the int8 graph's calibration: the widest
-    activation channels depend on the text the model sees."""
-    step = max(1, len(texts) // CALIBRATION_ROWS)
-    return list(texts[::step][:CALIBRATION_ROWS])
-
-
-@dataclass
-class TrainSummary:
-    bundle: str
-    rows: int
-    rejected: int
-    unlabeled: int
-    classes: int
-    noise_ratio: float
-    noise_ratio_estimated: bool
-    prior_kinds: dict[str, int]
-    labels_changed: int
-    best_diffusion_epoch: int
-    temperature: float
-    class_noise_ratios: list[float] = field(default_factory=list)  # rho per given class
-    # The rho the calibration fitted to (decision.calibration_targets); None: noise_ratio.
-    calibration_noise_ratio: float | None = None
-    # 90% interval of the noise ratio (noise.noise_ratio_interval); None when it was given.
-    noise_ratio_interval: tuple[float, float] | None = None
-    label_bias: list[float] = field(default_factory=list)  # per-class calibration
-    label_shares: list[float] | None = None  # the given labels' class shares, when divided by
-    seconds: dict[str, float] = field(default_factory=dict)
-    refined_out: str | None = None
-    rejects: str | None = None
-    refined_as_new: int = 0  # --refined-out rows past the training sample, refined as new rows
-    corpus: dict[str, Any] = field(default_factory=dict)  # the trained corpus's file identity
-    # The training rows' refined fields by input line (not printed): refine_corpus reuses them.
-    predictions: dict[int, dict] = field(default_factory=dict, repr=False, compare=False)
-    reject_reasons: list[str] = field(default_factory=list)  # the first few
-    noise_ratio_at_clip: bool = False  # the estimate hit a bound of noise.NOISE_RATIO_CLIP
-    # Classes with fewer LLM labels than min_class_rows: kept, never a change target.
-    small_classes: list[Any] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # Every distribution for every trained row, for benchmarks and callers that want more than
-    # the refined labels; not part of the printed or JSON summary.
-    refinement: BatchRefinement | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        hidden = ("refinement", "predictions")
-        return {k: copy.deepcopy(getattr(self, k)) for k in self.__dataclass_fields__
-                if k not in hidden}
-
-    def to_text(self) -> str:
-        kinds = ", ".join(f"{k} {v}" for k, v in self.prior_kinds.items())
-        how = "estimated" if self.noise_ratio_estimated else "given"
-        if self.noise_ratio_at_clip:
-            how += (", at a bound of its clip (0.05, 0.9): not a measurement; small classes "
-                    "or too few rows, --noise-ratio sets it")
-        lines = [
-            f"bundle            {self.bundle}",
-            f"rows              {self.rows} trained, {self.rejected} rejected, "
-            f"{self.unlabeled} without an LLM label",
-            f"classes           {self.classes}",
-            f"noise ratio       {self.noise_ratio:.3f} ({how})"
-            + (f", calibrated to {self.calibration_noise_ratio:.3f}"
-               if self.calibration_noise_ratio not in (None, self.noise_ratio) else "")
-            + (f" (90% interval {self.noise_ratio_interval[0]:.3f} to "
-               f"{self.noise_ratio_interval[1]:.3f})" if self.noise_ratio_interval else ""),
-            f"prior candidates  {kinds}",
-            f"labels changed    {self.labels_changed}",
-            "seconds           " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
-        ]
-        if self.refined_out:
-            lines.append(f"refined labels    {self.refined_out}"
-                         + (f" ({self.rows} trained on, {self.refined_as_new} refined as new)"
-                            if self.refined_as_new else ""))
-        if self.rejected:
-            lines.append(f"rejects           {self.rejects}")
-            lines += [f"                  {reason}" for reason in self.reject_reasons]
-        lines += [f"warning: {warning}" for warning in self.warnings]
-        return "\n".join(lines)
-
-
-@dataclass
-class RefineSummary:
-    output: str
-    read: int
-    refined: int
-    rejected: int
-    changed: int  # rows with an LLM label whose refined label differs (is_label_issue)
-    rows_per_second: float
-    rejects: str | None = None
-    report: str | None = None  # the review page (refine --report)
-    filled: int = 0  # rows without an LLM label, which got one
-    reject_reasons: list[str] = field(default_factory=list)  # the first few
-    notes: list[str] = field(default_factory=list)  # what the user should know, not a failure
-    # Why the run failed although every row was written (exit code 3 in the CLI).
-    problems: list[str] = field(default_factory=list)
-    precision: str = ""  # the encoder graph that ran: fp32 or int8
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_text(self) -> str:
-        text = (
-            f"read {self.read} rows: {self.refined} refined, {self.rejected} rejected, "
-            f"{self.changed} labels changed (LLM label replaced), {self.filled} unlabeled rows "
-            f"given a label ({self.rows_per_second:.1f} rows/s, {self.precision or 'fp32'} "
-            f"encoder) -> {self.output}"
-        )
-        if self.rejected:
-            text += f"; rejects in {self.rejects}"
-            text += "".join(f"\n  {reason}" for reason in self.reject_reasons)
-        text += "".join(f"\nnote: {note}" for note in self.notes)
-        text += "".join(f"\nerror: {problem}" for problem in self.problems)
-        if self.report:
-            text += f"\nreview the label issues: {self.report}"
-        return text
-
-
-def _split_rows(items: Iterable[Row | Reject]) -> tuple[list[Row], list[Reject]]:
-    rows: list[Row] = []
-    rejects: list[Reject] = []
-    for item in items:
-        (rows if isinstance(item, Row) else rejects).append(item)  # type: ignore[arg-type]
-    return rows, rejects
-
-
-def _tallied(items: Iterable[Row | Reject], tally: CorpusTally) -> Iterator[Row | Reject]:
-    for item in items:
-        tally.observe(item)
-        yield item
-
-
-def _write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)  # the bundle's parent, made as save_bundle does
-    with AtomicWriter(path) as writer:
-        for reject in rejects:
-            writer.write_json(reject.to_json())
 
 
 def training_config(preset: str = "auto", device: str = "auto",
@@ -244,28 +103,23 @@ def train(
     ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (auto: CUDA when available).
     """
     require_train_extra("training")
-    from .device import resolve_device
-    from .post_training import fit_training_rows
-    from .pretrained import load_pretrained, resolve_encoder
-    from .torch_bundle import save_trained
-    from .training import train_sidyp
+    from .training_pipeline import save_model, train_model
 
     config = config or SiDyPConfig()
     config.validate()
     # Every path is checked before the training, which takes minutes.
     check_corpus_path(corpus, input_format)
     check_bundle_target(out, overwrite)
-    torch_device = resolve_device(device)
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     check_parent(refined_out, "--refined-out")
     if rejects:
         check_parent(rejects_path, "--rejects")
     tally = CorpusTally(fields.label)
-    rows, rejected, label_set, usable = _training_rows(
+    rows, rejected, label_set, usable = read_training_rows(
         corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format
     )
     if rejected:
-        _write_rejects(rejects_path, rejected)
+        write_rejects(rejects_path, rejected)
     if not tally.labelled:
         raise ValueError(tally.no_labels_message(corpus, rejects_path))
     if len(label_set) < 2:
@@ -282,142 +136,38 @@ def train(
         if log:
             log(f"warning: {warning}")
     texts = [r.text for r in rows]
-    pretrained = load_pretrained(encoder)
-    separate = (embedding_model is not None
-                and resolve_encoder(embedding_model)[0] != pretrained.name)
-    embedder = load_pretrained(embedding_model, role="embedding model") if separate else None
-    result = train_sidyp(
-        texts, given, len(label_set), pretrained, config, progress, log, torch_device,
-        work_dir=Path(out).absolute().parent, embedder=embedder,
-    )
-
-    start = time.perf_counter()
-    fit = fit_training_rows(result, texts, given, label_set, config, small, torch_device)
-    calibration, predictions = fit.calibration, fit.predictions
-    result.timings["predict"] = time.perf_counter() - start
-
-    summary = TrainSummary(
+    trained = train_model(texts, given, label_set, config, small, encoder=encoder,
+                          embedding_model=embedding_model, device=device, progress=progress,
+                          log=log, work_dir=Path(out).absolute().parent)
+    summary = TrainSummary.from_training(
+        trained,
         bundle=str(out),
         rows=len(rows),
         rejected=len(rejected),
         unlabeled=int((given < 0).sum()),
         classes=len(label_set),
-        noise_ratio=result.noise_ratio,
-        noise_ratio_estimated=result.noise_ratio_estimated,
-        noise_ratio_at_clip=result.noise_ratio_estimated and noise_ratio_at_clip(
-            result.noise_ratio),
-        prior_kinds=kind_counts(result.prior_kind),
-        labels_changed=sum(p["is_label_issue"] for p in predictions),
-        best_diffusion_epoch=result.best_diffusion_epoch,
-        temperature=calibration.temperature,
-        class_noise_ratios=[round(float(r), 6) for r in fit.class_noise_ratios],
-        calibration_noise_ratio=fit.calibration_noise_ratio,
-        noise_ratio_interval=(None if fit.noise_ratio_interval is None else
-                              tuple(round(x, 4) for x in fit.noise_ratio_interval)),
-        label_bias=[float(b) for b in calibration.label_bias]
-        if calibration.label_bias is not None else [],
-        label_shares=[float(x) for x in calibration.label_shares]
-        if calibration.label_shares is not None else None,
-        seconds={k: round(v, 2) for k, v in result.timings.items()},
         refined_out=str(refined_out) if refined_out else None,
         rejects=str(rejects_path) if rejected else None,
-        corpus=_file_identity(corpus),
+        corpus=file_identity(corpus),
         reject_reasons=tally.reasons,
         small_classes=[label_set[c] for c in small],
         warnings=warnings,
-        refinement=fit.refinement,
     )
-    # The calibration is the bundle's own record (calibration.json), not the summary's.
-    training_record = {k: v for k, v in summary.to_dict().items()
-                       if k not in ("label_bias", "label_shares")}
-    save_trained(out, result, label_set, config, pretrained,
-                 {**training_record, "history": result.history}, calibration,
-                 overwrite=overwrite, embedder=embedder)
-    if export:
-        from .export.onnx import export_onnx
-
-        export_onnx(out, calibration_texts=calibration_sample([row.text for row in rows]))
+    save_model(out, trained, label_set, config, summary.bundle_record(), overwrite=overwrite,
+               export_texts=texts if export else None)
+    predictions = trained.fit.predictions
     if refined_out and len(rows) == usable:
-        _write_records(Path(refined_out), (
+        write_records(Path(refined_out), (
             {**row.record, **extra} for row, extra in zip(rows, predictions, strict=True)))
     elif refined_out:
-        trained = {row.line_no: extra for row, extra in zip(rows, predictions, strict=True)}
+        trained_rows = {row.line_no: extra for row, extra in zip(rows, predictions, strict=True)}
         refined = refine(corpus, out, refined_out, backend="onnx" if export else "torch",
-                         fields=fields, rejects=rejects_path, known=trained,
+                         fields=fields, rejects=rejects_path, known=trained_rows,
                          input_format=input_format)
         summary.refined_as_new = refined.refined - len(rows)
     summary.predictions = {row.line_no: extra for row, extra in zip(rows, predictions,
                                                                     strict=True)}
     return summary
-
-
-def _write_records(path: Path, records: Iterable[dict]) -> None:
-    """Write whole records atomically, in the format ``path``'s extension names."""
-    convert = converter(path)
-    target = path.with_name(path.name + ".jsonl") if convert else path
-    with AtomicWriter(target) as writer:
-        for record in records:
-            writer.write_json(record)
-    if convert:
-        try:
-            convert(target, path)
-        finally:
-            target.unlink()
-
-
-def _training_rows(
-    corpus: str | Path,
-    fields: FieldNames,
-    labels: Sequence[str] | None,
-    strict: bool,
-    max_rows: int | None,
-    seed: int,
-    tally: CorpusTally,
-    input_format: str | None = None,
-) -> tuple[list[Row], list[Reject], list[str], int]:
-    """(training rows, rejects, label set, usable rows in the corpus). Past ``max_rows`` (0 or
-    None: no limit) the training rows are a sample drawn per LLM label
-    (``sampling.stratified_sample``): a first pass keeps only each row's label code, a second
-    reads the chosen rows."""
-    from .sampling import stratified_sample
-
-    if not max_rows or str(corpus) == "-":  # stdin cannot be read twice: sample in memory
-        rows, rejected = _split_rows(
-            _tallied(iter_corpus(corpus, fields, labels, strict=strict,
-                                 input_format=input_format), tally)
-        )
-        label_set = list(labels) if labels else label_set_from_rows(rows)
-        usable = len(rows)
-        if max_rows and usable > max_rows:
-            index = {label: i for i, label in enumerate(label_set)}
-            codes = np.array([index.get(r.label, -1) if r.label is not None else -1
-                              for r in rows], dtype=np.int64)
-            rows = [rows[i] for i in stratified_sample(codes, max_rows, seed)]
-        return rows, rejected, label_set, usable
-    seen: dict[str, int] = {}
-    codes: list[int] = []
-    lines: list[int] = []
-    rejected = []
-    for item in _tallied(iter_corpus(corpus, fields, labels, strict=strict,
-                                     input_format=input_format), tally):
-        if isinstance(item, Reject):
-            rejected.append(item)
-            continue
-        codes.append(-1 if item.label is None else seen.setdefault(item.label, len(seen)))
-        lines.append(item.line_no)
-    chosen = stratified_sample(np.asarray(codes, dtype=np.int64), max_rows, seed)
-    wanted = set(np.asarray(lines, dtype=np.int64)[chosen].tolist())
-    rows = [
-        item for item in iter_corpus(corpus, fields, labels, input_format=input_format)
-        if isinstance(item, Row) and item.line_no in wanted
-    ]
-    if labels:
-        return rows, rejected, list(labels), len(codes)
-    label_set = label_set_from_labels(list(seen))
-    if label_set and isinstance(label_set[0], str):
-        for row in rows:  # as label_set_from_rows does: one type for the set and the rows
-            row.label = None if row.label is None else str(row.label)
-    return rows, rejected, label_set, len(codes)
 
 
 def _chunks(items: Sequence[Any] | np.ndarray, size: int) -> Iterator[Any]:
@@ -493,7 +243,7 @@ def refine(
     else:
         # What must match for a resumed run to continue this one byte for byte.
         identity = {
-            "corpus": _file_identity(corpus),
+            "corpus": file_identity(corpus),
             **({"input_format": kind} if kind != "jsonl" else {}),
             "bundle": file_digest(bundle),
             "backend": backend,
@@ -504,35 +254,16 @@ def refine(
         }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
     notes = [sink.notice] if getattr(sink, "notice", None) else []
-    done_lines = sink.progress.lines
     start, refined_before = time.perf_counter(), sink.progress.refined
-    bar = tqdm(total=count_rows(corpus, kind), initial=done_lines, desc="refine", unit="rows",
-               disable=not progress)
-    rows: list[Row] = []
-    rejected: list[dict] = []
-    line = done_lines
+    bar = tqdm(total=count_rows(corpus, kind), initial=sink.progress.lines, desc="refine",
+               unit="rows", disable=not progress)
     tally = CorpusTally(fields.label)
-
-    def flush() -> None:
-        sink.write_chunk(refine_chunk(rows, loaded, runtime, known), rejected, line)
-        bar.update(len(rows) + len(rejected))
-        rows.clear()
-        rejected.clear()
-
     try:
-        for item in iter_corpus(corpus, fields, loaded.labels, strict=strict, input_format=kind):
-            if item.line_no <= done_lines:
-                continue
-            line = item.line_no
-            tally.observe(item)
-            if isinstance(item, Reject):
-                rejected.append(item.to_json())
-            else:
-                rows.append(item)
-            if len(rows) >= chunk_size:
-                flush()
-        if rows or rejected:
-            flush()
+        refine_in_chunks(
+            iter_corpus(corpus, fields, loaded.labels, strict=strict, input_format=kind), sink,
+            lambda rows: refine_chunk(rows, loaded, runtime, known), chunk_size, tally.observe,
+            bar.update,
+        )
         if sink.progress.lines == 0:
             raise ValueError(f"{corpus}: no lines: nothing to refine")
         sink.finish(convert=converter(out) if str(out) != "-" else None)
@@ -563,51 +294,6 @@ def refine(
         build_report(out, report, model=model, fields=fields, run=run)
         summary.report = str(report)
     return summary
-
-
-@dataclass
-class CorpusSummary:
-    """``refine CORPUS`` without a bundle: what training did and what refining did."""
-
-    model: str
-    trained: TrainSummary | None  # None: a finished training was reused (--resume)
-    refined: RefineSummary
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "reused_model": self.trained is None,
-                "train": self.trained.to_dict() if self.trained else None,
-                "refine": self.refined.to_dict()}
-
-    def to_text(self) -> str:
-        r = self.refined
-        trained = self.trained.rows if self.trained else None
-        lines = [self.trained.to_text() if self.trained else
-                 f"model             {self.model} (reused: its training had finished)"]
-        lines.append(r.to_text())
-        if trained is not None and r.refined > trained:
-            lines.append(f"rows              {trained} trained on, {r.refined - trained} refined "
-                         "as new rows")
-        lines.append(f"model kept in     {self.model} (refine new rows: sidyp-prod refine NEW "
-                     f"--model {self.model})")
-        return "\n".join(lines)
-
-
-def default_refined_path(corpus: str | Path) -> Path:
-    """'data/corpus.jsonl' -> 'data/corpus.refined.jsonl' (beside the input)."""
-    return _beside(corpus, ".refined.jsonl")
-
-
-def default_model_path(corpus: str | Path) -> Path:
-    """'data/corpus.jsonl' -> 'data/corpus.sidyp-model/' (beside the input)."""
-    return _beside(corpus, ".sidyp-model")
-
-
-def _beside(corpus: str | Path, suffix: str) -> Path:
-    path = Path(corpus)
-    name = path.name
-    for ext in (".gz", ".zst"):
-        name = name.removesuffix(ext)
-    return path.with_name((Path(name).stem if Path(name).suffix else name) + suffix)
 
 
 def refine_corpus(
@@ -686,7 +372,7 @@ def _reusable_training(
         bundle = load_bundle(model_dir)  # verifies every file's hash
     except BundleError:
         return None
-    if bundle.manifest.get("training", {}).get("corpus") != _file_identity(corpus):
+    if bundle.manifest.get("training", {}).get("corpus") != file_identity(corpus):
         return None
     known = {}
     with known_path.open(encoding="utf-8") as handle:
@@ -694,19 +380,6 @@ def _reusable_training(
             item = json.loads(line)
             known[int(item["line"])] = item["fields"]
     return known
-
-
-def _file_identity(path: str | Path) -> dict[str, Any]:
-    """What must not change between a run and its resumption."""
-    if str(path) == "-":
-        return {"path": "-"}
-    path = Path(path)
-    if path.is_dir():  # a datasets directory: its files
-        return {"path": str(path.absolute()), "files": [
-            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
-            for f in sorted(path.rglob("*")) if f.is_file()]}
-    stat = path.stat()
-    return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def report(
@@ -734,7 +407,7 @@ def evaluate(
 
 def _frame_items(source: FrameInput, labels: Sequence[str] | None, strict: bool
                  ) -> tuple[list[Row], list[Reject]]:
-    rows, rejected = _split_rows(source.parse(labels))
+    rows, rejected = split_rows(source.parse(labels))
     if strict and rejected:
         raise ValueError(f"data[{rejected[0].line_no - 1}]: {rejected[0].reason}")
     return rows, rejected

@@ -583,3 +583,21 @@ def default_rejects_path(out_path: str | Path) -> Path:
     name = out.name[: -len(".gz")] if out.name.endswith(".gz") else out.name
     stem = Path(name).stem if Path(name).suffix else name
     return out.with_name(f"{stem}.rejects.jsonl")
+
+
+def default_refined_path(corpus: str | Path) -> Path:
+    """'data/corpus.jsonl' -> 'data/corpus.refined.jsonl' (beside the input)."""
+    return _beside(corpus, ".refined.jsonl")
+
+
+def default_model_path(corpus: str | Path) -> Path:
+    """'data/corpus.jsonl' -> 'data/corpus.sidyp-model/' (beside the input)."""
+    return _beside(corpus, ".sidyp-model")
+
+
+def _beside(corpus: str | Path, suffix: str) -> Path:
+    path = Path(corpus)
+    name = path.name
+    for ext in (".gz", ".zst"):
+        name = name.removesuffix(ext)
+    return path.with_name((Path(name).stem if Path(name).suffix else name) + suffix)

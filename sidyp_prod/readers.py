@@ -75,6 +75,19 @@ def detect_format(path: str | Path, input_format: str | None = None) -> str:
     return _EXTENSIONS.get(Path(name).suffix, "jsonl")
 
 
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """What must not change between a run and its resumption."""
+    if str(path) == "-":
+        return {"path": "-"}
+    path = Path(path)
+    if path.is_dir():  # a datasets directory: its files
+        return {"path": str(path.absolute()), "files": [
+            [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+            for f in sorted(path.rglob("*")) if f.is_file()]}
+    stat = path.stat()
+    return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def iter_rows(
     path: str | Path,
     kind: str,

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .corpus import json_line
+from .corpus import Reject, Row, json_line
 
 JOURNAL_VERSION = 1
 
@@ -174,3 +174,40 @@ class StdoutOutput:
     def close(self, discard: bool = False) -> None:
         self._rejects.close()
         Path(self._rejects.name).unlink(missing_ok=True)
+
+
+def refine_in_chunks(
+    items: Iterable[Row | Reject],
+    sink: ResumableOutput | StdoutOutput,
+    refine: Callable[[list[Row]], list[dict]],
+    chunk_size: int,
+    observe: Callable[[Row | Reject], None],
+    on_chunk: Callable[[int], None],
+) -> None:
+    """Refine ``items`` into ``sink`` ``chunk_size`` rows at a time (rejects pass through in
+    input order), skipping the input lines the sink already holds (a resumed run).
+    ``observe`` sees every new item, ``on_chunk`` the number of lines each chunk took."""
+    done = sink.progress.lines
+    rows: list[Row] = []
+    rejected: list[dict] = []
+    line = done
+
+    def flush() -> None:
+        sink.write_chunk(refine(rows), rejected, line)
+        on_chunk(len(rows) + len(rejected))
+        rows.clear()
+        rejected.clear()
+
+    for item in items:
+        if item.line_no <= done:
+            continue
+        line = item.line_no
+        observe(item)
+        if isinstance(item, Reject):
+            rejected.append(item.to_json())
+        else:
+            rows.append(item)
+        if len(rows) >= chunk_size:
+            flush()
+    if rows or rejected:
+        flush()
