@@ -78,7 +78,7 @@ def refine_rows(
         )
 
     # Outputs keep input order; the batches only decide what is encoded together.
-    batches = width_batches(lengths, config.encode_batch_size)
+    batches = _spread(width_batches(lengths, config.encode_batch_size), backend.parallel_batches)
     results = _map_batches(backend, refine_one, batches)
     extras: list[dict | None] = [None] * len(rows)
     for batch, fields in zip(batches, results, strict=True):
@@ -114,6 +114,16 @@ def _encode(backend: ModelBackend, ids: np.ndarray, mask: np.ndarray) -> Encoded
     return encoded if len(ids) > 1 else encoded.rows(1)
 
 
+def _spread(batches: list[np.ndarray], parallel: int) -> list[np.ndarray]:
+    """At least ``parallel`` batches where there are rows enough: a small chunk's batches are
+    split so that every worker has one (rows do not affect each other, so outputs stay)."""
+    if parallel <= 1 or len(batches) >= parallel:
+        return batches
+    pieces = -(-parallel // max(len(batches), 1))
+    return [part for batch in batches
+            for part in np.array_split(batch, min(pieces, len(batch)))]
+
+
 def _map_batches(backend: ModelBackend, function: Callable[[np.ndarray], Any],
                  batches: list[np.ndarray]) -> list[Any]:
     """``function`` over ``batches`` in order, ``backend.parallel_batches`` of them in flight
@@ -141,7 +151,8 @@ def sentence_embeddings(model: LoadedModel, backend: ModelBackend, texts: Sequen
             return _encode(backend, ids, mask).embedding
         return _paired(backend.embed, ids, mask)[: len(batch)]
 
-    batches = width_batches(lengths, model.config.encode_batch_size)
+    batches = _spread(width_batches(lengths, model.config.encode_batch_size),
+                      backend.parallel_batches)
     parts: dict[int, np.ndarray] = {}
     for batch, embedding in zip(batches, _map_batches(backend, embed_one, batches), strict=True):
         parts.update(zip(batch.tolist(), embedding, strict=True))

@@ -115,6 +115,28 @@ def test_chunking_does_not_change_the_output(trained, fresh_corpus, tmp_path):
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
 
 
+def test_batches_side_by_side_do_not_change_the_output(trained, fresh_corpus, tmp_path,
+                                                      monkeypatch):
+    import numpy as np
+
+    from sidyp_prod.backends import onnx_backend
+    from sidyp_prod.pipeline import _spread
+
+    bundle, _, _ = trained
+    outputs = []
+    for cores in (1, 3):  # one batch on every core; three batches side by side, one thread each
+        monkeypatch.setattr(onnx_backend, "available_cores", lambda cores=cores: cores)
+        out = tmp_path / f"cores-{cores}.jsonl"
+        api.refine(fresh_corpus, bundle, out, chunk_size=50)
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    # A small chunk's batches are split so that every worker gets rows: each row once.
+    batches = _spread([np.arange(5), np.arange(5, 8)], 4)
+    assert len(batches) == 4
+    assert np.concatenate(batches).tolist() == list(range(8))
+    assert len(_spread([np.arange(1)], 4)) == 1
+
+
 def test_same_seed_same_bundle_and_output(trained, tiny_encoder, train_corpus, tmp_path):
     _, refined, _ = trained
     api.train(train_corpus, tmp_path / "again", tiny_config(), encoder=str(tiny_encoder),

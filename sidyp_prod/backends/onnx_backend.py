@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,13 @@ from .base import EncodedBatch
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
+
+
+def available_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def default_providers() -> list[str]:
@@ -29,15 +37,22 @@ class OnnxBackend:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
+        providers = list(providers or default_providers())
+        workers = threads or available_cores()
+        self.parallel_batches = 1
+        if "CUDAExecutionProvider" not in providers and workers > 1:
+            # On CPUs, batches side by side on one thread each keep the cores busier than one
+            # batch spread over all of them (the encoder's many small ops leave threads
+            # waiting): 1.2x refine on 2 cores, the same outputs (docs/benchmarks.md).
+            options.intra_op_num_threads = 1
+            self.parallel_batches = workers
+        elif threads:
             options.intra_op_num_threads = threads
         # Idle ORT threads would otherwise spin and steal the cores that faiss and the numpy
         # refinement need between calls. Spinning made the reverse process 22% faster on an
         # idle machine but 31% slower with one core busy elsewhere (docs/experiments.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = list(providers or default_providers())
         self.precision = "fp32"
-        self.parallel_batches = 1
         self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
         self.denoiser = ort.InferenceSession(denoiser_path, options, providers=providers)
         # The separate embedding model of the neighbour prior, when the bundle has one.
@@ -53,7 +68,8 @@ class OnnxBackend:
         kernel); "fp16", the float16 encoder of ``export --fp16`` (for CUDA; CPUs run it slowly);
         or "auto": int8 on the CPU when the bundle's int8 graph has per-row scales (a row's
         result then does not depend on its batch, see export/quantize.py), else fp32.
-        ``threads``: ONNX Runtime's intra-op threads (0: one per core)."""
+        ``threads``: the CPU cores to use (0: every core this process may run on); on a CPU
+        that many batches run side by side, one thread each."""
         from ..bundle import BundleError
 
         if precision not in PRECISIONS:
