@@ -97,6 +97,7 @@ def train(
     ``refined_out`` also writes the corpus's own refined labels (transductive relabeling), in
     the format its extension names (``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``).
     ``export`` also writes the ONNX graphs into the bundle (what ``refine`` runs by default).
+    ``config`` None: the ``auto`` preset, as the CLI's (``training_config``).
     ``encoder`` is a local Hugging Face checkpoint directory or a model id in the local cache
     (default: the packaged all-MiniLM-L6-v2); ``embedding_model`` likewise, the sentence
     embedding model of the neighbour prior (default: the encoder's own pretrained layers);
@@ -105,7 +106,7 @@ def train(
     require_train_extra("training")
     from .training_pipeline import save_model, train_model
 
-    config = config or SiDyPConfig()
+    config = config or training_config("auto", device)[1]
     config.validate()
     # Every path is checked before the training, which takes minutes.
     check_corpus_path(corpus, input_format)

@@ -78,6 +78,8 @@ def test_multi_file_corpus_equals_single_process_row_for_row(
     assert [(n["node_id"], n["rows"]) for n in manifest["nodes"]] == [
         (ray.get_runtime_context().get_node_id(), 1000)]
     assert summary.nodes == 1
+    # The graph the actors ran, not only what was asked for (auto: the per-row int8 on a CPU).
+    assert (manifest["precision"], manifest["requested_precision"]) == ("int8", "auto")
     from sidyp_prod.bundle import file_digest, load_bundle
 
     assert manifest["bundle_digest"] == file_digest(load_bundle(bundle))

@@ -190,6 +190,8 @@ class RefineWorker:
             "json": pa.array(out, pa.string()),
             "node": pa.array([self.node] * len(items), pa.string()),
             "node_ip": pa.array([self.node_ip] * len(items), pa.string()),
+            # The encoder graph that ran (``auto`` resolves per actor: int8 on a CPU).
+            "precision": pa.array([self.backend.precision] * len(items), pa.string()),
         })
 
 
@@ -255,11 +257,11 @@ def write_shard(batch: pa.Table, directory: str, output_format: str) -> pa.Table
         "rejects_shard": [rejects_shard],
         "rejects": [len(rejects)],
         "spans": [json.dumps(spans)],
-        # [node id, node address, lines] for each node whose actors refined (or passed on as
-        # rejects) lines of this shard
+        # [node id, node address, precision, lines] for each node whose actors refined (or
+        # passed on as rejects) lines of this shard
         "nodes": [json.dumps([[*node, n] for node, n in sorted(Counter(zip(
             batch.column("node").to_pylist(), batch.column("node_ip").to_pylist(),
-            strict=True)).items())])],
+            batch.column("precision").to_pylist(), strict=True)).items())])],
     })
 
 
@@ -497,9 +499,11 @@ def _finish(results: list[dict[str, Any]], paths: list[str], bundle: Any, backen
             f"{totals['rejected']}; partial output left in {staging}"
         )
     nodes: Counter[tuple[str, str]] = Counter()
+    precisions: set[str] = set()
     for r in results:
-        for node_id, address, n in json.loads(r["nodes"]):
+        for node_id, address, node_precision, n in json.loads(r["nodes"]):
             nodes[node_id, address] += n
+            precisions.add(node_precision)
     owned = {name for name, _, _ in shards} | {name for name, _ in rejects}
     for stray in staging.iterdir():
         if stray.name not in owned:
@@ -511,7 +515,9 @@ def _finish(results: list[dict[str, Any]], paths: list[str], bundle: Any, backen
         "bundle": str(bundle.directory),
         "bundle_digest": file_digest(bundle),
         "backend": backend,
-        "precision": precision,
+        # What the actors ran (one value unless nodes differ), and what was asked for.
+        "precision": "/".join(sorted(precisions)) or precision,
+        "requested_precision": precision,
         "inputs": [{"path": p, "rows": n} for p, n in sorted(lines.items())],
         "shards": [{"file": f, "rows": n, "changed": c} for f, n, c in shards],
         "rejects_shards": [{"file": f, "rows": n} for f, n in rejects],
