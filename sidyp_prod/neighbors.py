@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Any
+
 import faiss
 import numpy as np
 
@@ -26,10 +30,14 @@ class NeighborIndex:
         self.labels = np.asarray(labels, dtype=np.int64)
         index: faiss.Index = faiss.IndexFlatL2(embeddings.shape[1])
         self._max_fetch = len(embeddings)
+        # Batches refined side by side search from several threads: faiss' CPU indexes allow
+        # concurrent searches, its GPU resources do not.
+        self._lock: Any = contextlib.nullcontext()
         if (gpu_available() if use_gpu is None else use_gpu) and len(embeddings):
             self._max_fetch = min(len(embeddings), GPU_MAX_K)
             self._resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._resources, 0, index)
+            self._lock = threading.Lock()
         index.add(embeddings)
         squared_norms = (embeddings.astype(np.float64) ** 2).sum(axis=1)
         self._max_squared_norm = float(squared_norms.max(initial=0.0))
@@ -70,7 +78,8 @@ class NeighborIndex:
         rounding = TIE_TOLERANCE * ((queries.astype(np.float64) ** 2).sum(axis=1)
                                     + self._max_squared_norm)
         while True:
-            _, ids = self.index.search(queries, fetch)
+            with self._lock:
+                _, ids = self.index.search(queries, fetch)
             distances, ids = self._exact_distances(queries, ids)
             gap = distances[:, fetch - 1] ** 2 - distances[:, k - 1] ** 2
             if fetch == self._max_fetch or not np.any(gap <= rounding):
@@ -89,7 +98,8 @@ class NeighborIndex:
         distances = np.empty(ids.shape, dtype=np.float64)
         for start in range(0, len(ids), EXACT_BLOCK):  # bounded memory: block x k x dim floats
             block = ids[start : start + EXACT_BLOCK]
-            vectors = self.index.reconstruct_batch(np.maximum(block, 0).reshape(-1))
+            with self._lock:
+                vectors = self.index.reconstruct_batch(np.maximum(block, 0).reshape(-1))
             diff = vectors.reshape(*block.shape, -1).astype(np.float64) - queries[
                 start : start + EXACT_BLOCK, None, :
             ].astype(np.float64)
