@@ -5,7 +5,7 @@ sent to ``sidyp-prod serve``'s tritonserver (python-backend flavour, onnxruntime
 and over gRPC; and the per-request overhead: the median round trip of a one-chain denoiser request
 through the server minus the same call in process.
 
-    python benchmarks/triton_throughput.py [--model BUNDLE] [--rows 2000]
+    python benchmarks/triton_throughput.py [--model BUNDLE] [--rows 2000] [--cpu-instances 1 2]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 
 from sidyp_prod import api
 from sidyp_prod.backends import load_backend
+from sidyp_prod.backends.onnx_backend import available_cores
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.export.onnx import export_onnx
 from sidyp_prod.export.triton import write_triton_repository
@@ -62,6 +63,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--work", type=Path, default=Path("runs/triton"))
     parser.add_argument("--port", type=int, default=18100, help="HTTP port; gRPC +1, metrics +2")
+    parser.add_argument("--cpu-instances", type=int, nargs="*", default=[],
+                        help="one server per count (export --cpu-instances; default: the cores)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     bundle_dir = example_bundle(args.model, args.work)
@@ -70,8 +73,6 @@ def main() -> None:
         export_onnx(bundle_dir)
         bundle = load_bundle(bundle_dir)
     corpus = synthetic_corpus(args.work / "rows.jsonl", args.rows, bundle.manifest["labels"])
-    repository = write_triton_repository(bundle_dir, args.work / "triton_models")
-
     results: dict = {
         "machine": machine(),
         "rows": args.rows,
@@ -79,26 +80,29 @@ def main() -> None:
     local = load_backend(bundle, "onnx")
     results["in_process_one_chain_ms"] = round(median_call_ms(one_chain_call(local, bundle)), 3)
     reference = args.work / "onnx.jsonl"
-    results["refine_onnx_in_process_rows_per_s"] = round(
-        api.refine(corpus, bundle_dir, reference).rows_per_second, 1
-    )
-    ports = Ports(args.port, args.port + 1, args.port + 2)
-    with TritonServer(repository, ports) as server:
-        for scheme, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-            out = args.work / f"{scheme}.jsonl"
-            rate = api.refine(corpus, bundle_dir, out, triton_url=url).rows_per_second
-            results[f"refine_triton_{scheme}_rows_per_s"] = round(rate, 1)
-            results[f"refine_triton_{scheme}_over_in_process"] = round(
-                rate / results["refine_onnx_in_process_rows_per_s"], 2
-            )
-            same = out.read_bytes() == reference.read_bytes()
-            results[f"triton_{scheme}_output_identical"] = same
-            remote = load_backend(bundle, "triton", url=url)
-            ms = median_call_ms(one_chain_call(remote, bundle))
-            results[f"triton_{scheme}_one_chain_ms"] = round(ms, 3)
-            results[f"triton_{scheme}_overhead_per_request_ms"] = round(
-                ms - results["in_process_one_chain_ms"], 3
-            )
+    in_process = api.refine(corpus, bundle_dir, reference).rows_per_second
+    results["refine_onnx_in_process_rows_per_s"] = round(in_process, 1)
+    # One server per instance count, each measured against the same in-process run.
+    for count in args.cpu_instances or [None]:
+        repository = write_triton_repository(bundle_dir, args.work / "triton_models",
+                                             cpu_instances=count)
+        server_results = results.setdefault("servers", [])
+        entry: dict = {"cpu_instances": count or available_cores()}
+        with TritonServer(repository, Ports(args.port, args.port + 1, args.port + 2)) as server:
+            for scheme, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+                out = args.work / f"{scheme}.jsonl"
+                rate = api.refine(corpus, bundle_dir, out, triton_url=url).rows_per_second
+                entry[f"refine_triton_{scheme}_rows_per_s"] = round(rate, 1)
+                entry[f"refine_triton_{scheme}_over_in_process"] = round(rate / in_process, 2)
+                entry[f"triton_{scheme}_output_identical"] = (
+                    out.read_bytes() == reference.read_bytes())
+                remote = load_backend(bundle, "triton", url=url)
+                ms = median_call_ms(one_chain_call(remote, bundle))
+                entry[f"triton_{scheme}_one_chain_ms"] = round(ms, 3)
+                entry[f"triton_{scheme}_overhead_per_request_ms"] = round(
+                    ms - results["in_process_one_chain_ms"], 3)
+        server_results.append(entry)
+        print(json.dumps(entry), flush=True)
     print(json.dumps(results, indent=1))
     (args.work / "triton.json").write_text(json.dumps(results, indent=1))
 

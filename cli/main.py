@@ -546,6 +546,9 @@ def export(
         "--onnx/--no-onnx", help="Export the graphs from PyTorch (needs sidyp-prod[train]); "
         "--no-onnx writes the --triton-repo from the graphs the bundle (or --out) already "
         "holds, without torch.")] = True,
+    cpu_instances: Annotated[int | None, typer.Option(
+        min=1, help="Instances of each ONNX model in the repository's CPU configurations "
+        "(python, cpu), one thread each [default: this machine's cores].")] = None,
 ) -> None:
     """Export the encoder and denoiser to ONNX, validate them against PyTorch, and optionally
     write a Triton model repository."""
@@ -555,7 +558,7 @@ def export(
     if not onnx:
         if triton_repo is None:
             _fail("--no-onnx exports nothing by itself: give --triton-repo DIR")
-        _write_triton_repo(bundle, triton_repo, out)
+        _write_triton_repo(bundle, triton_repo, out, cpu_instances)
         return
     try:
         require_train_extra("ONNX export")
@@ -576,15 +579,17 @@ def export(
             _fail(f"the ONNX graphs failed validation against PyTorch (atol {atol:g}): see above",
                   code=1)
     if triton_repo is not None:
-        _write_triton_repo(bundle, triton_repo, out)
+        _write_triton_repo(bundle, triton_repo, out, cpu_instances)
 
 
-def _write_triton_repo(bundle: Path, repository: Path, onnx_dir: Path | None) -> None:
+def _write_triton_repo(bundle: Path, repository: Path, onnx_dir: Path | None,
+                       cpu_instances: int | None) -> None:
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.export.triton import write_triton_repository
 
     try:
-        write_triton_repository(bundle, repository, onnx_dir=onnx_dir)
+        write_triton_repository(bundle, repository, onnx_dir=onnx_dir,
+                                cpu_instances=cpu_instances)
     except (BundleError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote the Triton model repository {repository} (see docs/triton.md)")

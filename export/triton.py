@@ -36,6 +36,7 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from sidyp_prod.backends.onnx_backend import available_cores
 from sidyp_prod.backends.triton_backend import DTYPES, triton_dims
 from sidyp_prod.bundle import Bundle, file_digest, load_bundle
 from sidyp_prod.graphs import (
@@ -81,20 +82,23 @@ def model_config(
     flavour: str,
     parameters: dict[str, str],
     labelled_outputs: tuple[str, ...] = (),
+    cpu_instances: int = 1,
 ) -> str:
     """config.pbtxt text of one ONNX model. ``flavour``: onnxruntime (GPU), cpu (onnxruntime on
-    CPU), tensorrt (GPU, TensorRT FP16) or python (onnxruntime inside the python backend)."""
+    CPU), tensorrt (GPU, TensorRT FP16) or python (onnxruntime inside the python backend).
+    The CPU flavours run ``cpu_instances`` instances; with more than one, each runs one
+    intra-op thread (batches side by side, as in-process ``refine`` runs them on a CPU)."""
     inputs = ",\n".join(_tensor(n, s) for n, s in record["inputs"].items())
     outputs = ",\n".join(
         _tensor(n, s, n in labelled_outputs) for n, s in record["outputs"].items()
     )
-    if flavour == "python":
-        backend = 'backend: "python"'
-        # The python backend runs onnxruntime on the CPU of the server's host.
-        instances = "instance_group [ { kind: KIND_CPU count: 1 } ]"
-    elif flavour == "cpu":
-        backend = f'backend: "onnxruntime"\ndefault_model_filename: "{parameters["onnx_file"]}"'
-        instances = "instance_group [ { kind: KIND_CPU count: 1 } ]"
+    if flavour in ("python", "cpu"):
+        # The python backend runs onnxruntime on the CPU of the server's host; both read
+        # intra_op_thread_count (0: ONNX Runtime's default, every core).
+        backend = ('backend: "python"' if flavour == "python" else
+                   f'backend: "onnxruntime"\ndefault_model_filename: "{parameters["onnx_file"]}"')
+        instances = f"instance_group [ {{ kind: KIND_CPU count: {cpu_instances} }} ]"
+        parameters = {**parameters, "intra_op_thread_count": "1" if cpu_instances > 1 else "0"}
     else:
         backend = 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"'
         instances = "instance_group [ { kind: KIND_GPU count: 1 } ]"
@@ -197,8 +201,15 @@ def write_triton_repository(
     bundle_dir: str | Path,
     repository: str | Path = DEFAULT_REPOSITORY,
     onnx_dir: str | Path | None = None,
+    cpu_instances: int | None = None,
 ) -> Path:
-    """Write (replace) the models of ``bundle_dir`` in ``repository``; returns its path."""
+    """Write (replace) the models of ``bundle_dir`` in ``repository``; returns its path.
+    ``cpu_instances``: instances of each ONNX model in the CPU configurations (default: the
+    cores this process may use, meant for a server on a host like this one)."""
+    if cpu_instances is None:
+        cpu_instances = available_cores()
+    if cpu_instances < 1:
+        raise ValueError(f"cpu_instances must be at least 1, got {cpu_instances}")
     bundle = load_bundle(bundle_dir)
     graphs, directory = onnx_paths(bundle, onnx_dir)
     repository = Path(repository)
@@ -236,7 +247,7 @@ def write_triton_repository(
             params = {**common, "sidyp_graph_sha256": cpu_hash if on_cpu else hashes[part],
                       "onnx_file": cpu_file if on_cpu else "model.onnx"}
             path.write_text(model_config(model, graphs[part], max_batch, flavour, params,
-                                         labelled))
+                                         labelled, cpu_instances))
     # The tokenizer and the text -> encoder ensemble.
     config = bundle.manifest["config"]
     for name in (TOKENIZER_MODEL, ENCODE_ENSEMBLE):

@@ -44,7 +44,9 @@ def parse_config(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def repository(trained, tmp_path_factory) -> Path:
     bundle, _, _ = trained
-    return write_triton_repository(bundle, tmp_path_factory.mktemp("triton") / "triton_models")
+    # Two instances of each ONNX model, one thread each: the server's batches run side by side.
+    return write_triton_repository(bundle, tmp_path_factory.mktemp("triton") / "triton_models",
+                                   cpu_instances=2)
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +235,26 @@ def test_a_server_of_another_bundle_is_refused(server, tiny_encoder, tmp_path):
                                       str(tmp_path / "o.jsonl"), "--triton-url", server.http_url])
     assert result.exit_code == 1
     assert "sidyp_graph_sha256" in result.output or "graph sha256" in result.output
+
+
+def test_cpu_instances_set_the_cpu_configurations_only(trained, tmp_path):
+    bundle, _, _ = trained
+    for count, threads in ((3, "1"), (1, "0")):
+        repo = tmp_path / f"repo-{count}"
+        result = CliRunner().invoke(app, ["export", str(bundle), "--no-onnx", "--triton-repo",
+                                          str(repo), "--cpu-instances", str(count)])
+        assert result.exit_code == 0, result.output
+        for model in (ENCODER_MODEL, DENOISER_MODEL):
+            for name in ("cpu", "python"):
+                config = parse_config(repo / model / "configs" / f"{name}.pbtxt")
+                assert config["instance_group"] == [{"kind": "KIND_CPU", "count": count}]
+                assert config["parameters"]["intra_op_thread_count"] == {"string_value": threads}
+            gpu = parse_config(repo / model / "config.pbtxt")
+            assert gpu["instance_group"] == [{"kind": "KIND_GPU", "count": 1}]
+            assert "intra_op_thread_count" not in gpu["parameters"]
+    result = CliRunner().invoke(app, ["export", str(bundle), "--no-onnx", "--triton-repo",
+                                      str(tmp_path / "bad"), "--cpu-instances", "0"])
+    assert result.exit_code == 2 and "--cpu-instances" in result.output
 
 
 def test_config_problems_name_the_mismatch():

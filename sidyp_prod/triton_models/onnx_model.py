@@ -23,6 +23,9 @@ class TritonPythonModel:
         filename = parameters.get("onnx_file", {}).get("string_value", "model.onnx")
         path = Path(args["model_repository"]) / args["model_version"] / filename
         options = ort.SessionOptions()
+        # One thread per instance when the config runs several (batches side by side).
+        threads = parameters.get("intra_op_thread_count", {}).get("string_value", "0")
+        options.intra_op_num_threads = int(threads)
         # Idle threads must not spin: other models share this host's cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
