@@ -7,8 +7,9 @@ graph is rewritten so that each token row of its input gets its own range:
     X = q * scale + min            q uint8, scale and min per row (the last axis is reduced)
     X @ W ~= (q @ Wq) * scale * w_scale + min * colsum(Wq * w_scale)
 
-with ``Wq`` int8 per output column. The integer product is exact, so a row's output depends on
-that row only. A few input channels carry most of the range in BERT-like models (a known
+with ``Wq`` int8 per output column, limited to 7 bits so that no CPU's kernel saturates. The
+integer product is exact, so a row's output depends on that row only, on any x86 CPU.
+A few input channels carry most of the range in BERT-like models (a known
 "outlier dimension" effect); those channels, picked from calibration rows, skip the quantization
 and go through a small fp32 MatMul, which halved the error on MiniLM (docs/experiments.md).
 Activation-by-activation MatMuls (attention scores) stay fp32.
@@ -24,6 +25,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 # Channels per MatMul input kept in fp32: 4 of 384 (MiniLM); 8 measured no better.
 FP32_CHANNELS = 4
+# Weights in [-63, 63] (7 bits): x86 CPUs without AVX-512 VNNI multiply uint8 by int8 with
+# VPMADDUBSW, which saturates a pair's sum at int16; 2 x 255 x 63 never does, so the integer
+# product is exact on every CPU. Full-range weights (127) saturated on an AVX2 EPYC: mean
+# |error| in probs 0.0082 instead of 0.0026, 6% of argmaxes changed (docs/experiments.md §17).
+WEIGHT_LEVELS = 63
+ACTIVATION_LEVELS = 255  # uint8 activations, a range per token row
 
 
 def _weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -74,7 +81,8 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]]) -> byt
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     targets = {n.output[0] for n in _weight_matmuls(model)}
-    added = [numpy_helper.from_array(np.array(1 / 255, np.float32), "int8/inv255"),
+    inverse_levels = np.array(1 / ACTIVATION_LEVELS, np.float32)
+    added = [numpy_helper.from_array(inverse_levels, "int8/inv_levels"),
              numpy_helper.from_array(np.array(1e-12, np.float32), "int8/tiny")]
     nodes: list[onnx.NodeProto] = []
     quantized: set[str] = set()
@@ -96,7 +104,7 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]]) -> byt
             helper.make_node("ReduceMin", [source], [p + "min"], axes=[-1], keepdims=1),
             helper.make_node("ReduceMax", [source], [p + "max"], axes=[-1], keepdims=1),
             helper.make_node("Sub", [p + "max", p + "min"], [p + "range"]),
-            helper.make_node("Mul", [p + "range", "int8/inv255"], [p + "raw_scale"]),
+            helper.make_node("Mul", [p + "range", "int8/inv_levels"], [p + "raw_scale"]),
             helper.make_node("Max", [p + "raw_scale", "int8/tiny"], [p + "scale"]),
             helper.make_node("Sub", [source, p + "min"], [p + "shifted"]),
             helper.make_node("Div", [p + "shifted", p + "scale"], [p + "steps"]),
@@ -116,7 +124,7 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]]) -> byt
         kept = channels.get(x, [])
         rest = weight.copy()
         rest[kept] = 0.0  # those input rows go through the fp32 MatMul below
-        w_scale = np.maximum(np.abs(rest).max(axis=0), 1e-12) / 127
+        w_scale = np.maximum(np.abs(rest).max(axis=0), 1e-12) / WEIGHT_LEVELS
         w_int8 = np.round(rest / w_scale).astype(np.int8)
         colsum = (w_int8.astype(np.float32) * w_scale).sum(axis=0)
         p, q = f"{x}/int8/", f"{out}/int8/"

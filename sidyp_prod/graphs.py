@@ -19,9 +19,10 @@ OPSET = 17
 ENCODER_ONNX = "encoder.onnx"
 ENCODER_INT8_ONNX = "encoder.int8.onnx"
 ENCODER_FP16_ONNX = "encoder.fp16.onnx"  # export --fp16: for the CUDA provider
-# The int8 encoder's quantization (export/quantize.py); a record without it is an older,
-# per-batch one that only an explicit --precision int8 runs.
-INT8_SCHEME = "per-row-uint8"
+# The int8 encoder's quantization (export/quantize.py); a record without it is an older one
+# (per-batch scales, or 8-bit weights that saturate on CPUs without AVX-512 VNNI) that only an
+# explicit --precision int8 runs.
+INT8_SCHEME = "per-row-uint8-w7"
 # --precision: "auto" runs the int8 encoder on CPUs when it has per-row scales, else fp32;
 # "fp16" (a graph written by export --fp16) is for GPUs.
 PRECISIONS = ("auto", "fp32", "int8", "fp16")
