@@ -2,8 +2,8 @@
 
 One run, one bundle, one corpus: in-process ONNX Runtime, then the same refine with the model calls
 sent to ``sidyp-prod serve``'s tritonserver (python-backend flavour, onnxruntime inside) over HTTP
-and over gRPC; and the per-request overhead: the median round trip of a one-chain denoiser request
-through the server minus the same call in process.
+and over gRPC, one server per ``--cpu-instances`` count; and the per-request overhead: the median
+round trip of a one-chain denoiser request through the server minus the same call in process.
 
     python benchmarks/triton_throughput.py [--model BUNDLE] [--rows 2000] [--cpu-instances 1 2]
 """
@@ -83,10 +83,10 @@ def main() -> None:
     in_process = api.refine(corpus, bundle_dir, reference).rows_per_second
     results["refine_onnx_in_process_rows_per_s"] = round(in_process, 1)
     # One server per instance count, each measured against the same in-process run.
+    results["servers"] = []
     for count in args.cpu_instances or [None]:
         repository = write_triton_repository(bundle_dir, args.work / "triton_models",
                                              cpu_instances=count)
-        server_results = results.setdefault("servers", [])
         entry: dict = {"cpu_instances": count or available_cores()}
         with TritonServer(repository, Ports(args.port, args.port + 1, args.port + 2)) as server:
             for scheme, url in (("http", server.http_url), ("grpc", server.grpc_url)):
@@ -101,7 +101,7 @@ def main() -> None:
                 entry[f"triton_{scheme}_one_chain_ms"] = round(ms, 3)
                 entry[f"triton_{scheme}_overhead_per_request_ms"] = round(
                     ms - results["in_process_one_chain_ms"], 3)
-        server_results.append(entry)
+        results["servers"].append(entry)
         print(json.dumps(entry), flush=True)
     print(json.dumps(results, indent=1))
     (args.work / "triton.json").write_text(json.dumps(results, indent=1))

@@ -157,17 +157,16 @@ def train(
     save_model(out, trained, label_set, config, summary.bundle_record(), overwrite=overwrite,
                export_texts=texts if export else None)
     predictions = trained.fit.predictions
+    summary.predictions = {row.line_no: extra for row, extra in zip(rows, predictions,
+                                                                    strict=True)}
     if refined_out and len(rows) == usable:
         write_records(Path(refined_out), (
             {**row.record, **extra} for row, extra in zip(rows, predictions, strict=True)))
     elif refined_out:
-        trained_rows = {row.line_no: extra for row, extra in zip(rows, predictions, strict=True)}
         refined = refine(corpus, out, refined_out, backend="onnx" if export else "torch",
-                         fields=fields, rejects=rejects_path, known=trained_rows,
+                         fields=fields, rejects=rejects_path, known=summary.predictions,
                          input_format=input_format)
         summary.refined_as_new = refined.refined - len(rows)
-    summary.predictions = {row.line_no: extra for row, extra in zip(rows, predictions,
-                                                                    strict=True)}
     return summary
 
 
