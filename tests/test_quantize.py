@@ -65,10 +65,13 @@ def test_int8_graph_is_close_to_fp32_and_keeps_the_named_channels_in_fp32(traine
     integer_weights = [numpy_helper.to_array(i) for i in model.graph.initializer
                        if i.data_type == onnx.TensorProto.INT8]
     assert integer_weights and max(int(np.abs(w.astype(int)).max()) for w in integer_weights) <= 63
-    # Every remaining fp32 MatMul with a weight is an fp32-channel one (2 input rows).
+    # Every remaining fp32 MatMul with a weight is a side product: the 2 fp32 channels, the
+    # offsets and the bias, whose Adds are folded in.
     weights = {i.name: i for i in model.graph.initializer}
-    assert all(weights[n.input[1]].dims[0] == 2 for n in model.graph.node
+    assert all(weights[n.input[1]].dims[0] == 2 + 2 for n in model.graph.node
                if n.op_type == "MatMul" and n.input[1] in weights)
+    fp32_ops = [n.op_type for n in onnx.load_from_string(fp32).graph.node]
+    assert ops.count("Add") == fp32_ops.count("Add")  # each bias Add became its MatMul's one
     feeds = {"input_ids": ids, "attention_mask": mask}
     reference, ours = _session(fp32).run(None, feeds), _session(quantized).run(None, feeds)
     for name, a, b in zip(("probs", "conditioning", "embedding"), ours, reference, strict=False):
