@@ -91,7 +91,7 @@ def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
 
 
 def _bias_adds(graph: onnx.GraphProto, targets: set[str],
-               initializers: Mapping[str, onnx.TensorProto]) -> dict[str, onnx.NodeProto]:
+               constants: Mapping[str, onnx.TensorProto]) -> dict[str, onnx.NodeProto]:
     """Per weight MatMul output, the Add of a (N,) constant that is its only consumer."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -103,7 +103,7 @@ def _bias_adds(graph: onnx.GraphProto, targets: set[str],
         users = consumers.get(out, [])
         if len(users) == 1 and users[0].op_type == "Add" and len(users[0].input) == 2:
             other = _other_input(users[0], out)
-            if other in initializers and len(initializers[other].dims) == 1:
+            if other in constants and len(constants[other].dims) == 1:
                 found[out] = users[0]
     return found
 
@@ -190,6 +190,9 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]]) -> byt
             helper.make_node("Add", [q + "scaled", q + "side"],
                              [out if bias_add is None else bias_add.output[0]]),
         ]
+    read = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+    # An Identity that passed a now-folded bias on is read by nothing: drop it and its constant.
+    nodes = [n for n in nodes if n.op_type != "Identity" or n.output[0] in read]
     used = {name for n in nodes for name in n.input}
     del graph.node[:]
     graph.node.extend(nodes)
