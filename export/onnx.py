@@ -7,6 +7,7 @@ the largest absolute difference of every output.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -88,19 +89,54 @@ def denoiser_onnx_bytes(
 
 
 def int8_encoder(fp32_onnx: bytes, tokenizer: Any, calibration_texts: Sequence[str] | None,
-                 recorded: dict[str, list[int]] | None) -> tuple[bytes, dict[str, list[int]]]:
-    """The per-row int8 encoder (export/quantize.py) and its fp32 channels: picked from
-    ``calibration_texts`` (train passes a sample of its rows), else the channels an earlier
-    export recorded (so a re-export gives the same graph), else from SAMPLE_TEXTS."""
+                 previous: dict | None) -> tuple[bytes, dict]:
+    """The per-row int8 encoder (export/quantize.py) and its record (fp32 channels, weight
+    rounding). With ``calibration_texts`` (train passes a sample of its rows) the channels and
+    the GPTQ rounding come from them. Without, ``previous`` (an earlier export's record, with
+    its graph's bytes where it is of the current scheme) decides: its graph is kept if it was
+    made from this same fp32 graph, so that a re-export gives the same graph; else its channels
+    (or those of SAMPLE_TEXTS) with nearest rounding."""
     from sidyp_prod.encoder import tokenize
 
-    from .quantize import activation_ranges, fp32_channels, quantize_per_row
+    from .quantize import calibrate, fp32_channels, quantize_per_row
 
-    if calibration_texts or not recorded:
+    previous = previous or {}
+    fp32_sha256 = hashlib.sha256(fp32_onnx).hexdigest()
+    if not calibration_texts and "bytes" in previous and previous["fp32_sha256"] == fp32_sha256:
+        return previous["bytes"], {key: previous[key] for key in INT8_RECORD}
+    channels, grams = previous.get("int8_fp32_channels"), None
+    if calibration_texts or not channels:
         texts = list(calibration_texts or SAMPLE_TEXTS)
         batches = (tokenize(tokenizer, texts[i:i + 32]) for i in range(0, len(texts), 32))
-        recorded = fp32_channels(activation_ranges(fp32_onnx, batches))
-    return quantize_per_row(fp32_onnx, recorded), recorded
+        calibration = calibrate(fp32_onnx, batches)
+        channels = fp32_channels(calibration.ranges)
+        # A few sample sentences are too few tokens for GPTQ's Gram matrices.
+        grams = calibration.grams if calibration_texts else None
+    record = {"int8_fp32_channels": channels,
+              "int8_rounding": "nearest" if grams is None else "gptq"}
+    return quantize_per_row(fp32_onnx, channels, grams), record
+
+
+# What the manifest records about the int8 graph besides its file and scheme.
+INT8_RECORD = ("int8_fp32_channels", "int8_rounding")
+
+
+def _previous_int8(bundle: Any) -> dict:
+    """The bundle's int8 record, with the graph's bytes and its fp32 graph's sha256 where the
+    graph is of the current scheme and layout."""
+    record = (bundle.manifest.get("onnx") or {}).get("encoder") or {}
+    previous = {key: record[key] for key in INT8_RECORD if key in record}
+    previous.setdefault("int8_rounding", "nearest")  # exports before GPTQ rounding
+    int8_file, fp32_file = record.get("int8_file"), record.get("file")
+    if (record.get("int8_scheme") != INT8_SCHEME
+            or bundle.manifest["onnx"].get("graph_version") != GRAPH_VERSION
+            or int8_file not in bundle.files or fp32_file not in bundle.files):
+        return previous
+    graph = bundle.path(int8_file).read_bytes()
+    if hashlib.sha256(graph).hexdigest() == bundle.files[int8_file]["sha256"]:
+        previous["bytes"] = graph
+        previous["fp32_sha256"] = bundle.files[fp32_file]["sha256"]
+    return previous
 
 
 def fp16_encoder(fp32_onnx: bytes) -> bytes:
@@ -138,11 +174,11 @@ def export_onnx(
             torch_backend.reverse_process, steps, branches, classes, width
         ),
     }
-    channels = None
+    int8_record = dict.fromkeys(INT8_RECORD)
     if int8:
-        recorded = (manifest.get("onnx") or {}).get("encoder", {}).get("int8_fp32_channels")
-        files[ENCODER_INT8_ONNX], channels = int8_encoder(
-            files[ENCODER_ONNX], load_bundle_tokenizer(bundle), calibration_texts, recorded)
+        files[ENCODER_INT8_ONNX], int8_record = int8_encoder(
+            files[ENCODER_ONNX], load_bundle_tokenizer(bundle), calibration_texts,
+            _previous_int8(bundle))
     if fp16:
         files[ENCODER_FP16_ONNX] = fp16_encoder(files[ENCODER_ONNX])
     token_inputs = {"input_ids": ["batch", "tokens", "int64"],
@@ -156,7 +192,7 @@ def export_onnx(
             "int8_file": ENCODER_INT8_ONNX if int8 else None,
             # Per-row activation ranges: a row's int8 outputs do not depend on its batch.
             "int8_scheme": INT8_SCHEME if int8 else None,
-            "int8_fp32_channels": channels,
+            **int8_record,
             "fp16_file": ENCODER_FP16_ONNX if fp16 else None,
             "inputs": token_inputs,
             "outputs": {"probs": ["batch", branches, classes, "float32"],

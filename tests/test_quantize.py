@@ -17,8 +17,8 @@ from sidyp_prod import api
 from sidyp_prod.backends import load_backend
 from sidyp_prod.bundle import BundleError, load_bundle
 from sidyp_prod.encoder import tokenize
-from sidyp_prod.export.onnx import export_onnx
-from sidyp_prod.export.quantize import activation_ranges, fp32_channels, quantize_per_row
+from sidyp_prod.export.onnx import export_onnx, int8_encoder
+from sidyp_prod.export.quantize import calibrate, fp32_channels, gptq_weights, quantize_per_row
 from sidyp_prod.graphs import INT8_SCHEME
 from sidyp_prod.model_io import load_bundle_tokenizer
 
@@ -54,9 +54,11 @@ def test_int8_graph_is_close_to_fp32_and_keeps_the_named_channels_in_fp32(traine
     loaded = load_bundle(bundle)
     fp32 = (bundle / loaded.manifest["onnx"]["encoder"]["file"]).read_bytes()
     ids, mask = tokenize(load_bundle_tokenizer(loaded), TEXTS)
-    ranges = activation_ranges(fp32, [(ids, mask)])
-    channels = fp32_channels(ranges, count=2)
+    calibration = calibrate(fp32, [(ids, mask)])
+    channels = fp32_channels(calibration.ranges, count=2)
     assert all(len(c) == 2 for c in channels.values())
+    assert {n: g.shape for n, g in calibration.grams.items()} == {
+        n: (len(r), len(r)) for n, r in calibration.ranges.items()}
     quantized = quantize_per_row(fp32, channels)
     model = onnx.load_from_string(quantized)
     ops = [n.op_type for n in model.graph.node]
@@ -76,10 +78,36 @@ def test_int8_graph_is_close_to_fp32_and_keeps_the_named_channels_in_fp32(traine
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     assert all(any(o in read for o in n.output) for n in model.graph.node)
     feeds = {"input_ids": ids, "attention_mask": mask}
-    reference, ours = _session(fp32).run(None, feeds), _session(quantized).run(None, feeds)
-    for name, a, b in zip(("probs", "conditioning", "embedding"), ours, reference, strict=False):
-        scale = float(np.abs(b).max())
-        assert np.abs(a - b).max() <= 0.05 * scale, name
+    reference = _session(fp32).run(None, feeds)
+    for graph in (quantized, quantize_per_row(fp32, channels, calibration.grams)):
+        ours = _session(graph).run(None, feeds)
+        for name, a, b in zip(("probs", "conditioning", "embedding"), ours, reference,
+                              strict=False):
+            scale = float(np.abs(b).max())
+            assert np.abs(a - b).max() <= 0.05 * scale, name
+
+
+def test_gptq_rounding_moves_the_products_less_than_nearest_rounding():
+    rng = np.random.default_rng(0)
+    # Correlated inputs with a few wide channels, as in a transformer's hidden states.
+    mixing = rng.normal(size=(48, 48)) * np.where(np.arange(48) < 3, 8.0, 1.0)[:, None]
+    calibration_x, held_out_x = rng.normal(size=(2, 2000, 48)) @ mixing
+    weight = rng.normal(size=(48, 32)).astype(np.float32)
+    kept = [0, 1, 2]
+    rest = weight.copy()
+    rest[kept] = 0.0
+    w_scale = np.abs(rest).max(axis=0) / 63
+
+    def error(w_int8: np.ndarray, kept_weight: np.ndarray) -> float:
+        approx = w_int8 * w_scale
+        approx[kept] = kept_weight
+        return float(np.abs(held_out_x @ (approx - weight)).mean())
+
+    w_int8, kept_weight = gptq_weights(weight, calibration_x.T @ calibration_x, kept, w_scale)
+    assert np.abs(w_int8.astype(int)).max() <= 63 and not w_int8[kept].any()
+    assert not np.allclose(kept_weight, weight[kept])  # the fp32 rows absorbed rounding errors
+    nearest = error(np.round(rest / w_scale), weight[kept])
+    assert error(w_int8, kept_weight) < 0.7 * nearest
 
 
 def test_default_precision_is_int8_on_cpu_and_chunking_does_not_change_the_output(
@@ -107,8 +135,25 @@ def test_reexport_reuses_the_recorded_fp32_channels(trained, tmp_path):
     after = load_bundle(copy).manifest
     encoder = after["onnx"]["encoder"]
     assert encoder["int8_fp32_channels"] == before["onnx"]["encoder"]["int8_fp32_channels"]
+    assert encoder["int8_rounding"] == before["onnx"]["encoder"]["int8_rounding"] == "gptq"
     name = encoder["int8_file"]
     assert after["files"][name]["sha256"] == before["files"][name]["sha256"]
+
+
+def test_without_calibration_rows_another_fp32_graph_gets_nearest_rounding(trained):
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    encoder = loaded.manifest["onnx"]["encoder"]
+    fp32 = (bundle / encoder["file"]).read_bytes()
+    int8 = (bundle / encoder["int8_file"]).read_bytes()
+    previous = {"int8_fp32_channels": encoder["int8_fp32_channels"], "int8_rounding": "gptq",
+                "bytes": int8, "fp32_sha256": loaded.files[encoder["file"]]["sha256"]}
+    tokenizer = load_bundle_tokenizer(loaded)
+    assert int8_encoder(fp32, tokenizer, None, previous)[0] == int8
+    graph, record = int8_encoder(fp32, tokenizer, None, {**previous, "fp32_sha256": "other"})
+    assert record == {"int8_fp32_channels": encoder["int8_fp32_channels"],
+                      "int8_rounding": "nearest"}
+    assert graph != int8
 
 
 def test_fp16_encoder_is_written_on_request_and_refines_close_to_fp32(
