@@ -1,10 +1,13 @@
 """Throughput and memory of ``refine``: ONNX back end vs torch back end vs a bare encoder pass.
 
 All three run in one process on the same bundle (default encoder) and the same synthetic rows of
-realistic length, so the ratios are comparable even on a noisy machine. ``--rss`` also measures
-the peak RSS of ``sidyp-prod refine`` (a fresh process each) at two corpus sizes.
+realistic length, in ``--rounds`` rounds that alternate the order of the measures; each ratio is
+taken within a round and reported as the median over rounds with its range, so that a noisy
+machine's drift cancels. ``--rss`` also measures the peak RSS of ``sidyp-prod refine`` (a fresh
+process each) at two corpus sizes.
 
-    python benchmarks/throughput.py [--model BUNDLE] [--rows 2000] [--rss 10000 200000]
+    python benchmarks/throughput.py [--model BUNDLE] [--rows 2000] [--rounds 3]
+        [--rss 10000 200000]
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import os
 import platform
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -81,9 +87,11 @@ class _SentenceEncoder(torch.nn.Module):
         return pool(hidden, attention_mask, e.pooling)
 
 
-def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[str, float]:
-    """Tokenize and run only an encoder graph in ONNX Runtime, in refine's batches: the bundle's
-    full encoder graph, and a plain single pass of the pretrained encoder."""
+def encoder_passes(bundle_dir: Path, corpus: Path, work: Path) -> dict[str, Callable[[], float]]:
+    """Per bare pass, a function that runs it once and returns rows/s: ONNX Runtime running only
+    an encoder graph (the bundle's fp32 and int8 graphs, and a plain single pass of the
+    pretrained encoder) over refine's batches, one batch at a time on every core (ONNX Runtime's
+    default) and side by side on one thread each (as refine runs them on a CPU)."""
     import onnxruntime as ort
 
     bundle = load_bundle(bundle_dir)
@@ -104,11 +112,12 @@ def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     size = model.config.encode_batch_size
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    batches = [
-        tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]])
+    feeds = [
+        dict(zip(("input_ids", "attention_mask"),
+                 tokenize(model.tokenizer, [texts[i] for i in order[s : s + size]]),
+                 strict=True))
         for s in range(0, len(texts), size)
     ]
-    rates = {}
     record = bundle.manifest["onnx"]["encoder"]
     graphs = {
         "plain_encoder_pass": plain,
@@ -116,24 +125,27 @@ def encoder_rows_per_second(bundle_dir: Path, corpus: Path, work: Path) -> dict[
         "bundle_int8_encoder_graph": bundle.path(record["int8_file"]),
     }
     workers = available_cores()
+
+    def timed(session: Any, threads: int) -> float:
+        start = time.perf_counter()
+        if threads:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(partial(session.run, None), feeds))
+        else:
+            for feed in feeds:
+                session.run(None, feed)
+        return len(texts) / (time.perf_counter() - start)
+
+    passes = {}
     for name, path in graphs.items():
-        # ONNX Runtime's default (one batch at a time on every core), and batches side by side
-        # on one thread each, as refine runs them on a CPU (OnnxBackend).
         for mode, threads in (("", 0), ("_side_by_side", 1)):
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             session = ort.InferenceSession(str(path), options,
                                            providers=["CPUExecutionProvider"])
-            feeds = [{"input_ids": ids_b, "attention_mask": mask_b} for ids_b, mask_b in batches]
-            start = time.perf_counter()
-            if threads:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(partial(session.run, None), feeds))
-            else:
-                for feed in feeds:
-                    session.run(None, feed)
-            rates[name + mode] = len(texts) / (time.perf_counter() - start)
-    return rates
+            session.run(None, feeds[-1])  # warm-up: the arena's first allocations
+            passes[name + mode] = partial(timed, session, threads)
+    return passes
 
 
 def peak_rss_mib(bundle_dir: Path, corpus: Path, out: Path, precision: str) -> tuple[float, float]:
@@ -154,10 +166,31 @@ def peak_rss_mib(bundle_dir: Path, corpus: Path, out: Path, precision: str) -> t
     return float(rss), float(rate)
 
 
+# Ratios reported, each taken within a round: (numerator, denominator) measures.
+RATIOS = {
+    "refine_onnx_default_over_plain_encoder_pass": ("refine_onnx_default", "plain_encoder_pass"),
+    "refine_onnx_fp32_over_plain_encoder_pass": ("refine_onnx_fp32", "plain_encoder_pass"),
+    "refine_onnx_default_over_plain_pass_side_by_side": (
+        "refine_onnx_default", "plain_encoder_pass_side_by_side"),
+    # What the pipeline outside the encoder graph leaves of the graph's own speed, the graph run
+    # as refine runs it.
+    "refine_onnx_default_over_its_graph": (
+        "refine_onnx_default", "bundle_int8_encoder_graph_side_by_side"),
+    "refine_onnx_fp32_over_its_graph": ("refine_onnx_fp32", "bundle_encoder_graph_side_by_side"),
+    "refine_onnx_default_over_torch": ("refine_onnx_default", "refine_torch"),
+}
+
+
+def _refine_rate(corpus: Path, bundle: Path, out: Path, kwargs: dict) -> float:
+    return api.refine(corpus, bundle, out, **kwargs).rows_per_second
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="bundle (default: train one on the example)")
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every measure, alternating their order")
     parser.add_argument("--rss", type=int, nargs=2, metavar=("SMALL", "LARGE"))
     parser.add_argument(
         "--rss-precision",
@@ -178,36 +211,25 @@ def main() -> None:
         "rows": args.rows,
     }
     if not args.skip_throughput:
-        encoders = encoder_rows_per_second(bundle, corpus, args.work)
-        rates = {}
+        measures = encoder_passes(bundle, corpus, args.work)
         for name, kwargs in (
             ("onnx_default", {"backend": "onnx"}),  # precision auto: int8 on a CPU
             ("onnx_fp32", {"backend": "onnx", "precision": "fp32"}),
             ("torch", {"backend": "torch"}),
         ):
-            rates[name] = api.refine(
-                corpus, bundle, args.work / f"{name}.jsonl", **kwargs
-            ).rows_per_second
-        plain = encoders["plain_encoder_pass"]
-        results.update({f"bare_{k}_rows_per_s": round(v, 1) for k, v in encoders.items()})
-        results.update({f"refine_{k}_rows_per_s": round(v, 1) for k, v in rates.items()})
-        results.update(
-            {
-                "refine_onnx_default_over_plain_encoder_pass": round(
-                    rates["onnx_default"] / plain, 2),
-                "refine_onnx_fp32_over_plain_encoder_pass": round(rates["onnx_fp32"] / plain, 2),
-                "refine_onnx_default_over_plain_pass_side_by_side": round(
-                    rates["onnx_default"] / encoders["plain_encoder_pass_side_by_side"], 2),
-                # What the pipeline outside the encoder graph leaves of the graph's own speed,
-                # the graph run as refine runs it.
-                "refine_onnx_default_over_its_graph": round(
-                    rates["onnx_default"] / encoders["bundle_int8_encoder_graph_side_by_side"],
-                    2),
-                "refine_onnx_fp32_over_its_graph": round(
-                    rates["onnx_fp32"] / encoders["bundle_encoder_graph_side_by_side"], 2),
-                "refine_onnx_default_over_torch": round(rates["onnx_default"] / rates["torch"], 2),
-            }
-        )
+            measures["refine_" + name] = partial(_refine_rate, corpus, bundle,
+                                                 args.work / f"{name}.jsonl", kwargs)
+        rates: dict[str, list[float]] = {name: [] for name in measures}
+        for r in range(args.rounds):
+            for name in list(measures)[:: 1 if r % 2 == 0 else -1]:
+                rates[name].append(measures[name]())
+        results["rounds"] = args.rounds
+        results.update({(k if k.startswith("refine_") else f"bare_{k}") + "_rows_per_s":
+                        round(statistics.median(v), 1) for k, v in rates.items()})
+        for ratio, (top, bottom) in RATIOS.items():
+            per_round = [a / b for a, b in zip(rates[top], rates[bottom], strict=True)]
+            results[ratio] = round(statistics.median(per_round), 2)
+            results[ratio + "_range"] = [round(min(per_round), 2), round(max(per_round), 2)]
     if args.rss:
         for n in args.rss:
             rows = synthetic_corpus(args.work / f"rss-{n}.jsonl", n, labels, seed=n)

@@ -18,6 +18,7 @@ from .decision import DecisionRule
 from .diffusion import text_key
 from .encoder import pad_ids, pad_token_id, padded_width, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
+from .neighbors import search_in_one_thread
 from .refinement import (
     RefineSettings,
     for_new_rows,
@@ -126,11 +127,12 @@ def _spread(batches: list[np.ndarray], parallel: int) -> list[np.ndarray]:
 
 def _map_batches(backend: ModelBackend, function: Callable[[np.ndarray], Any],
                  batches: list[np.ndarray]) -> list[Any]:
-    """``function`` over ``batches`` in order, ``backend.parallel_batches`` of them in flight
-    (a remote server overlaps them; results do not depend on it)."""
+    """``function`` over ``batches`` in order, ``backend.parallel_batches`` of them in flight,
+    each worker's neighbour search on one thread (results do not depend on either)."""
     parallel = backend.parallel_batches
     if parallel > 1 and len(batches) > 1:
-        with ThreadPoolExecutor(min(parallel, len(batches))) as pool:
+        with ThreadPoolExecutor(min(parallel, len(batches)),
+                                initializer=search_in_one_thread) as pool:
             return list(pool.map(function, batches))
     return [function(batch) for batch in batches]
 

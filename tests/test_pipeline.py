@@ -137,6 +137,26 @@ def test_batches_side_by_side_do_not_change_the_output(trained, fresh_corpus, tm
     assert len(_spread([np.arange(1)], 4)) == 1
 
 
+def test_batches_side_by_side_search_neighbours_on_one_openmp_thread(trained, monkeypatch):
+    import faiss
+    import numpy as np
+
+    from sidyp_prod.backends import load_backend, onnx_backend
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.pipeline import _map_batches
+
+    bundle, _, _ = trained
+    monkeypatch.setattr(onnx_backend, "available_cores", lambda: 2)
+    backend = load_backend(load_bundle(bundle), "onnx", device="cpu")
+    assert backend.parallel_batches == 2
+    before = faiss.omp_get_max_threads()
+    # Two OpenMP teams on two cores wait on each other's descheduled threads.
+    threads = _map_batches(backend, lambda _: faiss.omp_get_max_threads(),
+                           [np.arange(2), np.arange(2, 4)])
+    assert threads == [1, 1]
+    assert faiss.omp_get_max_threads() == before  # the caller's own setting is left alone
+
+
 def test_same_seed_same_bundle_and_output(trained, tiny_encoder, train_corpus, tmp_path):
     _, refined, _ = trained
     api.train(train_corpus, tmp_path / "again", tiny_config(), encoder=str(tiny_encoder),
