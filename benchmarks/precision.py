@@ -24,7 +24,7 @@ from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod import api
 from sidyp_prod.export.onnx import export_onnx
-from sidyp_prod.training_pipeline import calibration_sample
+from sidyp_prod.export.quantize import calibration_sample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
 

@@ -548,12 +548,19 @@ def export(
         "holds, without torch.")] = True,
     cpu_instances: Annotated[int | None, typer.Option(
         min=1, help="Instances of each ONNX model in the repository's CPU configurations "
-        "(python, cpu), one thread each [default: this machine's cores].")] = None,
+        "(python, cpu), one thread each (default: this machine's cores).")] = None,
+    calibration: Annotated[Path | None, typer.Option(
+        help="Corpus whose texts calibrate the int8 encoder (its fp32 channels and GPTQ "
+        "rounding), e.g. the training corpus (default: keep the bundle's int8 graph if its "
+        "fp32 graph is unchanged, else round the weights to the nearest step).")] = None,
+    text_field: TextField = "text",
+    input_format: InputFormat = None,
 ) -> None:
     """Export the encoder and denoiser to ONNX, validate them against PyTorch, and optionally
     write a Triton model repository."""
     from sidyp_prod.bundle import BundleError
     from sidyp_prod.checks import MissingExtraError, require_train_extra
+    from sidyp_prod.corpus import InputError
 
     if not onnx:
         if triton_repo is None:
@@ -564,8 +571,10 @@ def export(
         require_train_extra("ONNX export")
         from sidyp_prod.export.onnx import export_onnx, validate_onnx
 
-        graphs = export_onnx(bundle, out, int8=int8, fp16=fp16)
-    except (BundleError, FileNotFoundError, MissingExtraError) as exc:
+        texts = (None if calibration is None
+                 else _calibration_texts(calibration, text_field, input_format))
+        graphs = export_onnx(bundle, out, int8=int8, fp16=fp16, calibration_texts=texts)
+    except (BundleError, FileNotFoundError, MissingExtraError, InputError) as exc:
         _fail(str(exc))
     files = [graphs[part]["file"] for part in ("encoder", "denoiser", "embedder")
              if part in graphs]
@@ -580,6 +589,20 @@ def export(
                   code=1)
     if triton_repo is not None:
         _write_triton_repo(bundle, triton_repo, out, cpu_instances)
+
+
+def _calibration_texts(corpus: Path, text_field: str, input_format: str | None) -> list[str]:
+    """The int8 calibration sample of ``corpus``'s texts (rows without a text are skipped)."""
+    from sidyp_prod.corpus import FieldNames, Row, iter_corpus
+    from sidyp_prod.export.quantize import calibration_sample
+
+    texts = [row.text for row in iter_corpus(corpus, FieldNames(text=text_field),
+                                             input_format=input_format)
+             if isinstance(row, Row)]
+    if not texts:
+        _fail(f"{corpus}: no row has a usable {text_field!r} field to calibrate the int8 "
+              "encoder on")
+    return calibration_sample(texts)
 
 
 def _write_triton_repo(bundle: Path, repository: Path, onnx_dir: Path | None,

@@ -28,6 +28,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+# Training rows that calibrate the int8 graph (its fp32 channels and GPTQ rounding).
+CALIBRATION_ROWS = 256
 # Channels per MatMul input kept in fp32: 4 of 384 (MiniLM); 8 measured no better.
 FP32_CHANNELS = 4
 # Weights in [-63, 63] (7 bits): x86 CPUs without AVX-512 VNNI multiply uint8 by int8 with
@@ -36,6 +38,13 @@ FP32_CHANNELS = 4
 # |error| in probs 0.0082 instead of 0.0026, 6% of argmaxes changed (docs/experiments.md §17).
 WEIGHT_LEVELS = 63
 ACTIVATION_LEVELS = 255  # uint8 activations, a range per token row
+
+
+def calibration_sample(texts: Sequence[str]) -> list[str]:
+    """Evenly spaced training texts (deterministic) for the int8 graph's calibration: the widest
+    activation channels depend on the text the model sees."""
+    step = max(1, len(texts) // CALIBRATION_ROWS)
+    return list(texts[::step][:CALIBRATION_ROWS])
 
 
 def _weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -23,16 +23,6 @@ from .pretrained import PretrainedEncoder, load_pretrained, resolve_encoder
 from .torch_bundle import save_trained
 from .training import TrainingResult, train_sidyp
 
-# Training rows that pick the int8 encoder graph's fp32 channels (export/quantize.py).
-CALIBRATION_ROWS = 256
-
-
-def calibration_sample(texts: Sequence[str]) -> list[str]:
-    """Evenly spaced training texts (deterministic) for the int8 graph's calibration: the widest
-    activation channels depend on the text the model sees."""
-    step = max(1, len(texts) // CALIBRATION_ROWS)
-    return list(texts[::step][:CALIBRATION_ROWS])
-
 
 @dataclass
 class TrainedModel:
@@ -89,5 +79,6 @@ def save_model(
                  overwrite=overwrite, embedder=trained.embedder)
     if export_texts is not None:
         from .export.onnx import export_onnx
+        from .export.quantize import calibration_sample
 
         export_onnx(out, calibration_texts=calibration_sample(export_texts))

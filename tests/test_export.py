@@ -113,6 +113,32 @@ def test_export_command_reports_differences(trained, tmp_path):
     load_bundle(copy)
 
 
+def test_export_calibrates_the_int8_encoder_on_a_corpus_given(trained, train_corpus, tmp_path):
+    import shutil
+
+    bundle, _, _ = trained
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["onnx"]["encoder"]["int8_scheme"] = "per-row-uint8"  # an older export's graph
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["export", str(copy), "--no-validate"])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(copy).manifest["onnx"]["encoder"]["int8_rounding"] == "nearest"
+    # The training corpus gives the graph train wrote: the same sample, the same rounding.
+    result = CliRunner().invoke(app, ["export", str(copy), "--no-validate",
+                                      "--calibration", str(train_corpus)])
+    assert result.exit_code == 0, result.output
+    encoder = load_bundle(copy).manifest["onnx"]["encoder"]
+    assert encoder["int8_rounding"] == "gptq"
+    assert ((copy / encoder["int8_file"]).read_bytes()
+            == (bundle / encoder["int8_file"]).read_bytes())
+    result = CliRunner().invoke(app, ["export", str(copy), "--no-validate", "--calibration",
+                                      str(train_corpus), "--text-field", "body"])
+    assert result.exit_code == 2
+    assert str(train_corpus) in result.output and "'body'" in result.output
+
+
 def test_refine_without_onnx_models_says_how_to_get_them(tiny_encoder, tmp_path):
     from conftest import tiny_config
     from synthetic import make_rows, write_jsonl
