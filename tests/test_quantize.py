@@ -90,9 +90,10 @@ def test_int8_graph_is_close_to_fp32_and_keeps_the_named_channels_in_fp32(traine
 def test_gptq_rounding_moves_the_products_less_than_nearest_rounding():
     rng = np.random.default_rng(0)
     # Correlated inputs with a few wide channels, as in a transformer's hidden states.
-    mixing = rng.normal(size=(48, 48)) * np.where(np.arange(48) < 3, 8.0, 1.0)[:, None]
-    calibration_x, held_out_x = rng.normal(size=(2, 2000, 48)) @ mixing
-    weight = rng.normal(size=(48, 32)).astype(np.float32)
+    # 300 inputs: rounded in three blocks (GPTQ_BLOCK), each updating the rows after it.
+    mixing = rng.normal(size=(300, 300)) * np.where(np.arange(300) < 3, 8.0, 1.0)[:, None]
+    calibration_x, held_out_x = rng.normal(size=(2, 3000, 300)) @ mixing
+    weight = rng.normal(size=(300, 32)).astype(np.float32)
     kept = [0, 1, 2]
     rest = weight.copy()
     rest[kept] = 0.0
