@@ -7,6 +7,10 @@ of ``confidence``, and the estimated noise ratio with its 90% interval against t
 
     python benchmarks/noisy_corpora.py --out runs/corpora --rows 600
     python benchmarks/known_noise.py runs/corpora/*.jsonl --seeds 0 --out runs/known-noise
+
+``--trusted-rows N`` gives a random N rows (drawn by the seed) their gold label in a
+``trusted_label`` field and trains with ``--trusted-field trusted_label``; the scores are then
+those of the other rows.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod import api
 from sidyp_prod.config import SiDyPConfig
-from sidyp_prod.evaluate import read_records
+from sidyp_prod.evaluate import evaluate_records, read_records
+
+TRUSTED_FIELD = "trusted_label"
 
 
 def true_noise(corpus: Path) -> float:
@@ -33,14 +39,27 @@ def true_noise(corpus: Path) -> float:
     return float(np.mean([r["label"] != r["gold_label"] for r in rows]))
 
 
-def run(corpus: Path, seed: int, out: Path, config: SiDyPConfig) -> dict:
-    work = out / f"{corpus.stem}-s{seed}"
+def with_trusted_rows(corpus: Path, rows: int, seed: int, out: Path) -> Path:
+    """A copy of ``corpus`` where ``rows`` random rows carry their gold label as trusted."""
+    records = list(read_records(corpus))
+    chosen = set(np.random.default_rng(seed).choice(len(records), rows, replace=False).tolist())
+    out.write_text("".join(json.dumps({**r, TRUSTED_FIELD: r["gold_label"]} if i in chosen
+                                      else r) + "\n" for i, r in enumerate(records)))
+    return out
+
+
+def run(corpus: Path, seed: int, out: Path, config: SiDyPConfig, trusted_rows: int = 0) -> dict:
+    work = out / (f"{corpus.stem}-s{seed}" + (f"-t{trusted_rows}" if trusted_rows else ""))
     work.mkdir(parents=True, exist_ok=True)
+    trained_on = (with_trusted_rows(corpus, trusted_rows, seed, work / "corpus.jsonl")
+                  if trusted_rows else corpus)
     start = time.perf_counter()
-    summary = api.train(corpus, work / "bundle", config, refined_out=work / "refined.jsonl",
-                        overwrite=True, export=False)
+    summary = api.train(trained_on, work / "bundle", config, refined_out=work / "refined.jsonl",
+                        overwrite=True, export=False,
+                        trusted_field=TRUSTED_FIELD if trusted_rows else None)
     seconds = time.perf_counter() - start
-    report = api.evaluate(work / "refined.jsonl")
+    report = evaluate_records(r for r in read_records(work / "refined.jsonl")
+                              if TRUSTED_FIELD not in r)
     # The training rows' distributions, for trying other noise estimators without retraining.
     records = list(read_records(work / "refined.jsonl"))
     index = {label: i for i, label in enumerate(sorted(
@@ -58,18 +77,23 @@ def run(corpus: Path, seed: int, out: Path, config: SiDyPConfig) -> dict:
             "changed": report.changed, "fixed": report.fixed, "broken": report.broken,
             "ece": report.ece, "noise_true": true_noise(corpus), "noise_estimate": estimate,
             "noise_mixture": summary.noise_ratio, "noise_interval": summary.noise_ratio_interval,
-            "seconds": seconds}
+            "trusted_check": summary.trusted_check, "seconds": seconds}
 
 
 def print_table(results: list[dict]) -> None:
     print("\n| corpus | seed | rows | LLM | refined | fixed/broken | ECE | true noise | "
-          "estimate (90% interval) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "estimate (90% interval) | rule kept on trusted rows |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         lo, hi = r["noise_interval"] or (float("nan"), float("nan"))
+        check = r.get("trusted_check")
+        chosen = None if check is None else check["chosen"]
+        kept = "–" if chosen is None else (
+            ("keep" if chosen["rule"] == "keep" else f"odds {chosen['odds']:g}")
+            + f" ({check['rows']} rows)")
         print(f"| {r['corpus']} | {r['seed']} | {r['rows']} | {100 * r['llm']:.1f} | "
               f"{100 * r['refined']:.1f} | {r['fixed']}/{r['broken']} | {r['ece']:.3f} | "
-              f"{r['noise_true']:.3f} | {r['noise_estimate']:.3f} ({lo:.3f}–{hi:.3f}) |")
+              f"{r['noise_true']:.3f} | {r['noise_estimate']:.3f} ({lo:.3f}–{hi:.3f}) | {kept} |")
 
 
 def main() -> None:
@@ -77,6 +101,8 @@ def main() -> None:
     parser.add_argument("corpora", type=Path, nargs="+")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/known-noise"))
+    parser.add_argument("--trusted-rows", type=int, default=0,
+                        help="rows given their gold label as trusted labels (0: none)")
     parser.add_argument("--config", type=json.loads, default={},
                         help='hyper-parameter overrides as JSON, e.g. \'{"branches": 3}\'')
     args = parser.parse_args()
@@ -84,7 +110,7 @@ def main() -> None:
     for corpus in args.corpora:
         for seed in args.seeds:
             config = SiDyPConfig(**{**args.config, "seed": seed})
-            results.append(run(corpus, seed, args.out, config))
+            results.append(run(corpus, seed, args.out, config, args.trusted_rows))
             print(json.dumps(results[-1]), flush=True)
     (args.out / "known-noise.json").write_text(json.dumps(
         {"machine": machine(), "config_overrides": args.config, "results": results}, indent=1))

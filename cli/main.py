@@ -123,6 +123,12 @@ Device = Annotated[
     str, _option(help="Where to train: auto (CUDA when available), cpu, cuda, cuda:N.",
                  panel=PERFORMANCE)
 ]
+TrustedField = Annotated[
+    str | None,
+    _option(help="Field where a random sample of rows carries a person's label: never trained "
+            "on, it checks that label changes fix more than they break (stricter changes, or "
+            "none, when they do not) and corrects the noise calibration.", panel=INPUT),
+]
 MaxTrainRows = Annotated[
     int | None,
     _option(help="Train on a sample of this many rows drawn per LLM label (every class kept, "
@@ -202,6 +208,7 @@ def train(
     text_field: TextField = "text",
     label_field: LabelField = "label",
     id_field: IdField = "id",
+    trusted_field: TrustedField = None,
     input_format: InputFormat = None,
     rejects: Rejects = None,
     strict: Strict = False,
@@ -252,6 +259,7 @@ def train(
             log=None if quiet else _log,
             device=device,
             input_format=input_format,
+            trusted_field=trusted_field,
         )
     except (InputError, ValueError, FileNotFoundError, BundleError, RuntimeError) as exc:
         _fail(str(exc))
@@ -306,6 +314,11 @@ def refine(
     encoder: Encoder = None,
     embedding_model: EmbeddingModel = None,
     device: Device = "auto",
+    trusted_field: Annotated[
+        str | None,
+        _option(help="Without --model: a field with a person's label on a random sample of "
+                "rows, as train --trusted-field.", panel=INPUT),
+    ] = None,
     seed: Annotated[int, _option(help="Without --model: the training seed.", panel=MODEL)] = (
         D.seed),
     preset: Annotated[
@@ -331,7 +344,8 @@ def refine(
     precision: Annotated[
         Literal["auto", "fp32", "int8", "fp16"],
         _option(help="Encoder graph: auto = int8 on CPUs (per-row scales: batch-independent, "
-                "≥99.5% same labels), fp32 on GPUs; fp16 (export --fp16) for GPUs.",
+                "99.4-99.7% same labels on SemEval), fp32 on GPUs; fp16 (export --fp16) for "
+                "GPUs.",
                 panel=BACKEND),
     ] = "auto",
     text_field: TextField = "text",
@@ -412,10 +426,14 @@ def refine(
         return
     if len(corpus) != 1:
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
+    if model is not None and trusted_field is not None:
+        _fail("--trusted-field is used when a bundle is trained: refine without --model, or "
+              "train --trusted-field")
     if model is None:
         _refine_untrained(corpus[0], out, save_model=save_model, max_train_rows=max_train_rows,
                           preset=preset, encoder=encoder, embedding_model=embedding_model,
                           device=device, seed=seed, overwrite=overwrite,
+                          trusted_field=trusted_field,
                           fields=_fields(text_field, label_field, id_field), rejects=rejects,
                           strict=strict, resume=resume, chunk_size=chunk_size, quiet=quiet,
                           as_json=as_json, report=report,

@@ -49,7 +49,13 @@ from .readers import count_rows, detect_format, file_identity
 from .report import ReportSummary, build_report
 from .stream import ResumableOutput, StdoutOutput, refine_in_chunks
 from .summaries import CorpusSummary, RefineSummary, TrainSummary
-from .training_rows import read_training_rows, split_rows, write_records, write_rejects
+from .training_rows import (
+    read_training_rows,
+    split_rows,
+    trusted_codes,
+    write_records,
+    write_rejects,
+)
 
 __all__ = [
     "CorpusSummary", "RefineSummary", "TrainSummary", "apply_frame", "default_model_path",
@@ -89,6 +95,7 @@ def train(
     log: Callable[[str], None] | None = None,
     device: str = "auto",
     input_format: str | None = None,
+    trusted_field: str | None = None,
 ) -> TrainSummary:
     """Train SiDyP on a corpus of (text, LLM label) rows and save a model bundle at ``out``.
 
@@ -102,6 +109,10 @@ def train(
     (default: the packaged all-MiniLM-L6-v2); ``embedding_model`` likewise, the sentence
     embedding model of the neighbour prior (default: the encoder's own pretrained layers);
     ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (auto: CUDA when available).
+    ``trusted_field``: the field where some rows (a random sample) carry a person's label; never
+    trained on, it decides whether changes fix more labels than they break (changing fewer or
+    none when not) and replaces the calibration's noise ratio where the estimate misses theirs
+    (``trusted.py``).
     """
     require_train_extra("training")
     from .training_pipeline import save_model, train_model
@@ -128,6 +139,7 @@ def train(
                          + (f" ({len(rejected)} rows rejected: {rejects_path})" if rejected
                             else ""))
     given = given_indices(rows, label_set)
+    trusted = trusted_codes(rows, trusted_field, label_set, corpus) if trusted_field else None
     small = small_classes(given, len(label_set), config.min_class_rows)
     warnings = [w for w in (
         tally.label_field_warning(),
@@ -139,7 +151,7 @@ def train(
     texts = [r.text for r in rows]
     trained = train_model(texts, given, label_set, config, small, encoder=encoder,
                           embedding_model=embedding_model, device=device, progress=progress,
-                          log=log, work_dir=Path(out).absolute().parent)
+                          log=log, work_dir=Path(out).absolute().parent, trusted=trusted)
     summary = TrainSummary.from_training(
         trained,
         bundle=str(out),
@@ -317,6 +329,7 @@ def refine_corpus(
     report: str | Path | None = None,
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     input_format: str | None = None,
+    trusted_field: str | None = None,
 ) -> CorpusSummary:
     """Train on a corpus and write every row's refined label: the one-command path.
 
@@ -325,6 +338,7 @@ def refine_corpus(
     gives them; the rest stream through the saved bundle as new rows. The bundle is kept at
     ``save_model`` (default beside the corpus). With ``resume`` a finished training is reused
     (its bundle verified, trained on this very file) and a killed refine phase continues.
+    ``trusted_field``: as ``train``'s.
     """
     if str(corpus) == "-":
         raise ValueError("refine without --model trains first: give the corpus as a file")
@@ -345,7 +359,7 @@ def refine_corpus(
                         encoder=encoder, embedding_model=embedding_model,
                         rejects=rejects_path, strict=strict,
                         overwrite=True, progress=progress, log=log, device=device,
-                        input_format=input_format)
+                        input_format=input_format, trusted_field=trusted_field)
         known = trained.predictions
         with AtomicWriter(known_path) as writer:
             for line_no, extra in known.items():

@@ -14,7 +14,7 @@ SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
 
 
 LABEL_SOURCES = ("product", "marginal", "given", "candidates", "classifier")
-CHANGE_RULES = ("odds", "argmax")
+CHANGE_RULES = ("odds", "argmax", "keep")
 TIMESTEP_MAPPINGS = ("spaced", "authors")
 
 # Help panels of the options the CLI makes of these fields (``train --help`` groups by them).
@@ -95,10 +95,12 @@ class SiDyPConfig:
         choices=LABEL_SOURCES)
     # When to change a given label (sidyp_prod/decision.py): "argmax" always takes the most
     # probable class (the paper); "odds" keeps the given label unless the calibrated
-    # distribution makes another class change_odds times as probable.
+    # distribution makes another class change_odds times as probable; "keep" changes none
+    # (what train --trusted-field falls back to when no rule fixes more than it breaks).
     change_rule: str = setting(
         "odds", "'odds': keep the LLM label unless another class is --change-odds times as "
-        "probable; 'argmax': always the most probable class.", PREDICTION,
+        "probable; 'argmax': always the most probable class; 'keep': never change an LLM "
+        "label (score only).", PREDICTION,
         choices=CHANGE_RULES)
     change_odds: float = setting(
         2.0, "Labels a change must be expected to fix per label it breaks.", PREDICTION)

@@ -38,7 +38,9 @@ from .config import CHANGE_RULES
 class DecisionRule:
     """How output_fields turns a refined distribution into predicted labels."""
 
-    rule: str = "odds"  # "argmax": always the most probable class; "odds": see module docstring
+    # "argmax": always the most probable class; "odds": see module docstring; "keep": never
+    # change a given label
+    rule: str = "odds"
     odds: float = 2.0  # fixes a change must be expected to make per label it breaks
     label_bias: np.ndarray | None = None  # (C,) per given class; None: no per-class step
     blocked: tuple[int, ...] = ()  # classes that are never a change target (small_classes)
@@ -193,6 +195,8 @@ def decide(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.nd
     best = targets.argmax(axis=1)
     if decision.rule == "argmax":
         return best
+    if decision.rule == "keep":
+        return np.where(labelled, given, best)
     if decision.rule != "odds":
         raise ValueError(f"change rule must be one of {CHANGE_RULES}")
     g = np.where(labelled, given, 0)

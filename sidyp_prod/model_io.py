@@ -5,7 +5,7 @@ import it. Writing a bundle and its PyTorch modules: :mod:`sidyp_prod.torch_bund
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 
 from .bundle import Bundle, BundleError
 from .config import SiDyPConfig
+from .decision import DecisionRule
 from .encoder import configure_tokenizer
 from .neighbors import NeighborIndex
 
@@ -50,15 +51,27 @@ class OutputCalibration:
     label_bias: np.ndarray | None = None  # (C,) per-class calibration; None: temperature only
     label_shares: np.ndarray | None = None  # (C,) the LLM's label shares, when divided by
     blocked: list[int] = field(default_factory=list)  # classes never a change target
+    # The change rule train chose on trusted labels (trusted.py); None: the configuration's.
+    change_rule: str | None = None
+    change_odds: float | None = None
+
+    def decision_rule(self, config: SiDyPConfig) -> DecisionRule:
+        """The rule that turns the calibrated distribution into labels."""
+        rule = DecisionRule.from_config(config, self.label_bias, blocked=self.blocked)
+        if self.change_rule is None:
+            return rule
+        return replace(rule, rule=self.change_rule, odds=float(self.change_odds or rule.odds))
 
     def to_json(self) -> bytes:
         def floats(a: np.ndarray | None) -> list[float] | None:
             return None if a is None else [float(x) for x in a]
 
-        return json.dumps({"temperature": float(self.temperature),
-                           "label_bias": floats(self.label_bias),
-                           "label_shares": floats(self.label_shares),
-                           "blocked": [int(c) for c in self.blocked]}, indent=1).encode()
+        record = {"temperature": float(self.temperature), "label_bias": floats(self.label_bias),
+                  "label_shares": floats(self.label_shares),
+                  "blocked": [int(c) for c in self.blocked]}
+        if self.change_rule is not None:
+            record |= {"change_rule": self.change_rule, "change_odds": self.change_odds}
+        return json.dumps(record, indent=1).encode()
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, config: SiDyPConfig) -> OutputCalibration:
@@ -78,8 +91,10 @@ class OutputCalibration:
             return None if value is None else np.asarray(value, dtype=np.float64)
 
         shares = array("label_shares") if config.label_share_correction else None
+        odds = values.get("change_odds")
         return cls(float(values.get("temperature", 1.0)), array("label_bias"), shares,
-                   [int(c) for c in values.get("blocked", [])])
+                   [int(c) for c in values.get("blocked", [])], values.get("change_rule"),
+                   None if odds is None else float(odds))
 
 
 @dataclass

@@ -14,7 +14,6 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .corpus import Row
-from .decision import DecisionRule
 from .diffusion import text_key
 from .encoder import pad_ids, pad_token_id, padded_width, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
@@ -50,7 +49,7 @@ def refine_rows(
     """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
-    decision = DecisionRule.from_config(config, model.label_bias, blocked=model.calibration.blocked)
+    decision = model.calibration.decision_rule(config)
     given = given_indices(rows, model.labels)
     texts = [r.text for r in rows]
     if token_ids is None:

@@ -18,7 +18,7 @@ import torch
 from .backends.base import EncodedBatch
 from .backends.torch_backend import TorchBackend
 from .config import SiDyPConfig
-from .decision import DecisionRule, class_noise_ratios, label_shares
+from .decision import calibrate, class_noise_ratios, label_shares
 from .diffusion import text_key
 from .model_io import OutputCalibration
 from .noise import noise_ratio_interval
@@ -28,8 +28,10 @@ from .refinement import (
     fit_output_calibration,
     output_fields,
     refine_batch,
+    reported_distribution,
 )
 from .training import TrainingResult
+from .trusted import TrustedCheck, check_changes, disjoint, trusted_noise_ratio
 
 BATCH_ROWS = 256
 
@@ -43,6 +45,7 @@ class TrainingRowsFit:
     # A 90% interval for the noise ratio (noise.noise_ratio_interval); None when it was given.
     noise_ratio_interval: tuple[float, float] | None
     predictions: list[dict[str, Any]]  # the training rows' output fields, in row order
+    trusted: TrustedCheck | None = None  # the change rule's check on trusted labels, if any
 
 
 def fit_training_rows(
@@ -53,11 +56,15 @@ def fit_training_rows(
     config: SiDyPConfig,
     blocked: list[int],
     device: torch.device,
+    trusted: np.ndarray | None = None,
 ) -> TrainingRowsFit:
     """Refine the training rows from their Stage I features, fit the output calibration to the
     estimated noise (the mean label_score is the clean fraction, each class's mean its clean-
     marked fraction; a noise ratio the user gave is taken as it is), and decide their labels.
-    ``blocked``: classes that are never a change target."""
+    ``blocked``: classes that are never a change target. ``trusted``: a person's class index
+    per row (-1: none), never trained on; when given, the change rule is the one that fixes
+    more of those labels than it breaks, or none, and the calibration fits their noise ratio
+    where the estimate's interval misses theirs (trusted.py)."""
     n_classes = len(labels)
     settings = RefineSettings.from_config(config, n_classes)
     denoiser = TorchBackend(None, result.denoiser, settings.schedule, settings.scale, str(device))
@@ -79,20 +86,38 @@ def fit_training_rows(
         refinement = replace(refinement, held_out=features.held_out_probs)
     class_noise = class_noise_ratios(result.clean, given, n_classes)
     shares = label_shares(given, n_classes) if config.label_share_correction else None
-    temperature, label_bias, calibration_noise = fit_output_calibration(
-        refinement, given, config.label_source, result.noise_ratio, class_noise, shares,
-        average_held_out=result.noise_ratio_estimated,
-    )
     interval = None
     if result.noise_ratio_estimated:
         labelled = given >= 0
         p_given = (None if refinement.held_out is None else
                    refinement.held_out[np.arange(len(given)), np.maximum(given, 0)])
         interval = noise_ratio_interval(result.noise_scores, labelled, p_given, seed=config.seed)
+    has_trusted = trusted is not None and bool(((trusted >= 0) & (given >= 0)).any())
+    noise_target, average_held_out = result.noise_ratio, result.noise_ratio_estimated
+    trusted_noise = trusted_noise_ratio(given, trusted) if has_trusted else None
+    to_trusted = (trusted_noise is not None and interval is not None
+                  and disjoint(trusted_noise[1], interval))
+    if to_trusted:
+        # The gold-free estimate misses what the person's labels show (a hard task read as
+        # noise, or the reverse): calibrate to the trusted rows' ratio instead.
+        noise_target, average_held_out = trusted_noise[0], False
+        class_noise = np.clip(class_noise * (noise_target / max(result.noise_ratio, 1e-6)), 0, 1)
+    temperature, label_bias, calibration_noise = fit_output_calibration(
+        refinement, given, config.label_source, noise_target, class_noise, shares,
+        average_held_out=average_held_out,
+    )
     calibration = OutputCalibration(temperature, label_bias, shares, blocked)
-    decision = DecisionRule.from_config(config, label_bias, blocked=blocked)
+    decision = calibration.decision_rule(config)
+    check = None
+    if has_trusted:
+        reported = reported_distribution(refinement, given, config.label_source, temperature,
+                                         shares)
+        check = check_changes(calibrate(reported, given, decision), given, trusted, decision)
+        check = replace(check, calibrated_to_trusted=to_trusted)
+        decision = check.decision
+        calibration = replace(calibration, change_rule=decision.rule, change_odds=decision.odds)
     predictions = output_fields(
         refinement, given, labels, config.label_source, temperature, decision, shares
     )
     return TrainingRowsFit(refinement, calibration, class_noise, calibration_noise, interval,
-                           predictions)
+                           predictions, check)

@@ -46,6 +46,9 @@ class TrainSummary:
     # Classes with fewer LLM labels than min_class_rows: kept, never a change target.
     small_classes: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # train --trusted-field: the change rules tried on the trusted rows and the one kept
+    # (trusted.TrustedCheck.to_dict); None without trusted labels.
+    trusted_check: dict[str, Any] | None = None
     # Every distribution for every trained row, for benchmarks and callers that want more than
     # the refined labels; not part of the printed or JSON summary.
     refinement: BatchRefinement | None = field(default=None, repr=False, compare=False)
@@ -74,6 +77,7 @@ class TrainSummary:
             label_shares=[float(x) for x in calibration.label_shares]
             if calibration.label_shares is not None else None,
             seconds={k: round(v, 2) for k, v in result.timings.items()},
+            trusted_check=None if fit.trusted is None else fit.trusted.to_dict(),
             refinement=fit.refinement,
             **files,
         )
@@ -106,6 +110,7 @@ class TrainSummary:
                f"{self.noise_ratio_interval[1]:.3f})" if self.noise_ratio_interval else ""),
             f"prior candidates  {kinds}",
             f"labels changed    {self.labels_changed}",
+            *self._trusted_lines(),
             "seconds           " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()),
         ]
         if self.refined_out:
@@ -117,6 +122,27 @@ class TrainSummary:
             lines += [f"                  {reason}" for reason in self.reject_reasons]
         lines += [f"warning: {warning}" for warning in self.warnings]
         return "\n".join(lines)
+
+    def _trusted_lines(self) -> list[str]:
+        check = self.trusted_check
+        if check is None:
+            return []
+        lo, hi = check["noise_ratio_interval"]
+
+        def rule(r: dict[str, Any]) -> str:
+            return r["rule"] if r["rule"] != "odds" else f"odds {r['odds']:g}"
+
+        lines = [f"trusted labels    {check['rows']} rows; LLM label wrong on "
+                 f"{check['noise_ratio']:.3f} of them (90% interval {lo:.3f} to {hi:.3f})"
+                 + ("; the calibration fits it (the estimate's interval misses it)"
+                    if check.get("calibrated_to_trusted") else "")]
+        lines += [f"                  {rule(t)}: {t['changed']} changed, {t['fixed']} fixed, "
+                  f"{t['broken']} broken" for t in check["tried"] if t["rule"] != "keep"]
+        chosen = check["chosen"]
+        lines.append("                  kept: " + (
+            "keep every LLM label (no rule fixed clearly more than it broke)"
+            if chosen["rule"] == "keep" else rule(chosen)))
+        return lines
 
 
 @dataclass

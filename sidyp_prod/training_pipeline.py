@@ -45,9 +45,11 @@ def train_model(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     work_dir: Path | None = None,
+    trusted: np.ndarray | None = None,
 ) -> TrainedModel:
     """Every training stage on ``texts`` and their given-label indices (-1: none).
-    ``blocked``: classes that are never a change target (too few rows)."""
+    ``blocked``: classes that are never a change target (too few rows); ``trusted``: labels from
+    a person (class indices, -1: none), only for checking the change rule (trusted.py)."""
     torch_device = resolve_device(device)
     pretrained = load_pretrained(encoder)
     separate = (embedding_model is not None
@@ -56,7 +58,8 @@ def train_model(
     result = train_sidyp(texts, given, len(labels), pretrained, config, progress, log,
                          torch_device, work_dir=work_dir, embedder=embedder)
     start = time.perf_counter()
-    fit = fit_training_rows(result, texts, given, labels, config, blocked, torch_device)
+    fit = fit_training_rows(result, texts, given, labels, config, blocked, torch_device,
+                            trusted)
     result.timings["predict"] = time.perf_counter() - start
     return TrainedModel(result, fit, pretrained, embedder)
 

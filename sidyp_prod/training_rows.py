@@ -96,6 +96,31 @@ def read_training_rows(
     return TrainingRows(rows, rejected, label_set, len(label_codes))
 
 
+def trusted_codes(
+    rows: Sequence[Row], field: str, label_set: Sequence[Any], corpus: str | Path
+) -> np.ndarray:
+    """Each row's label from a person in ``field`` as a class index (-1: none given).
+
+    A value outside the label set is an error naming the line, as is a field no row has (a
+    misspelt name would otherwise silently disable the check it asks for)."""
+    index = {label: i for i, label in enumerate(label_set)}
+    as_str = bool(label_set) and isinstance(label_set[0], str)
+    codes = np.full(len(rows), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        value = row.record.get(field)
+        if value is None or value == "":
+            continue
+        key = str(value) if as_str else value
+        if key not in index:
+            raise ValueError(f"{corpus}, line {row.line_no}: field {field!r} is {value!r}, "
+                             f"not one of the labels {list(label_set)}")
+        codes[i] = index[key]
+    if not (codes >= 0).any():
+        raise ValueError(f"{corpus}: no training row has a value in field {field!r} "
+                         "(--trusted-field)")
+    return codes
+
+
 def write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # the bundle's parent, made as save_bundle does
     with AtomicWriter(path) as writer:

@@ -102,15 +102,21 @@ def make_tiny_encoder(
     return directory
 
 
-def make_rows(n: int, noise: float = 0.35, refused: float = 0.03, seed: int = 0) -> list[dict]:
+def make_rows(n: int, noise: float = 0.35, refused: float = 0.03, seed: int = 0,
+              misleading: float = 0.0) -> list[dict]:
     """Rows with a gold label (the majority topic) and an LLM label that is the minority topic
-    on a ``noise`` fraction of rows."""
+    on a ``noise`` fraction of rows. A ``misleading`` fraction of rows are a hard task with
+    clean labels: their gold label is the minority topic of their words (no text feature tells
+    them from the confused class's own rows), and the LLM labels them right."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         gold = CLASSES[i % len(CLASSES)]
         other = CONFUSED_WITH[gold]
-        words = rng.sample(TOPIC_WORDS[gold], 5) + rng.sample(TOPIC_WORDS[other], 2)
+        major, minor = gold, other
+        if misleading and rng.random() < misleading:
+            major, minor = other, gold
+        words = rng.sample(TOPIC_WORDS[major], 5) + rng.sample(TOPIC_WORDS[minor], 2)
         words += rng.sample(FILLER, 2)
         rng.shuffle(words)
         label: str | None = other if rng.random() < noise else gold

@@ -94,6 +94,28 @@ def test_strict_bad_input_exits_2_naming_file_line_and_field(trained, tmp_path):
     assert "bad.jsonl:2" in result.output and "text" in result.output
 
 
+def test_a_trusted_label_outside_the_label_set_exits_2_before_training(tiny_encoder, tmp_path):
+    rows = make_rows(40, seed=5)
+    rows[2]["human_label"] = "weather"
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    result = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path / "bundle"),
+                                 "--encoder", str(tiny_encoder), "--trusted-field",
+                                 "human_label", "--quiet"])
+    assert result.exit_code == 2
+    assert "c.jsonl, line 3: field 'human_label' is 'weather'" in result.output
+    assert not (tmp_path / "bundle").exists()
+    # refine without --model trains first: the same check, before any training.
+    result = runner.invoke(app, ["refine", str(corpus), "--encoder", str(tiny_encoder),
+                                 "--trusted-field", "human_label", "--quiet"])
+    assert result.exit_code == 2
+    assert "c.jsonl, line 3: field 'human_label' is 'weather'" in result.output
+    # With a bundle nothing is trained: the option is refused.
+    result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path),
+                                 "--trusted-field", "human_label", "--quiet"])
+    assert result.exit_code == 2 and "--trusted-field is used when a bundle is trained" in (
+        result.output)
+
+
 def test_missing_bundle_exits_2(tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", make_rows(3))
     result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "nope"),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from synthetic import make_rows, write_jsonl
@@ -47,3 +48,74 @@ def test_low_noise_corpus_changes_few_labels_and_breaks_fewer_than_it_fixes(tiny
     assert scores["refined"] >= scores["llm"], scores
     assert scores["broken"] < max(1, scores["fixed"]), scores
     assert scores["changed"] <= 0.2 * 600, scores
+
+
+def test_trusted_labels_stop_changes_that_break_more_than_they_fix(tiny_encoder, tmp_path):
+    """A hard task with clean labels: a quarter of the rows read like the confused class. Gold-
+    free, the product changes them (the classifiers agree with the words); 200 rows with a
+    person's label show that those changes break more than they fix, and train keeps stricter
+    changes or none, in the bundle too."""
+    from sidyp_prod import api
+    from sidyp_prod.model_io import CALIBRATION_FILE
+
+    rows = make_rows(600, noise=0.05, seed=4, misleading=0.25)
+    for row in rows[::3]:  # every class (make_rows cycles through four)
+        row["human_label"] = row["gold_label"]
+    corpus = write_jsonl(tmp_path / "hard.jsonl", rows)
+    refined = tmp_path / "refined.jsonl"
+    summary = api.train(corpus, tmp_path / "bundle", tiny_config(), encoder=str(tiny_encoder),
+                        refined_out=refined, trusted_field="human_label")
+    check = summary.trusted_check
+    assert check["rows"] == sum(r["label"] is not None for r in rows[::3])
+    configured = check["tried"][0]
+    assert (configured["rule"], configured["odds"]) == ("odds", 2.0)
+    assert configured["broken"] > configured["fixed"], check
+    assert check["chosen"] != {"rule": "odds", "odds": 2.0}
+    assert "trusted labels" in summary.to_text()
+    untrusted = tmp_path / "untrusted.jsonl"
+    untrusted.write_text("".join(line + "\n" for i, line in
+                                 enumerate(refined.read_text().splitlines()) if i % 3))
+    scores = _scores(untrusted)
+    assert scores["refined"] >= scores["llm"], scores
+    assert scores["broken"] <= scores["fixed"], scores
+    recorded = json.loads((tmp_path / "bundle" / CALIBRATION_FILE).read_text())
+    assert {"rule": recorded["change_rule"], "odds": recorded["change_odds"]} == check["chosen"]
+    # Refine reads the kept rule from the bundle: the same rows as new rows change no more.
+    again = tmp_path / "again.jsonl"
+    api.refine(corpus, tmp_path / "bundle", again)
+    changed = _scores(again)["changed"]
+    assert changed <= max(1, 2 * scores["changed"]), (changed, scores)
+    if check["chosen"]["rule"] == "keep":
+        assert changed == 0
+
+
+def test_a_trusted_label_outside_the_label_set_names_the_line(tiny_encoder, tmp_path):
+    from sidyp_prod import api
+
+    rows = make_rows(40, seed=5)
+    rows[7]["human_label"] = "weather"
+    corpus = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 8: field 'human_label' is 'weather'"):
+        api.train(corpus, tmp_path / "bundle", tiny_config(), encoder=str(tiny_encoder),
+                  trusted_field="human_label", export=False)
+    with pytest.raises(ValueError, match="no training row has a value in field 'human'"):
+        api.train(corpus, tmp_path / "bundle", tiny_config(), encoder=str(tiny_encoder),
+                  trusted_field="human", export=False)
+
+
+def test_trusted_labels_keep_changes_that_fix_more_than_they_break(tiny_encoder, tmp_path):
+    """The usual case, LLM labels 35% wrong along the text: the trusted rows confirm the
+    configured rule, and the refinement still beats the LLM."""
+    from sidyp_prod import api
+
+    rows = make_rows(600, noise=0.35, seed=6)
+    for row in rows[::3]:
+        row["human_label"] = row["gold_label"]
+    corpus = write_jsonl(tmp_path / "noisy.jsonl", rows)
+    refined = tmp_path / "refined.jsonl"
+    summary = api.train(corpus, tmp_path / "bundle", tiny_config(), encoder=str(tiny_encoder),
+                        refined_out=refined, trusted_field="human_label", export=False)
+    assert summary.trusted_check["chosen"] == {"rule": "odds", "odds": 2.0}
+    assert abs(summary.trusted_check["noise_ratio"] - 0.35) < 0.1
+    scores = _scores(refined)
+    assert scores["refined"] > scores["llm"] + 0.1, scores
