@@ -87,6 +87,8 @@ def print_table(results: list[dict]) -> None:
     for r in results:
         lo, hi = r["noise_interval"] or (float("nan"), float("nan"))
         check = r.get("trusted_check")
+        if check and check.get("calibrated_to_trusted"):  # the estimate is then theirs
+            lo, hi = check["noise_ratio_interval"]
         chosen = None if check is None else check["chosen"]
         kept = "–" if chosen is None else (
             ("keep" if chosen["rule"] == "keep" else f"odds {chosen['odds']:g}")
