@@ -93,7 +93,8 @@ def fit_training_rows(
                    refinement.held_out[np.arange(len(given)), np.maximum(given, 0)])
         interval = noise_ratio_interval(result.noise_scores, labelled, p_given, seed=config.seed)
     has_trusted = trusted is not None and bool(((trusted >= 0) & (given >= 0)).any())
-    noise_target, average_held_out = result.noise_ratio, result.noise_ratio_estimated
+    noise_target, class_targets = result.noise_ratio, class_noise
+    average_held_out = result.noise_ratio_estimated
     trusted_noise = trusted_noise_ratio(given, trusted) if has_trusted else None
     to_trusted = (trusted_noise is not None and interval is not None
                   and disjoint(trusted_noise[1], interval))
@@ -101,9 +102,9 @@ def fit_training_rows(
         # The gold-free estimate misses what the person's labels show (a hard task read as
         # noise, or the reverse): calibrate to the trusted rows' ratio instead.
         noise_target, average_held_out = trusted_noise[0], False
-        class_noise = np.clip(class_noise * (noise_target / max(result.noise_ratio, 1e-6)), 0, 1)
+        class_targets = np.clip(class_noise * noise_target / max(result.noise_ratio, 1e-6), 0, 1)
     temperature, label_bias, calibration_noise = fit_output_calibration(
-        refinement, given, config.label_source, noise_target, class_noise, shares,
+        refinement, given, config.label_source, noise_target, class_targets, shares,
         average_held_out=average_held_out,
     )
     calibration = OutputCalibration(temperature, label_bias, shares, blocked)

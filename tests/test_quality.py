@@ -72,6 +72,9 @@ def test_trusted_labels_stop_changes_that_break_more_than_they_fix(tiny_encoder,
     assert configured["broken"] > configured["fixed"], check
     assert check["chosen"] != {"rule": "odds", "odds": 2.0}
     assert "trusted labels" in summary.to_text()
+    # The gold-free estimate reads the hard rows as noise; the trusted rows' ratio replaces it.
+    assert check["calibrated_to_trusted"], check
+    assert summary.calibration_noise_ratio == pytest.approx(check["noise_ratio"], abs=1e-3)
     untrusted = tmp_path / "untrusted.jsonl"
     untrusted.write_text("".join(line + "\n" for i, line in
                                  enumerate(refined.read_text().splitlines()) if i % 3))
