@@ -128,7 +128,8 @@ def train(
         check_parent(rejects_path, "--rejects")
     tally = CorpusTally(fields.label)
     rows, rejected, label_set, usable = read_training_rows(
-        corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format
+        corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format,
+        trusted_field,
     )
     if rejected:
         write_rejects(rejects_path, rejected)

@@ -53,10 +53,13 @@ def read_training_rows(
     seed: int,
     tally: CorpusTally,
     input_format: str | None = None,
+    trusted_field: str | None = None,
 ) -> TrainingRows:
     """The training rows of ``corpus``. Past ``max_rows`` (0 or None: no limit) they are a sample
     drawn per LLM label (``sampling.stratified_sample``): a first pass keeps only each row's
-    label code, a second reads the chosen rows. ``tally`` observes every row read."""
+    label code, a second reads the chosen rows. Rows with a value in ``trusted_field`` always
+    join the sample (the trusted check counts only trained rows, and a sample would drop most of
+    them). ``tally`` observes every row read."""
     if not max_rows or str(corpus) == "-":  # stdin cannot be read twice: sample in memory
         rows, rejected = split_rows(
             _tallied(iter_corpus(corpus, fields, labels, strict=strict,
@@ -68,11 +71,13 @@ def read_training_rows(
             index = {label: i for i, label in enumerate(label_set)}
             codes = np.array([index.get(r.label, -1) if r.label is not None else -1
                               for r in rows], dtype=np.int64)
-            rows = [rows[i] for i in stratified_sample(codes, max_rows, seed)]
+            chosen = set(stratified_sample(codes, max_rows, seed).tolist())
+            rows = [r for i, r in enumerate(rows) if i in chosen or _trusted(r, trusted_field)]
         return TrainingRows(rows, rejected, label_set, usable)
     seen: dict[str, int] = {}
     label_codes: list[int] = []
     lines: list[int] = []
+    trusted_lines: set[int] = set()
     rejected = []
     for item in _tallied(iter_corpus(corpus, fields, labels, strict=strict,
                                      input_format=input_format), tally):
@@ -81,8 +86,10 @@ def read_training_rows(
             continue
         label_codes.append(-1 if item.label is None else seen.setdefault(item.label, len(seen)))
         lines.append(item.line_no)
+        if _trusted(item, trusted_field):
+            trusted_lines.add(item.line_no)
     chosen = stratified_sample(np.asarray(label_codes, dtype=np.int64), max_rows, seed)
-    wanted = set(np.asarray(lines, dtype=np.int64)[chosen].tolist())
+    wanted = set(np.asarray(lines, dtype=np.int64)[chosen].tolist()) | trusted_lines
     rows = [
         item for item in iter_corpus(corpus, fields, labels, input_format=input_format)
         if isinstance(item, Row) and item.line_no in wanted
@@ -96,6 +103,10 @@ def read_training_rows(
     return TrainingRows(rows, rejected, label_set, len(label_codes))
 
 
+def _trusted(row: Row, field: str | None) -> bool:
+    return field is not None and row.record.get(field) not in (None, "")
+
+
 def trusted_codes(
     rows: Sequence[Row], field: str, label_set: Sequence[Any], corpus: str | Path
 ) -> np.ndarray:
@@ -107,9 +118,9 @@ def trusted_codes(
     as_str = bool(label_set) and isinstance(label_set[0], str)
     codes = np.full(len(rows), -1, dtype=np.int64)
     for i, row in enumerate(rows):
-        value = row.record.get(field)
-        if value is None or value == "":
+        if not _trusted(row, field):
             continue
+        value = row.record[field]
         key = str(value) if as_str else value
         if key not in index:
             raise ValueError(f"{corpus}, line {row.line_no}: field {field!r} is {value!r}, "

@@ -46,3 +46,32 @@ def test_train_on_a_sample_refines_the_rest_as_new_rows(tiny_encoder, tmp_path):
     out = [json.loads(line) for line in refined.read_text().splitlines()]
     assert [r["id"] for r in out] == [r["id"] for r in rows]  # every row, input order
     assert all("predicted_label" in r for r in out)
+
+
+def test_rows_with_a_trusted_label_always_join_the_training_sample(tmp_path, monkeypatch):
+    import sys
+
+    from sidyp_prod.checks import CorpusTally
+    from sidyp_prod.corpus import FieldNames
+    from sidyp_prod.training_rows import read_training_rows
+
+    rows = make_rows(600, seed=7)
+    for row in rows[::5]:
+        row["human_label"] = row["gold_label"]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    trusted_ids = {r["id"] for r in rows[::5]}
+
+    def sample(path: object, trusted_field: str | None) -> list:
+        return read_training_rows(path, FieldNames(), None, False, 200, 0, CorpusTally("label"),
+                                  None, trusted_field).rows
+
+    with corpus.open() as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        from_stdin = sample("-", "human_label")  # read in memory
+    for picked in (sample(corpus, "human_label"), from_stdin):  # two passes over a file
+        ids = {r.id for r in picked}
+        assert trusted_ids <= ids
+        assert 200 < len(picked) <= 200 + len(trusted_ids)
+        assert [r.line_no for r in picked] == sorted(r.line_no for r in picked)
+    without = sample(corpus, None)
+    assert len(without) == 200 and not trusted_ids <= {r.id for r in without}
