@@ -29,6 +29,7 @@ from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod import api
 from sidyp_prod.config import SiDyPConfig
+from sidyp_prod.decision import rule_name
 from sidyp_prod.evaluate import evaluate_records, read_records
 
 TRUSTED_FIELD = "trusted_label"
@@ -91,8 +92,7 @@ def print_table(results: list[dict]) -> None:
             lo, hi = check["noise_ratio_interval"]
         chosen = None if check is None else check["chosen"]
         kept = "–" if chosen is None else (
-            ("keep" if chosen["rule"] == "keep" else f"odds {chosen['odds']:g}")
-            + f" ({check['rows']} rows)")
+            f"{rule_name(chosen['rule'], chosen['odds'])} ({check['rows']} rows)")
         print(f"| {r['corpus']} | {r['seed']} | {r['rows']} | {100 * r['llm']:.1f} | "
               f"{100 * r['refined']:.1f} | {r['fixed']}/{r['broken']} | {r['ece']:.3f} | "
               f"{r['noise_true']:.3f} | {r['noise_estimate']:.3f} ({lo:.3f}–{hi:.3f}) | {kept} |")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from throughput import machine  # benchmarks/ is on sys.path as a script
 
-from sidyp_prod.decision import DecisionRule, decide
+from sidyp_prod.decision import DecisionRule, decide, rule_name
 from sidyp_prod.trusted import check_changes
 
 
@@ -71,7 +71,7 @@ def main() -> None:
                 sample = rng.choice(len(gold), n, replace=False)
                 trusted[sample] = gold[sample]
                 rule = check_changes(dist, given, trusted, configured, z=z).decision
-                name = "keep" if rule.rule == "keep" else f"odds {rule.odds:g}"
+                name = rule_name(rule.rule, rule.odds)
                 kept[name] = kept.get(name, 0) + 1
                 rest = labelled & (trusted < 0)
                 predicted = decide(dist[rest], given[rest], rule)

@@ -58,6 +58,11 @@ class DecisionRule:
         )
 
 
+def rule_name(rule: str, odds: float) -> str:
+    """How summaries and benchmarks print a change rule: "odds 2", "argmax", "keep"."""
+    return f"odds {odds:g}" if rule == "odds" else rule
+
+
 def small_classes(given: np.ndarray, n_classes: int, min_rows: int) -> list[int]:
     """Classes with fewer than ``min_rows`` given labels (none when every class is that small:
     then there is nothing better to move a row to)."""

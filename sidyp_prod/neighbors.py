@@ -26,7 +26,7 @@ def search_in_one_thread() -> None:
     """Make faiss search with one OpenMP thread in the calling thread (OpenMP keeps the setting
     per thread). Batches refined side by side call it: each batch's search then stays on its own
     core instead of two OpenMP teams waiting on each other's descheduled threads (chunks of 37
-    rows on 2 cores: 1.2 -> 0.35 ms a row, docs/benchmarks.md)."""
+    rows on 2 cores: 1.14 -> 0.36 ms a row, docs/experiments.md §21)."""
     faiss.omp_set_num_threads(1)
 
 

@@ -31,7 +31,13 @@ from .refinement import (
     reported_distribution,
 )
 from .training import TrainingResult
-from .trusted import TrustedCheck, check_changes, disjoint, trusted_noise_ratio
+from .trusted import (
+    TrustedCheck,
+    both_labelled,
+    check_changes,
+    disjoint,
+    trusted_noise_ratio,
+)
 
 BATCH_ROWS = 256
 
@@ -92,7 +98,7 @@ def fit_training_rows(
         p_given = (None if refinement.held_out is None else
                    refinement.held_out[np.arange(len(given)), np.maximum(given, 0)])
         interval = noise_ratio_interval(result.noise_scores, labelled, p_given, seed=config.seed)
-    has_trusted = trusted is not None and bool(((trusted >= 0) & (given >= 0)).any())
+    has_trusted = trusted is not None and len(both_labelled(given, trusted)) > 0
     noise_target, class_targets = result.noise_ratio, class_noise
     average_held_out = result.noise_ratio_estimated
     trusted_noise = trusted_noise_ratio(given, trusted) if has_trusted else None

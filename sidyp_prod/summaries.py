@@ -7,6 +7,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .decision import rule_name
 from .noise import noise_ratio_at_clip as at_clip_bound
 from .refinement import BatchRefinement, kind_counts
 
@@ -128,20 +129,17 @@ class TrainSummary:
         if check is None:
             return []
         lo, hi = check["noise_ratio_interval"]
-
-        def rule(r: dict[str, Any]) -> str:
-            return r["rule"] if r["rule"] != "odds" else f"odds {r['odds']:g}"
-
         lines = [f"trusted labels    {check['rows']} rows; LLM label wrong on "
                  f"{check['noise_ratio']:.3f} of them (90% interval {lo:.3f} to {hi:.3f})"
                  + ("; the calibration fits it (the estimate's interval misses it)"
                     if check.get("calibrated_to_trusted") else "")]
-        lines += [f"                  {rule(t)}: {t['changed']} changed, {t['fixed']} fixed, "
+        lines += [f"                  {rule_name(t['rule'], t['odds'])}: {t['changed']} changed, "
+                  f"{t['fixed']} fixed, "
                   f"{t['broken']} broken" for t in check["tried"] if t["rule"] != "keep"]
         chosen = check["chosen"]
         lines.append("                  kept: " + (
             "keep every LLM label (no rule fixed clearly more than it broke)"
-            if chosen["rule"] == "keep" else rule(chosen)))
+            if chosen["rule"] == "keep" else rule_name(chosen["rule"], chosen["odds"])))
         return lines
 
 

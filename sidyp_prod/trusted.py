@@ -85,12 +85,17 @@ def wilson_interval(successes: int, n: int, z: float = INTERVAL_Z) -> tuple[floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def both_labelled(given: np.ndarray, trusted: np.ndarray) -> np.ndarray:
+    """Indices of the rows with a given and a trusted label: the only ones the check counts."""
+    return np.flatnonzero((trusted >= 0) & (given >= 0))
+
+
 def trusted_noise_ratio(
     given: np.ndarray, trusted: np.ndarray
 ) -> tuple[float, tuple[float, float]]:
     """The fraction of rows with both labels whose given label is not the trusted one, and its
     90% interval."""
-    rows = np.flatnonzero((trusted >= 0) & (given >= 0))
+    rows = both_labelled(given, trusted)
     wrong = int((given[rows] != trusted[rows]).sum())
     return (wrong / len(rows) if len(rows) else 0.0), wilson_interval(wrong, len(rows))
 
@@ -104,7 +109,7 @@ def rule_on_trusted(
     dist: np.ndarray, given: np.ndarray, trusted: np.ndarray, decision: DecisionRule
 ) -> RuleOnTrusted:
     """Changes, fixes and breaks of ``decision`` on the rows with a trusted and a given label."""
-    rows = np.flatnonzero((trusted >= 0) & (given >= 0))
+    rows = both_labelled(given, trusted)
     predicted = decide(dist[rows], given[rows], decision)
     changed = predicted != given[rows]
     return RuleOnTrusted(
@@ -126,17 +131,14 @@ def check_changes(
     ``dist``: the calibrated distribution ``decide`` reads; ``given`` and ``trusted``: class
     indices, -1 where a row has none.
     """
-    rows = np.flatnonzero((trusted >= 0) & (given >= 0))
-    noise_ratio, interval = trusted_noise_ratio(given, trusted)
-    candidates = [decision] + [replace(decision, rule="odds", odds=odds) for odds in ODDS_STEPS
-                               if decision.rule == "argmax" or odds > decision.odds]
-    if decision.rule == "keep":
-        candidates = [decision]
-    tried = []
-    chosen = replace(decision, rule="keep")
-    for candidate in candidates:
+    rows = len(both_labelled(given, trusted))
+    noise = trusted_noise_ratio(given, trusted)
+    stricter = [] if decision.rule == "keep" else [
+        replace(decision, rule="odds", odds=odds) for odds in ODDS_STEPS
+        if decision.rule == "argmax" or odds > decision.odds]
+    tried: list[RuleOnTrusted] = []
+    for candidate in [decision, *stricter]:
         tried.append(rule_on_trusted(dist, given, trusted, candidate))
         if candidate.rule == "keep" or tried[-1].shows_net_fixes(z):
-            chosen = candidate
-            break
-    return TrustedCheck(len(rows), noise_ratio, interval, tuple(tried), chosen)
+            return TrustedCheck(rows, *noise, tuple(tried), candidate)
+    return TrustedCheck(rows, *noise, tuple(tried), replace(decision, rule="keep"))
