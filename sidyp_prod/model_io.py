@@ -16,6 +16,7 @@ from .config import SiDyPConfig
 from .decision import DecisionRule
 from .encoder import configure_tokenizer
 from .neighbors import NeighborIndex
+from .trusted import PlattScaling
 
 ENCODER_FILE = "encoder.safetensors"
 DENOISER_FILE = "denoiser.safetensors"
@@ -54,6 +55,9 @@ class OutputCalibration:
     # The change rule train chose on trusted labels (trusted.py); None: the configuration's.
     change_rule: str | None = None
     change_odds: float | None = None
+    # The outputs' probabilities rescaled on trusted labels (trusted.py); None: as they are.
+    confidence_scaling: PlattScaling | None = None
+    label_score_scaling: PlattScaling | None = None
 
     def decision_rule(self, config: SiDyPConfig) -> DecisionRule:
         """The rule that turns the calibrated distribution into labels."""
@@ -71,6 +75,9 @@ class OutputCalibration:
                   "blocked": [int(c) for c in self.blocked]}
         if self.change_rule is not None:
             record |= {"change_rule": self.change_rule, "change_odds": self.change_odds}
+        scalings = {"confidence_scaling": self.confidence_scaling,
+                    "label_score_scaling": self.label_score_scaling}
+        record |= {name: s.to_list() for name, s in scalings.items() if s is not None}
         return json.dumps(record, indent=1).encode()
 
     @classmethod
@@ -94,7 +101,9 @@ class OutputCalibration:
         odds = values.get("change_odds")
         return cls(float(values.get("temperature", 1.0)), array("label_bias"), shares,
                    [int(c) for c in values.get("blocked", [])], values.get("change_rule"),
-                   None if odds is None else float(odds))
+                   None if odds is None else float(odds),
+                   PlattScaling.from_list(values.get("confidence_scaling")),
+                   PlattScaling.from_list(values.get("label_score_scaling")))
 
 
 @dataclass

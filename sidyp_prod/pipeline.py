@@ -75,6 +75,7 @@ def refine_rows(
         return output_fields(
             for_new_rows(refined, config.held_out_folds), given[batch], model.labels,
             config.label_source, model.temperature, decision, model.label_shares,
+            model.calibration.confidence_scaling, model.calibration.label_score_scaling,
         )
 
     # Outputs keep input order; the batches only decide what is encoded together.

@@ -36,6 +36,7 @@ from .trusted import (
     both_labelled,
     check_changes,
     disjoint,
+    scaling_on_trusted,
     trusted_noise_ratio,
 )
 
@@ -69,8 +70,9 @@ def fit_training_rows(
     marked fraction; a noise ratio the user gave is taken as it is), and decide their labels.
     ``blocked``: classes that are never a change target. ``trusted``: a person's class index
     per row (-1: none), never trained on; when given, the change rule is the one that fixes
-    more of those labels than it breaks, or none, and the calibration fits their noise ratio
-    where the estimate's interval misses theirs (trusted.py)."""
+    more of those labels than it breaks, or none, the calibration fits their noise ratio
+    where the estimate's interval misses theirs, and confidence and label_score are rescaled
+    to them where that fits them significantly better (trusted.py)."""
     n_classes = len(labels)
     settings = RefineSettings.from_config(config, n_classes)
     denoiser = TorchBackend(None, result.denoiser, settings.schedule, settings.scale, str(device))
@@ -126,5 +128,30 @@ def fit_training_rows(
     predictions = output_fields(
         refinement, given, labels, config.label_source, temperature, decision, shares
     )
+    if check is not None:
+        check = _rescale_on_trusted(check, predictions, given, trusted, labels)
+        if check.confidence_scaling or check.label_score_scaling:
+            calibration = replace(calibration, confidence_scaling=check.confidence_scaling,
+                                  label_score_scaling=check.label_score_scaling)
+            predictions = output_fields(
+                refinement, given, labels, config.label_source, temperature, decision, shares,
+                check.confidence_scaling, check.label_score_scaling,
+            )
     return TrainingRowsFit(refinement, calibration, class_noise, calibration_noise, interval,
                            predictions, check)
+
+
+def _rescale_on_trusted(check: TrustedCheck, predictions: list[dict[str, Any]],
+                        given: np.ndarray, trusted: np.ndarray, labels: list[Any]) -> TrustedCheck:
+    """The check with the Platt scalings of confidence and label_score that the trusted rows
+    support (trusted.scaling_on_trusted), fitted on the rows' outputs under the kept rule."""
+    rows = both_labelled(given, trusted)
+    index = {label: i for i, label in enumerate(labels)}
+    predicted = np.array([index[predictions[i]["predicted_label"]] for i in rows], dtype=np.int64)
+    confidence = np.array([predictions[i]["confidence"] for i in rows], dtype=np.float64)
+    label_score = np.array([predictions[i]["label_score"] for i in rows], dtype=np.float64)
+    return replace(
+        check,
+        confidence_scaling=scaling_on_trusted(confidence, predicted == trusted[rows]),
+        label_score_scaling=scaling_on_trusted(label_score, given[rows] == trusted[rows]),
+    )

@@ -25,6 +25,7 @@ from .decision import (
 from .diffusion import ReverseSchedule, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
 from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
+from .trusted import PlattScaling
 
 
 @dataclass(frozen=True)
@@ -250,15 +251,25 @@ def output_fields(
     temperature: float = 1.0,
     decision: DecisionRule | None = None,
     label_shares: np.ndarray | None = None,
+    confidence_scaling: PlattScaling | None = None,
+    label_score_scaling: PlattScaling | None = None,
 ) -> list[dict[str, Any]]:
     """The fields each output row gains, in cleanlab's vocabulary.
 
     ``decision`` says when a given label is changed (decision.py); None is the plain argmax.
+    The scalings, fitted on trusted labels (trusted.py), rescale confidence and label_score.
     """
     decision = decision or DecisionRule(rule="argmax")
     reported = reported_distribution(refinement, given, source, temperature, label_shares)
     dist = calibrate(reported, given, decision)
     predicted = decide(dist, given, decision)
+    row = np.arange(len(given))
+    label_score = dist[row, np.maximum(given, 0)]
+    confidence = dist[row, predicted]
+    if label_score_scaling is not None:
+        label_score = label_score_scaling(label_score)
+    if confidence_scaling is not None:
+        confidence = confidence_scaling(confidence)
     rows = []
     for i in range(len(given)):
         g = int(given[i])
@@ -268,9 +279,9 @@ def output_fields(
             {
                 "given_label": labels[g] if has_given else None,
                 "predicted_label": labels[int(predicted[i])],
-                "label_score": round(float(dist[i, g]), 6) if has_given else None,
+                "label_score": round(float(label_score[i]), 6) if has_given else None,
                 "is_label_issue": bool(has_given and predicted[i] != g),
-                "confidence": round(float(dist[i, predicted[i]]), 6),
+                "confidence": round(float(confidence[i]), 6),
                 "candidates": {
                     labels[j]: round(float(cand[j]), 6)
                     for j in np.argsort(-cand, kind="stable")

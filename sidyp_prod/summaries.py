@@ -140,6 +140,12 @@ class TrainSummary:
         lines.append("                  kept: " + (
             "keep every LLM label (no rule fixed clearly more than it broke)"
             if chosen["rule"] == "keep" else rule_name(chosen["rule"], chosen["odds"])))
+        for name in ("confidence", "label_score"):
+            scaling = check.get(f"{name}_scaling")
+            lines.append(f"                  {name}: " + (
+                "as refined (rescaling it fits the trusted labels no better)" if scaling is None
+                else f"rescaled to the trusted labels (Platt slope {scaling[0]:.3f}, "
+                     f"intercept {scaling[1]:.3f})"))
         return lines
 
 

@@ -26,6 +26,15 @@ def _scores(path: Path) -> dict[str, float]:
     }
 
 
+def _ece(path: Path) -> float:
+    from sidyp_prod.evaluate import expected_calibration_error
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    confidence = np.array([r["confidence"] for r in rows])
+    return expected_calibration_error(
+        confidence, np.array([r["predicted_label"] == r["gold_label"] for r in rows]))
+
+
 def test_noise_interval_is_reported_and_brackets_the_estimate(trained, train_corpus):
     _, _, summary = trained
     low, high = summary.noise_ratio_interval
@@ -81,15 +90,23 @@ def test_trusted_labels_stop_changes_that_break_more_than_they_fix(tiny_encoder,
     scores = _scores(untrusted)
     assert scores["refined"] >= scores["llm"], scores
     assert scores["broken"] <= scores["fixed"], scores
+    # Confidence ranked the hard rows' right labels as doubtful (ECE 0.08 here without it); the
+    # Platt scaling fitted on the trusted rows calibrates the other rows.
+    assert check["confidence_scaling"] is not None
+    assert _ece(untrusted) < 0.05
+    assert "confidence: rescaled to the trusted labels" in summary.to_text()
     recorded = json.loads((tmp_path / "bundle" / CALIBRATION_FILE).read_text())
     assert {"rule": recorded["change_rule"], "odds": recorded["change_odds"]} == check["chosen"]
-    # Refine reads the kept rule from the bundle: the same rows as new rows change no more.
+    assert recorded["confidence_scaling"] == check["confidence_scaling"]
+    # Refine reads the kept rule and the scaling from the bundle: the same rows as new rows
+    # change no more and stay calibrated.
     again = tmp_path / "again.jsonl"
     api.refine(corpus, tmp_path / "bundle", again)
     changed = _scores(again)["changed"]
     assert changed <= max(1, 2 * scores["changed"]), (changed, scores)
     if check["chosen"]["rule"] == "keep":
         assert changed == 0
+    assert _ece(again) < 0.05
 
 
 def test_a_trusted_label_outside_the_label_set_names_the_line(tiny_encoder, tmp_path):

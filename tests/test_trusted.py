@@ -1,4 +1,5 @@
-"""The change rule's check on trusted labels (sidyp_prod/trusted.py), on hand-made arrays."""
+"""The change rule's check and the output rescaling on trusted labels (sidyp_prod/trusted.py),
+on hand-made arrays."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 
 from sidyp_prod.decision import DecisionRule, decide
-from sidyp_prod.trusted import check_changes, wilson_interval
+from sidyp_prod.trusted import (
+    PlattScaling,
+    check_changes,
+    fit_platt,
+    scaling_on_trusted,
+    wilson_interval,
+)
 
 
 def _rows(ratios: list[float], right: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,3 +84,47 @@ def test_the_noise_interval_brackets_the_observed_fraction(k, n):
 def test_the_interval_narrows_with_more_rows():
     assert np.subtract(*wilson_interval(50, 100)[::-1]) < np.subtract(*wilson_interval(5, 10)[::-1])
     assert wilson_interval(5, 10) == pytest.approx((0.2693, 0.7307), abs=1e-3)
+
+
+def _platt_rows(slope: float, intercept: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities whose rows are right with the probability a known Platt scaling gives."""
+    rng = np.random.default_rng(seed)
+    prob = rng.uniform(0.02, 0.98, n)
+    right = rng.uniform(size=n) < PlattScaling(slope, intercept)(prob)
+    return prob, right
+
+
+def test_platt_fit_recovers_a_known_scaling():
+    prob, right = _platt_rows(0.3, 1.5, 20_000, seed=0)
+    scaling, statistic = fit_platt(prob, right)
+    assert scaling.slope == pytest.approx(0.3, abs=0.05)
+    assert scaling.intercept == pytest.approx(1.5, abs=0.1)
+    assert statistic > 100
+    assert scaling_on_trusted(prob, right) == scaling
+
+
+def test_calibrated_probabilities_are_left_as_they_are():
+    # Rows right with exactly their probability: no scaling fits significantly better.
+    prob, right = _platt_rows(1.0, 0.0, 300, seed=1)
+    assert fit_platt(prob, right)[1] < 5.991
+    assert scaling_on_trusted(prob, right) is None
+    assert scaling_on_trusted(prob[:0], right[:0]) is None
+
+
+def test_separated_rows_get_a_finite_slope_and_reversed_ones_a_constant():
+    prob = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 1.0])
+    separated, _ = fit_platt(prob, prob > 0.5)
+    assert 0 < separated.slope < 100
+    assert separated(np.array([0.9]))[0] > 0.5 > separated(np.array([0.2]))[0]
+    reversed_, _ = fit_platt(prob, prob < 0.5)
+    # Platt's smoothed targets: right rows 4/5, wrong rows 1/5, so a constant of one half.
+    assert reversed_.slope == 0.0
+    assert reversed_(prob) == pytest.approx(np.full(6, 0.5))
+
+
+def test_a_platt_scaling_keeps_the_order_and_stays_inside_the_unit_interval():
+    scaling = PlattScaling(0.2, 1.8)
+    out = scaling(np.array([0.0, 0.3, 0.5, 0.9, 1.0]))
+    assert np.all(np.diff(out) > 0) and np.all((out > 0) & (out < 1))
+    assert PlattScaling.from_list(scaling.to_list()) == scaling
+    assert PlattScaling.from_list(None) is None
