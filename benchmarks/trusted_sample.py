@@ -3,7 +3,10 @@ samples, from one refined file with gold labels (``train --refined-out`` without
 e.g. a known_noise.py run).
 
 For each draw of N rows as the trusted sample, ``trusted.check_changes`` picks the change rule on
-those rows and the rule is scored on the other rows: accuracy gained over the LLM's labels.
+those rows and the rule is scored on the other rows: accuracy gained over the LLM's labels, and
+the ECE of ``confidence`` there before and after ``trusted.scaling_on_trusted`` rescales it (the
+refined file's calibration is the gold-free one; train with trusted labels may also refit it to
+their noise ratio first).
 Rules stricter than the configured one only undo changes, so each row's distribution is rebuilt
 from its output fields (label_score, and confidence where the label was changed): exact for every
 rule the check can choose.
@@ -21,7 +24,8 @@ import numpy as np
 from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod.decision import DecisionRule, decide, rule_name
-from sidyp_prod.trusted import check_changes
+from sidyp_prod.evaluate import expected_calibration_error
+from sidyp_prod.trusted import check_changes, scaling_on_trusted
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,7 +69,7 @@ def main() -> None:
     for n in args.rows:
         for z in args.z:
             rng = np.random.default_rng(args.seed)
-            gains, kept = [], {}
+            gains, kept, ece, rescaled = [], {}, [], 0
             for _ in range(args.draws):
                 trusted = np.full(len(gold), -1)
                 sample = rng.choice(len(gold), n, replace=False)
@@ -74,21 +78,35 @@ def main() -> None:
                 name = rule_name(rule.rule, rule.odds)
                 kept[name] = kept.get(name, 0) + 1
                 rest = labelled & (trusted < 0)
-                predicted = decide(dist[rest], given[rest], rule)
-                gains.append(100 * (np.mean(predicted == gold[rest])
-                                    - np.mean(given[rest] == gold[rest])))
-            g = np.array(gains)
+                predicted = decide(dist, given, rule)
+                right = predicted == gold
+                gains.append(100 * (np.mean(right[rest]) - np.mean(given[rest] == gold[rest])))
+                confidence = dist[np.arange(len(gold)), predicted]
+                on = sample[labelled[sample]]
+                scaling = scaling_on_trusted(confidence[on], right[on])
+                rescaled += scaling is not None
+                after = confidence[rest] if scaling is None else scaling(confidence[rest])
+                ece.append((expected_calibration_error(confidence[rest], right[rest]),
+                            expected_calibration_error(after, right[rest])))
+            g, e = np.array(gains), np.array(ece)
             results.append({"trusted_rows": n, "z": z, "mean_gain": round(float(g.mean()), 3),
                             "p5_gain": round(float(np.percentile(g, 5)), 3),
                             "worse_than_llm": round(float(np.mean(g < 0)), 4),
-                            "kept": dict(sorted(kept.items()))})
+                            "kept": dict(sorted(kept.items())),
+                            "ece": round(float(e[:, 0].mean()), 4),
+                            "ece_rescaled": round(float(e[:, 1].mean()), 4),
+                            "ece_rescaled_p95": round(float(np.percentile(e[:, 1], 95)), 4),
+                            "rescaled": round(rescaled / args.draws, 4)})
     print("\n| trusted rows | z | points over the LLM, mean (5th percentile) | draws worse "
-          "than the LLM | rule kept (draws) |")
-    print("| --- | --- | --- | --- | --- |")
+          "than the LLM | rule kept (draws) | ECE → rescaled, mean (95th percentile) | "
+          "draws rescaled |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         kept = ", ".join(f"{k} {v}" for k, v in r["kept"].items())
         print(f"| {r['trusted_rows']} | {r['z']:g} | {r['mean_gain']:+.2f} ({r['p5_gain']:+.2f}) "
-              f"| {100 * r['worse_than_llm']:.1f}% | {kept} |")
+              f"| {100 * r['worse_than_llm']:.1f}% | {kept} | {r['ece']:.3f} → "
+              f"{r['ece_rescaled']:.3f} ({r['ece_rescaled_p95']:.3f}) | "
+              f"{100 * r['rescaled']:.0f}% |")
     out = args.refined.with_name("trusted-sample.json")
     out.write_text(json.dumps({"machine": machine(), "draws": args.draws, "results": results},
                               indent=1))
