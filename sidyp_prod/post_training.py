@@ -130,7 +130,7 @@ def fit_training_rows(
     )
     if check is not None:
         check = _rescale_on_trusted(check, predictions, given, trusted, labels)
-        if check.confidence_scaling or check.label_score_scaling:
+        if check.confidence_scaling is not None or check.label_score_scaling is not None:
             calibration = replace(calibration, confidence_scaling=check.confidence_scaling,
                                   label_score_scaling=check.label_score_scaling)
             predictions = output_fields(

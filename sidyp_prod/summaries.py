@@ -143,7 +143,8 @@ class TrainSummary:
         for name in ("confidence", "label_score"):
             scaling = check.get(f"{name}_scaling")
             lines.append(f"                  {name}: " + (
-                "as refined (rescaling it fits the trusted labels no better)" if scaling is None
+                "as refined (no rescaling fits the trusted labels significantly better)"
+                if scaling is None
                 else f"rescaled to the trusted labels (Platt slope {scaling[0]:.3f}, "
                      f"intercept {scaling[1]:.3f})"))
         return lines

@@ -77,7 +77,7 @@ class PlattScaling:
         return np.exp(-np.logaddexp(0.0, -z))
 
     def to_list(self) -> list[float]:
-        return [round(self.slope, 6), round(self.intercept, 6)]
+        return [self.slope, self.intercept]  # JSON keeps a float exactly: refine = train
 
     @classmethod
     def from_list(cls, values: list[float] | None) -> PlattScaling | None:
@@ -105,7 +105,8 @@ def fit_platt(prob: np.ndarray, right: np.ndarray) -> tuple[PlattScaling, float]
     Platt's smoothed targets ((n+1)/(n+2) for right rows, 1/(m+2) for wrong ones) keep the
     slope finite where the probabilities separate right from wrong rows perfectly; Newton's
     method with step halving (the loss is convex). A negative slope would reverse the rows'
-    order: the best slope is then 0 (convexity), a constant probability.
+    order: the best slope is then 0 (convexity), a constant probability; so is it where every
+    row has the same probability (nothing to tell a slope from an intercept).
     """
     x, right = _logit(prob), np.asarray(right, dtype=bool)
     n_right, n_wrong = int(right.sum()), int((~right).sum())
@@ -124,7 +125,7 @@ def fit_platt(prob: np.ndarray, right: np.ndarray) -> tuple[PlattScaling, float]
         loss = _platt_loss(x, target, *w)
         if previous - loss < 1e-10:
             break
-    if w[0] < 0:
+    if w[0] < 0 or np.ptp(x) < 1e-9:
         mean = float(target.mean())
         w = np.array([0.0, math.log(mean / (1 - mean))])
         loss = _platt_loss(x, target, *w)

@@ -111,7 +111,7 @@ def test_calibrated_probabilities_are_left_as_they_are():
     assert scaling_on_trusted(prob[:0], right[:0]) is None
 
 
-def test_separated_rows_get_a_finite_slope_and_reversed_ones_a_constant():
+def test_separated_rows_get_a_finite_slope_and_reversed_or_equal_ones_a_constant():
     prob = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 1.0])
     separated, _ = fit_platt(prob, prob > 0.5)
     assert 0 < separated.slope < 100
@@ -120,6 +120,10 @@ def test_separated_rows_get_a_finite_slope_and_reversed_ones_a_constant():
     # Platt's smoothed targets: right rows 4/5, wrong rows 1/5, so a constant of one half.
     assert reversed_.slope == 0.0
     assert reversed_(prob) == pytest.approx(np.full(6, 0.5))
+    same, _ = fit_platt(np.ones(5), np.array([True, True, True, True, False]))
+    # Every row at one probability: a constant, the mean smoothed target (4 * 5/6 + 1/3) / 5.
+    assert same.slope == 0.0
+    assert same(np.array([0.2]))[0] == pytest.approx((4 * 5 / 6 + 1 / 3) / 5)
 
 
 def test_a_platt_scaling_keeps_the_order_and_stays_inside_the_unit_interval():
