@@ -25,7 +25,7 @@ from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod.decision import DecisionRule, decide, rule_name
 from sidyp_prod.evaluate import expected_calibration_error
-from sidyp_prod.trusted import check_changes, scaling_on_trusted
+from sidyp_prod.trusted import check_changes, scalings_on_trusted
 
 
 def load(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,8 +82,7 @@ def main() -> None:
                 right = predicted == gold
                 gains.append(100 * (np.mean(right[rest]) - np.mean(given[rest] == gold[rest])))
                 confidence = dist[np.arange(len(gold)), predicted]
-                on = sample[labelled[sample]]
-                scaling = scaling_on_trusted(confidence[on], right[on])
+                scaling = scalings_on_trusted(dist, given, trusted, rule)[0]  # the product's
                 rescaled += scaling is not None
                 after = confidence[rest] if scaling is None else scaling(confidence[rest])
                 ece.append((expected_calibration_error(confidence[rest], right[rest]),

@@ -36,7 +36,7 @@ from .trusted import (
     both_labelled,
     check_changes,
     disjoint,
-    scaling_on_trusted,
+    scalings_on_trusted,
     trusted_noise_ratio,
 )
 
@@ -121,37 +121,21 @@ def fit_training_rows(
     if has_trusted:
         reported = reported_distribution(refinement, given, config.label_source, temperature,
                                          shares)
-        check = check_changes(calibrate(reported, given, decision), given, trusted, decision)
-        check = replace(check, calibrated_to_trusted=to_trusted)
+        dist = calibrate(reported, given, decision)
+        check = check_changes(dist, given, trusted, decision)
         decision = check.decision
-        calibration = replace(calibration, change_rule=decision.rule, change_odds=decision.odds)
+        confidence_scaling, label_score_scaling = scalings_on_trusted(
+            dist, given, trusted, decision)
+        check = replace(check, calibrated_to_trusted=to_trusted,
+                        confidence_scaling=confidence_scaling,
+                        label_score_scaling=label_score_scaling)
+        calibration = replace(calibration, change_rule=decision.rule, change_odds=decision.odds,
+                              confidence_scaling=confidence_scaling,
+                              label_score_scaling=label_score_scaling)
     predictions = output_fields(
-        refinement, given, labels, config.label_source, temperature, decision, shares
+        refinement, given, labels, config.label_source, temperature, decision, shares,
+        calibration.confidence_scaling, calibration.label_score_scaling,
     )
-    if check is not None:
-        check = _rescale_on_trusted(check, predictions, given, trusted, labels)
-        if check.confidence_scaling is not None or check.label_score_scaling is not None:
-            calibration = replace(calibration, confidence_scaling=check.confidence_scaling,
-                                  label_score_scaling=check.label_score_scaling)
-            predictions = output_fields(
-                refinement, given, labels, config.label_source, temperature, decision, shares,
-                check.confidence_scaling, check.label_score_scaling,
-            )
     return TrainingRowsFit(refinement, calibration, class_noise, calibration_noise, interval,
                            predictions, check)
 
-
-def _rescale_on_trusted(check: TrustedCheck, predictions: list[dict[str, Any]],
-                        given: np.ndarray, trusted: np.ndarray, labels: list[Any]) -> TrustedCheck:
-    """The check with the Platt scalings of confidence and label_score that the trusted rows
-    support (trusted.scaling_on_trusted), fitted on the rows' outputs under the kept rule."""
-    rows = both_labelled(given, trusted)
-    index = {label: i for i, label in enumerate(labels)}
-    predicted = np.array([index[predictions[i]["predicted_label"]] for i in rows], dtype=np.int64)
-    confidence = np.array([predictions[i]["confidence"] for i in rows], dtype=np.float64)
-    label_score = np.array([predictions[i]["label_score"] for i in rows], dtype=np.float64)
-    return replace(
-        check,
-        confidence_scaling=scaling_on_trusted(confidence, predicted == trusted[rows]),
-        label_score_scaling=scaling_on_trusted(label_score, given[rows] == trusted[rows]),
-    )

@@ -73,8 +73,7 @@ class PlattScaling:
     intercept: float
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
-        z = self.slope * _logit(p) + self.intercept
-        return np.exp(-np.logaddexp(0.0, -z))
+        return _sigmoid(self.slope * _logit(p) + self.intercept)
 
     def to_list(self) -> list[float]:
         return [self.slope, self.intercept]  # JSON keeps a float exactly: refine = train
@@ -86,6 +85,10 @@ class PlattScaling:
 
 def _as_list(scaling: PlattScaling | None) -> list[float] | None:
     return None if scaling is None else scaling.to_list()
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -115,7 +118,7 @@ def fit_platt(prob: np.ndarray, right: np.ndarray) -> tuple[PlattScaling, float]
     w = np.array([1.0, 0.0])
     loss = _platt_loss(x, target, *w)
     for _ in range(100):
-        p = np.exp(-np.logaddexp(0.0, -(features @ w)))
+        p = _sigmoid(features @ w)
         hessian = features.T @ (features * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, features.T @ (p - target))
         size = 1.0
@@ -141,6 +144,18 @@ def scaling_on_trusted(prob: np.ndarray, right: np.ndarray,
         return None
     scaling, statistic = fit_platt(prob, right)
     return scaling if statistic >= threshold else None
+
+
+def scalings_on_trusted(
+    dist: np.ndarray, given: np.ndarray, trusted: np.ndarray, decision: DecisionRule
+) -> tuple[PlattScaling | None, PlattScaling | None]:
+    """The scalings of confidence (is the decided label the trusted one?) and of label_score (is
+    the given label?) that the trusted rows support, under ``decision``; ``dist`` as for
+    ``check_changes``."""
+    rows = both_labelled(given, trusted)
+    predicted = decide(dist[rows], given[rows], decision)
+    return (scaling_on_trusted(dist[rows, predicted], predicted == trusted[rows]),
+            scaling_on_trusted(dist[rows, given[rows]], given[rows] == trusted[rows]))
 
 
 @dataclass(frozen=True)
