@@ -37,8 +37,8 @@ from sidyp_prod.backends.onnx_backend import available_cores
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.encoder import tokenize
 from sidyp_prod.model_io import load_model
-from sidyp_prod.torch_bundle import load_torch_models
-from sidyp_prod.transformer import pool
+from sidyp_prod.models import SentenceEmbedder
+from sidyp_prod.pretrained import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = (
@@ -74,19 +74,6 @@ def synthetic_corpus(path: Path, rows: int, labels: list[str], seed: int = 0) ->
     return path
 
 
-class _SentenceEncoder(torch.nn.Module):
-    """The plain pretrained encoder (all layers, mean pooling): one ordinary encoder pass."""
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        e = self.encoder
-        hidden = e.sentence_top(e.trunk(input_ids, attention_mask), attention_mask)
-        return pool(hidden, attention_mask, e.pooling)
-
-
 def encoder_passes(bundle_dir: Path, corpus: Path, work: Path) -> dict[str, Callable[[], float]]:
     """Per bare pass, a function that runs it once and returns rows/s: ONNX Runtime running only
     an encoder graph (the bundle's fp32 and int8 graphs, and a plain single pass of the
@@ -96,12 +83,13 @@ def encoder_passes(bundle_dir: Path, corpus: Path, work: Path) -> dict[str, Call
 
     bundle = load_bundle(bundle_dir)
     model = load_model(bundle)
-    encoder, _, _ = load_torch_models(bundle)
+    # The base checkpoint itself (every layer, its pooling): what a user's own pass would run.
+    pretrained = load_pretrained(bundle.manifest["encoder"]["name"])
     plain = work / "plain-encoder.onnx"
     ids = torch.ones(2, 8, dtype=torch.long)
     axes = {"input_ids": {0: "b", 1: "n"}, "attention_mask": {0: "b", 1: "n"}}
     torch.onnx.export(
-        _SentenceEncoder(encoder).eval(),
+        SentenceEmbedder(pretrained.model, pretrained.pooling.mode).eval(),
         (ids, ids),
         str(plain),
         dynamo=False,

@@ -16,6 +16,7 @@ SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
 LABEL_SOURCES = ("product", "marginal", "given", "candidates", "classifier")
 CHANGE_RULES = ("odds", "argmax", "keep")
 TIMESTEP_MAPPINGS = ("spaced", "authors")
+KNN_EMBEDDINGS = ("top", "trunk")
 
 # Help panels of the options the CLI makes of these fields (``train --help`` groups by them).
 INPUT, MODEL, STAGE1, PRIOR, STAGE2 = "Input", "Model", "Stage I", "Prior", "Stage II"
@@ -60,6 +61,12 @@ class SiDyPConfig:
         None, "Noise fraction rho (default: estimated from the data).", PRIOR)
     # Dynamic prior (paper: 10, 0.9, 0.8).
     knn_k: int = setting(10, "Neighbours K of the prior.", PRIOR)
+    # "trunk" saves a layer pass per row (refine 1.07x) but gave 0.3 points less on SemEval
+    # (docs/experiments.md §24).
+    knn_embedding: str = setting(
+        "top", "Sentence embedding of the prior: 'top' (the pretrained top layers, as the "
+        "checkpoint was trained) or 'trunk' (the frozen trunk's states: one layer pass fewer "
+        "per row).", PRIOR, choices=KNN_EMBEDDINGS)
     tau_certain: float = setting(0.9, "Vote share that makes a row's candidate certain.", PRIOR)
     tau_dominant: float = setting(0.8, "Top-two vote share that makes a row dominant.", PRIOR)
     # Stage II: simplex diffusion.
@@ -151,6 +158,12 @@ class SiDyPConfig:
             )
         return layers
 
+    def resolved_knn_embedding(self, depth: int) -> str:
+        """``knn_embedding``, checked against an encoder ``depth`` layers deep."""
+        if self.knn_embedding == "trunk" and self.resolved_trainable_layers(depth) == depth:
+            raise ValueError("knn_embedding 'trunk' needs frozen layers: every layer is trained")
+        return self.knn_embedding
+
     @classmethod
     def from_bundle(cls, values: dict[str, Any]) -> SiDyPConfig:
         """A bundle's recorded settings. Settings added after a bundle was written take the value
@@ -180,6 +193,8 @@ class SiDyPConfig:
             raise ValueError("snapshots must be between 1 and classifier_epochs")
         if self.noise_ratio is not None and not 0.0 <= self.noise_ratio < 1.0:
             raise ValueError("noise_ratio must be in [0, 1)")
+        if self.knn_embedding not in KNN_EMBEDDINGS:
+            raise ValueError(f"knn_embedding must be one of {KNN_EMBEDDINGS}")
         if self.timestep_mapping not in TIMESTEP_MAPPINGS:
             raise ValueError(f"timestep_mapping must be one of {TIMESTEP_MAPPINGS}")
         if self.label_source not in LABEL_SOURCES:

@@ -19,9 +19,11 @@ class SiDyPEncoder(nn.Module):
 
     Outputs: the branches' classifier probabilities (M, B, C), the training-dynamics features
     (M, B, S*H: one pooled vector per recorded snapshot of each branch) and the normalised
-    sentence embedding (B, H) from the untouched pretrained top layers, for neighbour search.
-    ``model`` is a transformers encoder (pretrained, or built from a bundle's config and then
-    loaded from its state dict); ``pooling`` is the checkpoint's pooling mode.
+    sentence embedding (B, H) for neighbour search: ``embedding`` 'trunk' pools the frozen
+    trunk's states, 'top' runs the untouched pretrained top layers over them (one more layer
+    pass per row), 'separate' outputs none (a SentenceEmbedder gives it). ``model`` is a
+    transformers encoder (pretrained, or built from a bundle's config and then loaded from its
+    state dict); ``pooling`` is the checkpoint's pooling mode.
     """
 
     def __init__(
@@ -32,18 +34,22 @@ class SiDyPEncoder(nn.Module):
         snapshots: int,
         n_classes: int,
         pooling: str = "mean",
-        sentence_top: bool = True,
+        embedding: str = "top",
     ):
         super().__init__()
         depth = int(model.config.num_hidden_layers)
         if not 1 <= trainable_layers <= depth:
             raise ValueError(f"trainable_layers must be between 1 and the encoder's depth {depth}")
+        if embedding not in ("trunk", "top", "separate"):
+            raise ValueError(f"embedding must be 'trunk', 'top' or 'separate', not {embedding!r}")
+        if embedding == "trunk" and trainable_layers == depth:
+            raise ValueError("a 'trunk' embedding needs frozen layers: every layer is trained")
         self.pooling = pooling
+        self.embedding = embedding
         self.trunk = Trunk(model, depth - trainable_layers)
-        # Without it the sentence embedding comes from a separate model (SentenceEmbedder).
         self.sentence_top = (
             EncoderSlice(model, depth - trainable_layers, depth, share=True)
-            if sentence_top else None
+            if embedding == "top" else None
         )
         self.snapshots = nn.ModuleList(
             nn.ModuleList(
@@ -57,7 +63,7 @@ class SiDyPEncoder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        """(probs, dynamics, embedding), or (probs, dynamics) without a sentence top."""
+        """(probs, dynamics, embedding), or (probs, dynamics) with a separate embedding."""
         hidden = self.trunk(input_ids, attention_mask)
         probs, dynamics = [], []
         for branch, head in zip(self.snapshots, self.heads, strict=True):
@@ -65,9 +71,9 @@ class SiDyPEncoder(nn.Module):
                       for stack in branch]
             dynamics.append(torch.cat(pooled, dim=-1))
             probs.append(head(pooled[-1]).softmax(-1))  # the last snapshot is the final epoch
-        if self.sentence_top is None:
+        if self.embedding == "separate":
             return torch.stack(probs), torch.stack(dynamics)
-        top = self.sentence_top(hidden, attention_mask)
+        top = hidden if self.sentence_top is None else self.sentence_top(hidden, attention_mask)
         embedding = sentence_embedding(top, attention_mask, self.pooling)
         return torch.stack(probs), torch.stack(dynamics), embedding
 

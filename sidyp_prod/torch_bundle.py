@@ -27,7 +27,7 @@ from .model_io import (
 )
 from .models import DenoiserEnsemble, SentenceEmbedder, SiDyPEncoder
 from .pretrained import PretrainedEncoder
-from .training import TrainingResult
+from .training import TrainingResult, embedding_source
 
 
 def encoder_record(pretrained: PretrainedEncoder) -> dict[str, Any]:
@@ -42,18 +42,19 @@ def encoder_record(pretrained: PretrainedEncoder) -> dict[str, Any]:
         "pooling": pretrained.pooling.to_dict(),
         "pad_token": pretrained.pad_token,
         "checkpoint_sha256": {p.name: sha256_file(p) for p in weights},
-        "sentence_embedding": f"{pretrained.pooling.mode}-pooled pretrained top layers, "
-                              "L2-normalised",
     }
 
 
 def embedding_record(
-    pretrained: PretrainedEncoder, embedder: PretrainedEncoder | None
+    pretrained: PretrainedEncoder, embedder: PretrainedEncoder | None, source: str = "top"
 ) -> dict[str, Any]:
-    """The neighbour prior's sentence-embedding model: the encoder's own pretrained layers, or
-    a separate checkpoint (its record as the encoder's, plus its files in the bundle)."""
+    """The neighbour prior's sentence-embedding model: the encoder's own layers (``source``
+    'trunk' or 'top'), or a separate checkpoint (its record as the encoder's, plus its files in
+    the bundle)."""
     if embedder is None:
-        return {"name": pretrained.name, "shared_with_encoder": True}
+        layers = "frozen trunk" if source == "trunk" else "pretrained top layers"
+        return {"name": pretrained.name, "shared_with_encoder": True,
+                "sentence_embedding": f"{pretrained.pooling.mode}-pooled {layers}, L2-normalised"}
     record = encoder_record(embedder)
     record["sentence_embedding"] = f"{embedder.pooling.mode}-pooled, L2-normalised"
     return {**record, "shared_with_encoder": False, "file": EMBEDDER_FILE,
@@ -83,6 +84,7 @@ def save_trained(
     embedder: PretrainedEncoder | None = None,
 ) -> Path:
     depth = int(pretrained.config.num_hidden_layers)
+    source = embedding_source(config, pretrained, embedder)
     config = replace(config, trainable_layers=config.resolved_trainable_layers(depth))
     manifest = {
         "kind": "sidyp-prod-bundle",
@@ -90,7 +92,7 @@ def save_trained(
         "labels": labels,
         "config": config.to_dict(),
         "encoder": encoder_record(pretrained),
-        "embedding_model": embedding_record(pretrained, embedder),
+        "embedding_model": embedding_record(pretrained, embedder, source),
         "branches": config.branches,
         "snapshot_epochs": result.snapshot_epochs,
         "feature_dim": int(result.features.dynamics.shape[-1]),
@@ -137,7 +139,8 @@ def load_torch_models(
         len(manifest["snapshot_epochs"]),
         n_classes,
         pooling,
-        sentence_top=separate_embedder(manifest) is None,
+        embedding="separate" if separate_embedder(manifest) else config.resolved_knn_embedding(
+            int(model.config.num_hidden_layers)),
     )
     _load_state(bundle, encoder, arrays, ENCODER_FILE)
     embedder = None

@@ -165,10 +165,11 @@ def _encode_trunk(
     device: torch.device,
     precision: Precision,
     progress: bool,
-    sentence_top: bool = True,
+    embedding: str = "top",
 ) -> tuple[Trunk, EncoderSlice, HiddenStateCache, np.ndarray | None]:
-    """The trunk's states of every row into a file, and (``sentence_top``) the sentence
-    embeddings from the pretrained top slice."""
+    """The trunk's states of every row into a file, and the sentence embeddings: the trunk's
+    states pooled (``embedding`` 'trunk'), the pretrained top slice's ('top'), or none
+    ('separate')."""
     model = pretrained.model
     depth = int(model.config.num_hidden_layers)
     trainable = config.resolved_trainable_layers(depth)
@@ -177,7 +178,8 @@ def _encode_trunk(
     tokenizer = configure_tokenizer(pretrained.tokenizer, config.max_length, pretrained.pad_token)
     hidden_size = int(model.config.hidden_size)
     cache = HiddenStateCache(work_dir, len(texts), hidden_size)
-    embeddings = np.zeros((len(texts), hidden_size), dtype=np.float32) if sentence_top else None
+    embeddings = (None if embedding == "separate"
+                  else np.zeros((len(texts), hidden_size), dtype=np.float32))
     # Length-sorted batches waste little compute on padding.
     order = np.argsort([len(t) for t in texts], kind="stable")
     bar = tqdm(total=len(texts), desc="encode", unit="rows", disable=not progress)
@@ -187,8 +189,8 @@ def _encode_trunk(
         with precision.autocast():
             h = trunk(ids_t, mask_t)
             if embeddings is not None:
-                sentence = sentence_embedding(top(h, mask_t).float(), mask_t,
-                                              pretrained.pooling.mode)
+                states = h if embedding == "trunk" else top(h, mask_t)
+                sentence = sentence_embedding(states.float(), mask_t, pretrained.pooling.mode)
                 embeddings[rows] = sentence.float().cpu().numpy()
         states = h.float().cpu().numpy()
         for i, r in enumerate(rows):
@@ -223,6 +225,16 @@ def embed_texts(
     return embeddings
 
 
+def embedding_source(
+    config: SiDyPConfig, pretrained: PretrainedEncoder, embedder: PretrainedEncoder | None
+) -> str:
+    """Where the neighbour prior's sentence embedding comes from: 'separate' (``embedder``),
+    else the encoder's 'trunk' or 'top' (``config.knn_embedding``)."""
+    if embedder is not None:
+        return "separate"
+    return config.resolved_knn_embedding(int(pretrained.config.num_hidden_layers))
+
+
 @contextlib.contextmanager
 def encoded_trunk(
     texts: list[str],
@@ -234,12 +246,12 @@ def encoded_trunk(
     embedder: PretrainedEncoder | None = None,
 ) -> Iterator[tuple[EncoderSlice, HiddenStateCache, np.ndarray]]:
     """The pretrained top slice, the trunk-state file and the sentence embeddings of ``texts``
-    (from ``embedder`` when given, else the encoder's own pretrained top layers), the file in a
-    temporary directory under ``work_dir`` that is removed on exit."""
+    (from ``embedder`` when given, else the encoder's own layers as ``config.knn_embedding``
+    says), the file in a temporary directory under ``work_dir`` that is removed on exit."""
     with tempfile.TemporaryDirectory(prefix="sidyp-train-", dir=work_dir) as tmp:
         _, top, cache, embeddings = _encode_trunk(
             texts, pretrained, config, Path(tmp), device, Precision(device), progress,
-            sentence_top=embedder is None,
+            embedding=embedding_source(config, pretrained, embedder),
         )
         try:
             if embeddings is None:
@@ -759,7 +771,8 @@ def train_sidyp(
 
     encoder = SiDyPEncoder(
         pretrained.model, trainable, config.branches, len(stage_one.snapshot_states[0]),
-        n_classes, pretrained.pooling.mode, sentence_top=embedder is None,
+        n_classes, pretrained.pooling.mode,
+        embedding=embedding_source(config, pretrained, embedder),
     )
     for m, branch in enumerate(stage_one.branches):
         for s, state in enumerate(stage_one.snapshot_states[m]):

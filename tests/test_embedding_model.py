@@ -84,6 +84,36 @@ def test_refine_embeds_as_training_did_with_the_embedders_own_tokens(separate, t
         np.testing.assert_allclose(got, reference, atol=1e-4)
 
 
+@pytest.mark.parametrize("knn_embedding", ["trunk", "top"])
+def test_refine_embeds_as_training_did_from_the_encoders_own_layers(knn_embedding, trained,
+                                                                   tiny_encoder, train_corpus,
+                                                                   tmp_path):
+    """The default bundle runs the pretrained top layers, ``--knn-embedding trunk`` pools the
+    frozen trunk: either way the back ends give the reference set's embeddings."""
+    from sidyp_prod import api
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.model_io import REFERENCE_FILE, load_model
+    from sidyp_prod.pipeline import sentence_embeddings
+
+    if knn_embedding == "top":
+        directory = trained[0]
+    else:
+        directory = tmp_path / "bundle"
+        api.train(train_corpus, directory, tiny_config(held_out_folds=0, knn_embedding="trunk"),
+                  encoder=str(tiny_encoder), device="cpu")
+    bundle = load_bundle(directory)
+    assert bundle.manifest["config"]["knn_embedding"] == knn_embedding
+    has_top = any(k.startswith("sentence_top.") for k in bundle.arrays("encoder.safetensors"))
+    assert has_top == (knn_embedding == "top")
+    model = load_model(bundle)
+    texts = [json.loads(line)["text"] for line in train_corpus.read_text().splitlines()][:40]
+    reference = bundle.arrays(REFERENCE_FILE)["embeddings"][:40]
+    for name in ("onnx", "torch"):  # the fp32 graph: the int8 one rounds its activations
+        got = sentence_embeddings(model, load_backend(bundle, name, precision="fp32"), texts)
+        np.testing.assert_allclose(got, reference, atol=1e-4)
+
+
 def test_export_validates_the_embedder_and_refine_beats_the_given_labels(separate, fresh_corpus,
                                                                            tmp_path):
     from sidyp_prod import api

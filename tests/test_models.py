@@ -95,3 +95,37 @@ def test_encoder_batches_pad_each_row_to_a_width_of_its_own():
         assert len({padded_width(lengths[i]) for i in batch}) == 1 and len(batch) <= 2
     widths = [padded_width(lengths[b[0]]) for b in batches]
     assert widths == sorted(widths) and all(w % WIDTH_STEP == 0 for w in widths)
+
+
+def test_the_knn_embedding_comes_from_the_trunk_or_the_pretrained_top(tmp_path):
+    """'trunk' pools the frozen trunk's states (no top slice in the module); 'top' runs the
+    pretrained top layers over them (the default)."""
+    from sidyp_prod.config import SiDyPConfig
+    from sidyp_prod.models import SiDyPEncoder
+    from sidyp_prod.transformer import sentence_embedding
+
+    pretrained = load_pretrained(str(make_tiny_encoder(tmp_path / "enc", hidden=32, layers=3)))
+    tokenizer = configure_tokenizer(pretrained.tokenizer, 32, pretrained.pad_token)
+    ids, mask = (torch.from_numpy(a) for a in tokenize(tokenizer, ["the song played", "oven"]))
+    encoders = {e: SiDyPEncoder(pretrained.model, 1, 2, 1, 4, embedding=e).eval()
+                for e in ("trunk", "top")}
+    assert encoders["trunk"].sentence_top is None and encoders["top"].sentence_top is not None
+    with torch.no_grad():
+        trunk_states = Trunk(pretrained.model, 2).eval()(ids, mask)
+        top_states = EncoderSlice(pretrained.model, 2, 3).eval()(trunk_states, mask)
+        expected = {"trunk": sentence_embedding(trunk_states, mask, "mean"),
+                    "top": sentence_embedding(top_states, mask, "mean")}
+        for name, encoder in encoders.items():
+            np.testing.assert_allclose(encoder(ids, mask)[2].numpy(), expected[name].numpy(),
+                                       atol=1e-6)
+    assert not np.allclose(expected["trunk"].numpy(), expected["top"].numpy(), atol=1e-3)
+    with pytest.raises(ValueError, match="needs frozen layers"):
+        SiDyPEncoder(pretrained.model, 3, 2, 1, 4, embedding="trunk")
+
+    assert SiDyPConfig().resolved_knn_embedding(3) == "top"
+    assert SiDyPConfig(knn_embedding="trunk").resolved_knn_embedding(3) == "trunk"
+    with pytest.raises(ValueError, match="needs frozen layers"):
+        SiDyPConfig(trainable_layers=3, knn_embedding="trunk").resolved_knn_embedding(3)
+    with pytest.raises(ValueError, match="knn_embedding must be one of"):
+        SiDyPConfig(knn_embedding="middle").validate()
+    assert SiDyPConfig.from_bundle({}).knn_embedding == "top"  # as bundles did before it
