@@ -46,6 +46,7 @@ from sidyp_prod.graphs import (
     ENCODER_MODEL,
     GRAPH_MODELS,
     INT8_SCHEME,
+    REFERENCE_ENCODER_FILE,
     TOKENIZER_MODEL,
     onnx_paths,
 )
@@ -268,7 +269,19 @@ def write_triton_repository(
     (root / "1" / "model.py").write_text(_template("refine_model.py"))
     shutil.copytree(bundle.directory, root / "1" / "bundle", copy_function=_link_or_copy)
     params = {"sidyp_bundle_digest": digest, "denoiser_max_batch_size": str(DENOISER_MAX_BATCH)}
-    (root / "config.pbtxt").write_text(refine_config(batch, params))
+    int8 = graphs["encoder"].get("int8_scheme") == INT8_SCHEME
+    if int8:
+        # Where the server runs the int8 encoder, close calls are encoded again with this graph
+        # (pipeline.CLOSE_CALL), as in-process refine does.
+        _link_or_copy(str(directory / graphs["encoder"]["file"]),
+                      str(root / "1" / REFERENCE_ENCODER_FILE))
+    (root / "configs").mkdir()
+    (root / "config.pbtxt").write_text(refine_config(batch, {**params,
+                                                             "encoder_precision": "fp32"}))
+    for name in CONFIG_NAMES:
+        precision = "int8" if int8 and name in ("cpu", "python") else "fp32"
+        (root / "configs" / f"{name}.pbtxt").write_text(
+            refine_config(batch, {**params, "encoder_precision": precision}))
     return repository
 
 

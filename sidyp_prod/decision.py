@@ -184,20 +184,25 @@ def calibrate(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np
     return apply_label_bias(dist, given, decision.label_bias)
 
 
+def _targets(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
+    """``dist`` with the blocked classes out of reach, except where they are given."""
+    if not decision.blocked:
+        return dist
+    # A small class is never a change target: it is predicted only where it is given.
+    targets = np.array(dist, dtype=np.float64, copy=True)
+    targets[:, list(decision.blocked)] = -np.inf
+    rows = np.flatnonzero(given >= 0)
+    targets[rows, given[rows]] = dist[rows, given[rows]]
+    return targets
+
+
 def decide(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
     """Predicted class per row of a calibrated distribution.
 
     A row without a given label always takes the argmax: there is nothing to keep.
     """
     labelled = given >= 0
-    targets = dist
-    if decision.blocked:
-        # A small class is never a change target: it is predicted only where it is given.
-        targets = np.array(dist, dtype=np.float64, copy=True)
-        targets[:, list(decision.blocked)] = -np.inf
-        rows = np.flatnonzero(labelled)
-        targets[rows, given[rows]] = dist[rows, given[rows]]
-    best = targets.argmax(axis=1)
+    best = _targets(dist, given, decision).argmax(axis=1)
     if decision.rule == "argmax":
         return best
     if decision.rule == "keep":
@@ -210,3 +215,25 @@ def decide(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.nd
     # >= so that odds = 1 is exactly the argmax (ties already go to the argmax's first class).
     change = p_best >= decision.odds * p_given
     return np.where(labelled & ~change, given, best)
+
+
+def decision_margin(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
+    """How far each row's :func:`decide` is from going another way, in log-probability: the
+    change rule's threshold (log of p[best] / (odds * p[given])) and, where the row takes its
+    best class, the gap to the runner-up. 0 on a tie; inf where nothing can change it (a
+    given label under ``keep``)."""
+    rows = np.arange(len(dist))
+    targets = _targets(dist, given, decision)
+    log = np.log(np.maximum(targets, 1e-30))
+    top_two = -np.sort(-log, axis=1)[:, :2]
+    runner_up = top_two[:, 0] - top_two[:, 1]
+    labelled = given >= 0
+    if decision.rule == "argmax":
+        return runner_up
+    if decision.rule == "keep":
+        return np.where(labelled, np.inf, runner_up)
+    g = np.where(labelled, given, 0)
+    threshold = top_two[:, 0] - np.log(decision.odds) - log[rows, g]
+    # A kept row stays kept until its threshold is crossed, whichever class would cross it.
+    margin = np.where(threshold < 0, -threshold, np.minimum(threshold, runner_up))
+    return np.where(labelled, margin, runner_up)

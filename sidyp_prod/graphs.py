@@ -23,6 +23,8 @@ ENCODER_FP16_ONNX = "encoder.fp16.onnx"  # export --fp16: for the CUDA provider
 # (per-batch scales, or 8-bit weights that saturate on CPUs without AVX-512 VNNI) that only an
 # explicit --precision int8 runs.
 INT8_SCHEME = "per-row-uint8-w7"
+# The fp32 encoder graph beside the Triton BLS model, which re-checks int8 close calls with it.
+REFERENCE_ENCODER_FILE = "encoder.fp32.onnx"
 # --precision: "auto" runs the int8 encoder on CPUs when it has per-row scales, else fp32;
 # "fp16" (a graph written by export --fp16) is for GPUs.
 PRECISIONS = ("auto", "fp32", "int8", "fp16")

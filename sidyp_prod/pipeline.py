@@ -14,17 +14,25 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .corpus import Row
+from .decision import decision_margin
 from .diffusion import text_key
 from .encoder import pad_ids, pad_token_id, padded_width, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
 from .neighbors import search_in_one_thread
 from .refinement import (
+    BatchRefinement,
     RefineSettings,
+    decided_distribution,
     for_new_rows,
     output_fields,
     prior_from_neighbors,
     refine_batch,
 )
+
+# A row of the int8 encoder whose decision is this close (in log-probability, decision_margin)
+# is refined again with the fp32 encoder: 2% of SemEval's rows, and the labels that differ from
+# fp32 fell from 11 to 1-3 of 1,927 (docs/experiments.md §24).
+CLOSE_CALL = 0.05
 
 
 def given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
@@ -46,6 +54,8 @@ def refine_rows(
     its output does not depend on the other rows in ``rows``.
     A back end with ``parallel_batches`` > 1 (a remote server) gets that many encoder batches in
     flight at once; results do not depend on it, since each row's noise is seeded by its text.
+    With an int8 encoder, the rows whose decision is a close call are refined again with
+    ``backend.reference``, the fp32 one (CLOSE_CALL).
     """
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
@@ -60,31 +70,55 @@ def refine_rows(
     embeddings = (sentence_embeddings(model, backend, texts)
                   if model.embedding_tokenizer is not None else None)
 
-    def refine_one(batch: np.ndarray) -> list[dict]:
+    def refined(batch: np.ndarray, runtime: ModelBackend) -> BatchRefinement:
         ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
-        encoded = _encode(backend, ids, mask)
+        encoded = _encode(runtime, ids, mask)
         if embeddings is not None:
             encoded = replace(encoded, embedding=embeddings[batch])
         weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
         # New rows get the iterative refinement of their candidates only where training did.
-        refined = refine_batch(
-            backend, encoded, weights, kind, given[batch],
+        refinement = refine_batch(
+            runtime, encoded, weights, kind, given[batch],
             [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
             conditional=config.label_source == "given",
         )
+        return for_new_rows(refinement, config.held_out_folds)
+
+    def fields(refinement: BatchRefinement, batch: np.ndarray) -> list[dict]:
         return output_fields(
-            for_new_rows(refined, config.held_out_folds), given[batch], model.labels,
-            config.label_source, model.temperature, decision, model.label_shares,
-            model.calibration.confidence_scaling, model.calibration.label_score_scaling,
+            refinement, given[batch], model.labels, config.label_source, model.temperature,
+            decision, model.label_shares, model.calibration.confidence_scaling,
+            model.calibration.label_score_scaling,
         )
 
+    def refine_one(batch: np.ndarray) -> tuple[list[dict], np.ndarray]:
+        """The batch's fields, and its rows whose decision is a close call."""
+        refinement = refined(batch, backend)
+        if backend.reference is None:
+            return fields(refinement, batch), batch[:0]
+        dist = decided_distribution(refinement, given[batch], config.label_source,
+                                    model.temperature, decision, model.label_shares)
+        close = decision_margin(dist, given[batch], decision) < CLOSE_CALL
+        return fields(refinement, batch), batch[close]
+
     # Outputs keep input order; the batches only decide what is encoded together.
-    batches = _spread(width_batches(lengths, config.encode_batch_size), backend.parallel_batches)
+    size, parallel = config.encode_batch_size, backend.parallel_batches
+    batches = _spread(width_batches(lengths, size), parallel)
     results = _map_batches(backend, refine_one, batches)
     extras: list[dict | None] = [None] * len(rows)
-    for batch, fields in zip(batches, results, strict=True):
-        for i, extra in zip(batch, fields, strict=True):
+    for batch, (batch_fields, _) in zip(batches, results, strict=True):
+        for i, extra in zip(batch, batch_fields, strict=True):
             extras[i] = extra
+    close = np.concatenate([c for _, c in results]) if results else np.empty(0, np.int64)
+    if len(close):
+        # The close calls again with the fp32 encoder, batched together: a row's fp32 result
+        # does not depend on its batch either, so they get exactly the fp32 reference's fields.
+        again = [close[b] for b in width_batches([lengths[i] for i in close], size)]
+        again = _spread(again, parallel)
+        exact = _map_batches(backend, lambda b: fields(refined(b, backend.reference), b), again)
+        for batch, batch_fields in zip(again, exact, strict=True):
+            for i, extra in zip(batch, batch_fields, strict=True):
+                extras[i] = extra
     return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
 
 

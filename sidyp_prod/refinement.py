@@ -243,6 +243,19 @@ def for_new_rows(refined: BatchRefinement, held_out_folds: int) -> BatchRefineme
     return replace(refined, held_out=refined.classifier) if held_out_folds else refined
 
 
+def decided_distribution(
+    refinement: BatchRefinement,
+    given: np.ndarray,
+    source: str,
+    temperature: float,
+    decision: DecisionRule,
+    label_shares: np.ndarray | None = None,
+) -> np.ndarray:
+    """The calibrated distribution the decision rule reads (output_fields' labels)."""
+    reported = reported_distribution(refinement, given, source, temperature, label_shares)
+    return calibrate(reported, given, decision)
+
+
 def output_fields(
     refinement: BatchRefinement,
     given: np.ndarray,
@@ -260,8 +273,7 @@ def output_fields(
     The scalings, fitted on trusted labels (trusted.py), rescale confidence and label_score.
     """
     decision = decision or DecisionRule(rule="argmax")
-    reported = reported_distribution(refinement, given, source, temperature, label_shares)
-    dist = calibrate(reported, given, decision)
+    dist = decided_distribution(refinement, given, source, temperature, decision, label_shares)
     predicted = decide(dist, given, decision)
     row = np.arange(len(given))
     label_score = dist[row, np.maximum(given, 0)]

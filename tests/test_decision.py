@@ -9,6 +9,7 @@ from sidyp_prod.decision import (
     calibration_targets,
     class_noise_ratios,
     decide,
+    decision_margin,
     divide_by_label_shares,
     fit_label_bias,
     label_shares,
@@ -47,6 +48,28 @@ def test_higher_odds_never_change_more_labels():
                for k in (1.0, 1.5, 2.0, 4.0, 10.0)]
     assert changed == sorted(changed, reverse=True)
     assert changed[0] > changed[-1]
+
+
+@pytest.mark.parametrize("rule", [DecisionRule("odds", 2.0), DecisionRule("argmax"),
+                                  DecisionRule("keep"), DecisionRule("odds", 2.0, blocked=(3,))])
+def test_a_decision_outside_its_margin_survives_any_smaller_perturbation(rule):
+    """What the fp32 re-check of int8 close calls relies on: moving every log-probability by less
+    than half a row's margin never changes its label; and each margin is reached by some move."""
+    rng = np.random.default_rng(0)
+    dist = rng.dirichlet(np.full(5, 0.7), size=400)
+    given = rng.integers(-1, 5, size=400)
+    margin = decision_margin(dist, given, rule)
+    predicted = decide(dist, given, rule)
+    assert (margin >= 0).all()
+    if rule.rule == "keep":
+        assert np.isinf(margin[given >= 0]).all()
+    for _ in range(20):
+        shift = rng.uniform(-1, 1, size=dist.shape) * (0.499 * np.minimum(margin, 5))[:, None]
+        moved = dist * np.exp(shift)
+        assert (decide(moved / moved.sum(1, keepdims=True), given, rule) == predicted).all()
+    # The kept row of test_odds_rule...: p(best) 0.5 against 2 x p(given) 0.6 -> log(0.6/0.5).
+    one = decision_margin(np.array([[0.5, 0.3, 0.2]]), np.array([1]), DecisionRule("odds", 2.0))
+    assert one[0] == pytest.approx(np.log(0.6 / 0.5))
 
 
 def test_unknown_rule_is_refused():

@@ -21,7 +21,13 @@ from sidyp_prod.backends.triton_backend import TritonError, config_problems
 from sidyp_prod.bundle import load_bundle
 from sidyp_prod.cli.main import app
 from sidyp_prod.export.triton import CONFIG_NAMES, REFINE_MODEL, write_triton_repository
-from sidyp_prod.graphs import DENOISER_MODEL, ENCODE_ENSEMBLE, ENCODER_MODEL, TOKENIZER_MODEL
+from sidyp_prod.graphs import (
+    DENOISER_MODEL,
+    ENCODE_ENSEMBLE,
+    ENCODER_MODEL,
+    REFERENCE_ENCODER_FILE,
+    TOKENIZER_MODEL,
+)
 
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -142,6 +148,26 @@ def test_refine_through_triton_equals_in_process_onnx(trained, fresh_corpus, onn
     summary = api.refine(fresh_corpus, bundle, out, chunk_size=64, triton_url=url)
     assert summary.refined == 400
     assert out.read_bytes() == onnx_output.read_bytes()
+
+
+def test_over_triton_int8_close_calls_are_refined_again_here_in_fp32(
+        trained, fresh_corpus, repository, server, tmp_path, monkeypatch):
+    """The server runs the int8 encoder: the client re-checks close calls with the bundle's fp32
+    graph, as in-process refine does; with every row close, the output is fp32's bytes. The BLS
+    model's configurations say which encoder the server runs."""
+    from sidyp_prod import pipeline
+
+    bundle, _, _ = trained
+    monkeypatch.setattr(pipeline, "CLOSE_CALL", np.inf)
+    api.refine(fresh_corpus, bundle, tmp_path / "fp32.jsonl", precision="fp32")
+    api.refine(fresh_corpus, bundle, tmp_path / "triton.jsonl", chunk_size=64,
+               triton_url=server.grpc_url)
+    assert (tmp_path / "triton.jsonl").read_bytes() == (tmp_path / "fp32.jsonl").read_bytes()
+    for name, precision in (("configs/python", "int8"), ("configs/cpu", "int8"),
+                            ("config", "fp32"), ("configs/tensorrt", "fp32")):
+        config = parse_config(repository / REFINE_MODEL / f"{name}.pbtxt")
+        assert config["parameters"]["encoder_precision"]["string_value"] == precision
+    assert (repository / REFINE_MODEL / "1" / REFERENCE_ENCODER_FILE).is_file()
 
 
 def test_the_bls_model_answers_raw_text(trained, server):

@@ -40,6 +40,9 @@ class ModelBackend(Protocol):
     # Encoder batches the refinement keeps in flight at once: more than one for a remote
     # server, whose batcher then has requests to merge; 1 for an in-process runtime.
     parallel_batches: int
+    # An fp32 back end that refines an int8 encoder's close calls again (pipeline.CLOSE_CALL),
+    # so that labels agree with the fp32 graph's; None where the encoder is fp32 already.
+    reference: ModelBackend | None
 
     def close(self) -> None:
         """Release connections and worker threads (a no-op for an in-process runtime)."""

@@ -53,6 +53,8 @@ class OnnxBackend:
         # idle machine but 31% slower with one core busy elsewhere (docs/experiments.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.precision = "fp32"
+        self.reference: OnnxBackend | None = None
+        self._options, self._providers = options, providers
         self.encoder = ort.InferenceSession(encoder_path, options, providers=providers)
         self.denoiser = ort.InferenceSession(denoiser_path, options, providers=providers)
         # The separate embedding model of the neighbour prior, when the bundle has one.
@@ -106,7 +108,21 @@ class OnnxBackend:
                       providers, threads,
                       str(bundle.path(embedder["file"])) if embedder else None)
         backend.precision = precision
+        if precision == "int8":
+            backend.reference = backend.with_encoder(str(bundle.path(encoder_record["file"])))
         return backend
+
+    def with_encoder(self, encoder_path: str) -> OnnxBackend:
+        """The same back end with another (fp32) encoder graph, sharing the other sessions."""
+        import copy
+
+        import onnxruntime as ort
+
+        other = copy.copy(self)
+        other.encoder = ort.InferenceSession(encoder_path, self._options,
+                                             providers=self._providers)
+        other.precision, other.reference = "fp32", None
+        return other
 
     def close(self) -> None:
         """Nothing to release: the sessions go with the object."""

@@ -38,6 +38,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.precision = "fp32"
         self.parallel_batches = 1
+        self.reference = None
         self.embedder = embedder.to(self.device).eval() if embedder is not None else None
         denoiser = denoiser.to(self.device).eval()
         self.denoiser = denoiser

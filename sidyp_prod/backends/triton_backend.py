@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from ..graphs import DENOISER_MODEL, EMBEDDER_MODEL, ENCODER_MODEL, ENCODER_OUTPUTS, GRAPH_MODELS
-from .base import EncodedBatch
+from .base import EncodedBatch, ModelBackend
 
 if TYPE_CHECKING:
     from ..bundle import Bundle
@@ -91,6 +91,8 @@ class TritonBackend:
         self.timeout = timeout
         self.sleep = sleep
         self.precision = "fp32"
+        # A server running the int8 encoder: close calls go to the bundle's fp32 graph here.
+        self.reference: ModelBackend | None = None
         # refine_rows keeps this many encoder batches in flight: the server overlaps them.
         self.parallel_batches = max(1, concurrency)
         self.max_batch = dict.fromkeys(GRAPH_MODELS.values(), 1)
@@ -189,6 +191,11 @@ class TritonBackend:
                 )
             elif part == "encoder":
                 self.precision = "int8" if graph == record.get("int8_file") else "fp32"
+                if self.precision == "int8":
+                    from .onnx_backend import OnnxBackend
+
+                    self.reference = OnnxBackend.from_bundle(bundle, ["CPUExecutionProvider"],
+                                                             "fp32")
             self.max_batch[model] = max(1, int(config.get("max_batch_size") or 1))
         self.encoder_outputs = list(graphs["encoder"]["outputs"])
         if problems:

@@ -13,18 +13,25 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sidyp_prod.graphs import DENOISER_MODEL, EMBEDDER_MODEL, ENCODER_MODEL
+from sidyp_prod.graphs import (
+    DENOISER_MODEL,
+    EMBEDDER_MODEL,
+    ENCODER_MODEL,
+    REFERENCE_ENCODER_FILE,
+)
 
 
 class ServerModels:
     """sidyp-prod's back-end interface (encode, embed, reverse) over BLS requests to this
     server. ``encoder_outputs``: the encoder graph's output names (the bundle's record)."""
 
-    def __init__(self, max_chains: int, encoder_outputs: list[str]):
+    def __init__(self, max_chains: int, encoder_outputs: list[str], precision: str = "fp32"):
         self.max_chains = max_chains
         self.encoder_outputs = encoder_outputs
         self.parallel_batches = 1
-        self.precision = "fp32"
+        self.precision = precision  # of the encoder the server runs (its configuration says)
+        self.reference = None
+        self.local_encoder = None  # an fp32 ONNX Runtime session, for the reference only
 
     def close(self) -> None:
         """BLS requests hold nothing between calls."""
@@ -41,9 +48,24 @@ class ServerModels:
             raise RuntimeError(f"{model}: {response.error().message()}")
         return [pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in outputs]
 
+    def with_local_encoder(self, path: str) -> "ServerModels":
+        """These models with the encoder run here from ``path`` (the fp32 graph) instead."""
+        import onnxruntime as ort
+
+        other = ServerModels(self.max_chains, self.encoder_outputs)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # a few rows a batch; the server's models need the rest
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        other.local_encoder = ort.InferenceSession(path, options,
+                                                   providers=["CPUExecutionProvider"])
+        return other
+
     def encode(self, input_ids, attention_mask):
         from sidyp_prod.backends.base import EncodedBatch
 
+        if self.local_encoder is not None:
+            return EncodedBatch.from_batch_first(*self.local_encoder.run(
+                None, {"input_ids": input_ids, "attention_mask": attention_mask}))
         outputs = self._call(
             ENCODER_MODEL,
             {"input_ids": input_ids, "attention_mask": attention_mask},
@@ -86,7 +108,11 @@ class TritonPythonModel:
         self.model = load_model(load_bundle(directory), use_gpu=False)
         outputs = list(self.model.bundle.manifest["onnx"]["encoder"]["outputs"])
         self.models = ServerModels(int(parameters.get("denoiser_max_batch_size", "4096")),
-                                   outputs)
+                                   outputs, parameters.get("encoder_precision", "fp32"))
+        if self.models.precision == "int8":
+            version = Path(args["model_repository"]) / args["model_version"]
+            self.models.reference = self.models.with_local_encoder(
+                str(version / REFERENCE_ENCODER_FILE))
 
     def execute(self, requests: list) -> list:
         """All requests of a dynamic batch are refined together, each answered on its own."""
