@@ -11,7 +11,9 @@ Three models (four with a separate embedding model), each in ``DIR/<name>/`` wit
   ensemble of it and ``sidyp_encoder``: text in, the encoder's outputs out;
 - ``sidyp_refine``: a python-backend BLS model, raw text and the LLM's label in, refined label,
   confidence and label score out. It holds the bundle's reference set (faiss) and calls the other
-  two models through the server, so an online caller needs nothing but a Triton client.
+  two models through the server, so an online caller needs nothing but a Triton client. Beside
+  it, ``encoder.fp32.onnx``: where its configuration says the server runs the int8 encoder
+  (``encoder_precision``), the close calls are encoded again with it, as in-process refine does.
 
 The two ONNX models come in three configurations of the same files, picked per server with
 ``tritonserver --model-config-name NAME`` (a model without ``configs/NAME.pbtxt`` keeps
