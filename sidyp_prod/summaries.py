@@ -179,7 +179,8 @@ class RefineSummary:
             f"read {self.read} rows: {self.refined} refined, {self.rejected} rejected, "
             f"{self.changed} labels changed (LLM label replaced), {self.filled} unlabeled rows "
             f"given a label ({self.rows_per_second:.1f} rows/s, {self.precision or 'fp32'} "
-            f"encoder) -> {self.output}"
+            f"encoder{', close calls in fp32' if self.precision == 'int8' else ''}) "
+            f"-> {self.output}"
         )
         if self.rejected:
             text += f"; rejects in {self.rejects}"

@@ -120,6 +120,7 @@ def test_default_precision_is_int8_on_cpu_and_chunking_does_not_change_the_outpu
     for chunk in (1000, 7):
         summary = api.refine(fresh_corpus, bundle, tmp_path / f"c{chunk}.jsonl", chunk_size=chunk)
         assert summary.precision == "int8"
+        assert "int8 encoder, close calls in fp32)" in summary.to_text()
         outputs[chunk] = (tmp_path / f"c{chunk}.jsonl").read_bytes()
     assert outputs[1000] == outputs[7]
     api.refine(fresh_corpus, bundle, tmp_path / "fp32.jsonl", precision="fp32")
