@@ -189,8 +189,9 @@ def _encode_trunk(
         with precision.autocast():
             h = trunk(ids_t, mask_t)
             if embeddings is not None:
-                states = h if embedding == "trunk" else top(h, mask_t)
-                sentence = sentence_embedding(states.float(), mask_t, pretrained.pooling.mode)
+                pooled_from = h if embedding == "trunk" else top(h, mask_t)
+                sentence = sentence_embedding(pooled_from.float(), mask_t,
+                                              pretrained.pooling.mode)
                 embeddings[rows] = sentence.float().cpu().numpy()
         states = h.float().cpu().numpy()
         for i, r in enumerate(rows):
