@@ -2,10 +2,12 @@
 re-scored on the bundles an inductive run kept (no retraining).
 
 A training row has a held-out classifier as its third expert; a new row does not, and
-`for_new_rows` lets the ensemble stand in for it. This scores, on every fold's new rows (each
-fold's bundle never saw them), the distributions refine could report: the default product, the
-product without the stand-in, the ensemble alone, the denoiser's p(y | x) alone, the kNN prior
-alone; each with the bundle's calibration, under the odds rule (2, 3) and the argmax.
+`for_new_rows` gives it the vote of its reference neighbours instead. This scores, on every
+fold's new rows (each fold's bundle never saw them), the distributions refine could report: the
+default product, the product with the ensemble standing in for the third expert (the default
+before), the product without a third expert, the ensemble alone, the denoiser's p(y | x) alone,
+the kNN prior alone; each with the bundle's calibration, under the odds rule (2, 3) and the
+argmax.
 
     python benchmarks/quality.py --inductive-folds 5 --seeds 0 --out runs/inductive
     python benchmarks/new_row_rules.py runs/inductive --corpus CORPUS
@@ -33,11 +35,12 @@ from sidyp_prod.refinement import reported_distribution
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
 
-# (name, distribution source, keep the ensemble as the stand-in third expert)
-SOURCES = [("product (default: ensemble twice)", "product", True),
-           ("product of denoiser and ensemble", "product", False),
-           ("ensemble alone", "classifier", False),
-           ("denoiser p(y | x) alone", "marginal", False)]
+# (name, distribution source, the third expert: "neighbors", "ensemble" or None)
+SOURCES = [("product, the neighbours' vote third (default)", "product", "neighbors"),
+           ("product, the ensemble standing in third", "product", "ensemble"),
+           ("product of denoiser and ensemble", "product", None),
+           ("ensemble alone", "classifier", None),
+           ("denoiser p(y | x) alone", "marginal", None)]
 RULES = [("odds 2 (default)", "odds", 2.0), ("odds 3", "odds", 3.0), ("argmax", "argmax", 1.0)]
 
 
@@ -54,13 +57,14 @@ def fold_arrays(fold: Path, gold_by_id: dict) -> dict:
 
 def score_variants(folds: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
-    for name, source, stand_in in SOURCES:
+    for name, source, third in SOURCES:
         for rule_name, rule, odds in RULES:
             right, changed, fixed, broken, conf = [], 0, 0, 0, []
             for f in folds:
                 loaded, given, gold = f["loaded"], f["given"], f["gold"]
-                refinement = f["refinement"] if stand_in else replace(f["refinement"],
-                                                                      held_out=None)
+                refinement = replace(f["refinement"], held_out={
+                    "neighbors": f["refinement"].held_out,
+                    "ensemble": f["refinement"].classifier, None: None}[third])
                 decision = DecisionRule(rule, odds, loaded.label_bias, blocked=tuple(
                     loaded.calibration.blocked or ()))
                 reported = reported_distribution(refinement, given, source, loaded.temperature,

@@ -201,8 +201,7 @@ def _refinement_arrays(refinement: BatchRefinement, prefix: str) -> dict[str, np
 def _prior(embedding: np.ndarray, loaded: LoadedModel) -> np.ndarray:
     """The kNN prior alone (no diffusion stage), averaged over branches."""
     settings = RefineSettings.from_config(loaded.config, loaded.n_classes)
-    weights, _ = prior_from_neighbors(embedding, loaded.indexes, settings)
-    return weights.mean(axis=0)
+    return prior_from_neighbors(embedding, loaded.indexes, settings).weights.mean(axis=0)
 
 
 def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
@@ -219,12 +218,13 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
         encoded = backend.encode(ids, mask)
         if embeddings is not None:
             encoded = replace(encoded, embedding=embeddings[start : start + len(batch)])
-        weights, kind = prior_from_neighbors(encoded.embedding, loaded.indexes, settings)
-        refined = refine_batch(backend, encoded, weights, kind, given[start : start + len(batch)],
-                               [text_key(t) for t in batch], settings,
-                               update_prior=loaded.config.dynamic_prior)
+        prior = prior_from_neighbors(encoded.embedding, loaded.indexes, settings)
+        refined = refine_batch(backend, encoded, prior.weights, prior.kind,
+                               given[start : start + len(batch)], [text_key(t) for t in batch],
+                               settings, update_prior=loaded.config.dynamic_prior,
+                               neighbor_vote=prior.vote)
         parts.append(for_new_rows(refined, loaded.config.held_out_folds))
-        priors.append(weights.mean(axis=0))
+        priors.append(prior.weights.mean(axis=0))
     return BatchRefinement.concatenate(parts), np.concatenate(priors)
 
 

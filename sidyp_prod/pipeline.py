@@ -75,12 +75,12 @@ def refine_rows(
         encoded = _encode(runtime, ids, mask)
         if embeddings is not None:
             encoded = replace(encoded, embedding=embeddings[batch])
-        weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+        prior = prior_from_neighbors(encoded.embedding, model.indexes, settings)
         # New rows get the iterative refinement of their candidates only where training did.
         refinement = refine_batch(
-            runtime, encoded, weights, kind, given[batch],
+            runtime, encoded, prior.weights, prior.kind, given[batch],
             [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
-            conditional=config.label_source == "given",
+            conditional=config.label_source == "given", neighbor_vote=prior.vote,
         )
         return for_new_rows(refinement, config.held_out_folds)
 
@@ -133,6 +133,8 @@ def refine_chunk(
     refined = iter(refine_rows(fresh, model, backend) if fresh else [])
     return [{**r.record, **known[r.line_no]} if r.line_no in known else next(refined)
             for r in rows]
+
+
 def _paired(call: Callable[[np.ndarray, np.ndarray], Any], ids: np.ndarray,
             mask: np.ndarray) -> Any:
     """``call(ids, mask)``, with a lone row run beside a copy of itself: ONNX Runtime's CPU

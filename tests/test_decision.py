@@ -1,5 +1,7 @@
 """The rule that decides when a given label is changed, on arrays where the answer is known."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -196,13 +198,19 @@ def test_calibration_targets_average_the_mixture_and_the_held_out_classifiers():
     np.testing.assert_allclose(per_class, [0.15, 0.15])
 
 
-def test_a_new_rows_held_out_expert_is_the_ensemble_when_the_bundle_has_held_out_folds():
+def test_a_new_rows_held_out_expert_is_its_neighbours_vote_when_the_bundle_has_held_out_folds():
     marginal = np.array([[0.5, 0.5]])
+    vote = np.array([[0.2, 0.8]])
     refined = BatchRefinement(classifier=np.array([[0.9, 0.1]]), conditional=None,
                               marginal=marginal, candidates=marginal,
-                              prior_kind=np.zeros((1, 1), dtype=np.int64))
+                              prior_kind=np.zeros((1, 1), dtype=np.int64), neighbors=vote)
     assert for_new_rows(refined, 0).held_out is None  # two experts, as the bundle was trained
-    np.testing.assert_array_equal(for_new_rows(refined, 5).held_out, refined.classifier)
+    third = for_new_rows(refined, 5)
+    np.testing.assert_array_equal(third.held_out, vote)
+    # The product leans where all three do: the vote pulls this row off the ensemble's class.
+    assert third.distribution("product")[0, 1] > refined.distribution("product")[0, 1]
+    with pytest.raises(ValueError, match="neighbour vote"):
+        for_new_rows(replace(refined, neighbors=None), 5)
 
 
 def test_output_calibration_fits_the_targets_it_reports():

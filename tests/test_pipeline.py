@@ -282,13 +282,55 @@ def test_refine_reports_the_knn_candidates_when_training_kept_them(trained, fres
     refined = refine_rows(rows, model, backend)
     ids, mask = tokenize(model.tokenizer, [r.text for r in rows])
     settings = RefineSettings.from_config(model.config, len(model.labels))
-    weights, _ = prior_from_neighbors(backend.encode(ids, mask).embedding, model.indexes, settings)
-    expected = weights.mean(axis=0)
+    prior = prior_from_neighbors(backend.encode(ids, mask).embedding, model.indexes, settings)
+    expected = prior.weights.mean(axis=0)
     for row, fields, w in zip(rows, refined, expected, strict=True):
         got = np.zeros(len(model.labels))
         for label, value in fields["candidates"].items():
             got[model.labels.index(label)] = value
         np.testing.assert_allclose(got, w, atol=1e-5, err_msg=row.text)
+
+
+def test_a_new_rows_third_expert_is_its_neighbours_vote(trained, fresh_corpus):
+    """The product's third expert on a new row: the kNN vote over each branch's clean-marked
+    reference rows, averaged over branches, which is what refine's labels are made from."""
+    import numpy as np
+
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.corpus import Row, iter_corpus
+    from sidyp_prod.diffusion import text_key
+    from sidyp_prod.encoder import tokenize
+    from sidyp_prod.model_io import load_model
+    from sidyp_prod.prior import knn_vote
+    from sidyp_prod.refinement import (
+        RefineSettings,
+        for_new_rows,
+        prior_from_neighbors,
+        refine_batch,
+    )
+
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    model = load_model(loaded)
+    assert model.config.held_out_folds
+    backend = load_backend(loaded, "onnx")
+    rows = [r for r in iter_corpus(fresh_corpus) if isinstance(r, Row)][:24]
+    ids, mask = tokenize(model.tokenizer, [r.text for r in rows])
+    encoded = backend.encode(ids, mask)
+    settings = RefineSettings.from_config(model.config, len(model.labels))
+    prior = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+    by_hand = np.mean([knn_vote(*index.search(encoded.embedding, settings.knn_k),
+                                len(model.labels)) for index in model.indexes], axis=0)
+    np.testing.assert_allclose(prior.vote, by_hand, atol=1e-6)
+    given = np.array([model.labels.index(r.label) if r.label else -1 for r in rows])
+    refined = refine_batch(backend, encoded, prior.weights, prior.kind, given,
+                           [text_key(r.text) for r in rows], settings, update_prior=False,
+                           conditional=False, neighbor_vote=prior.vote)
+    new_rows = for_new_rows(refined, model.config.held_out_folds)
+    np.testing.assert_array_equal(new_rows.held_out, prior.vote)
+    assert not np.allclose(new_rows.distribution("product"),
+                           for_new_rows(refined, 0).distribution("product"))
 
 
 def test_skipping_the_own_label_chains_leaves_the_marginal_unchanged(trained, fresh_corpus):
@@ -313,7 +355,7 @@ def test_skipping_the_own_label_chains_leaves_the_marginal_unchanged(trained, fr
     ids, mask = tokenize(model.tokenizer, [r.text for r in rows])
     encoded = backend.encode(ids, mask)
     settings = RefineSettings.from_config(model.config, len(model.labels))
-    weights, kind = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+    weights, kind, _ = prior_from_neighbors(encoded.embedding, model.indexes, settings)
     given = np.array([model.labels.index(r.label) if r.label else -1 for r in rows])
     keys = [text_key(r.text) for r in rows]
     full = refine_batch(backend, encoded, weights, kind, given, keys, settings,
