@@ -119,10 +119,12 @@ class SiDyPConfig:
         True, "Divide the distribution by the LLM labels' class shares before calibrating (the "
         "experts' learned prior is the LLM's habit).", PREDICTION)
     # Folds of single-branch classifiers fine-tuned on the other folds' labels: for a training
-    # row, the product's third expert is a classifier that never saw its label (0: two experts).
+    # row, the product's third expert is a classifier that never saw its label; for a new row
+    # it is the prior's kNN vote (0: two experts for both).
     held_out_folds: int = setting(
         5, "Folds of classifiers that never saw a training row's label: the product's third "
-        "expert for --refined-out (0: off).", PREDICTION)
+        "expert for --refined-out; new rows take the neighbours' vote there (0: off).",
+        PREDICTION)
     # Training sample: at most this many rows, drawn per LLM label (0 or None: every row); the
     # rest of the corpus is refined as new rows.
     max_train_rows: int | None = setting(
