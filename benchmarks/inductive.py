@@ -5,15 +5,16 @@ training row is scored as a row the bundle never saw; then `train --refined-out`
 (the transductive labels) and `refine` of the valid file with that bundle. In the same run, on
 the same folds, the plain alternative: one classifier, every layer fine-tuned on the LLM labels
 (baselines.plain_fine_tune_config). Gold labels are stripped from every file the product reads
-and used here only to score.
+and used here only to score. With ``--resume`` a finished fold (its ``fold.json``) is reused.
 
-    python benchmarks/quality.py --inductive-folds 5 --seeds 0 1 2 --out runs/inductive
+    python benchmarks/quality.py --inductive-folds 5 --seeds 0 1 2 --out runs/inductive [--resume]
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,44 @@ def _plain_labels(texts: list[str], given: list, predict: np.ndarray, labels: li
     return [labels[int(c)] for c in probs[predict].argmax(1)]
 
 
+def _run_fold(work: Path, records: list[dict], fold: np.ndarray, k: int, config: SiDyPConfig,
+              encoder: str | None, embedding_model: str | None,
+              plain_labels: Callable[[np.ndarray], list] | None,
+              resume: bool) -> dict:
+    """Train on the other folds, refine fold k; the plain fine-tune's labels of fold k when
+    ``plain_labels`` is given. What a fold gives is kept in ``fold.json`` (its refined rows in
+    ``refined.jsonl``) so that ``resume`` reuses a finished fold after a crash."""
+    done = work / "fold.json"
+    if resume and done.exists() and (work / "refined.jsonl").exists():
+        saved = json.loads(done.read_text())
+        if saved["plain"] is not None or plain_labels is None:
+            print(f"fold {k}: reusing {work}", flush=True)
+            return saved
+    work.mkdir(exist_ok=True)
+    train_file = _write(work / "train.jsonl", [records[i] for i in np.flatnonzero(fold != k)])
+    held_file = _write(work / "new.jsonl", [records[i] for i in np.flatnonzero(fold == k)])
+    seconds = {}
+    start = time.perf_counter()
+    summary = api.train(train_file, work / "bundle", config, overwrite=True,
+                        encoder=encoder, embedding_model=embedding_model)
+    seconds["train"] = time.perf_counter() - start
+    start = time.perf_counter()
+    api.refine(held_file, work / "bundle", work / "refined.jsonl")
+    seconds["refine"] = time.perf_counter() - start
+    labels = None
+    if plain_labels is not None:
+        start = time.perf_counter()
+        labels = plain_labels(fold == k)
+        seconds["plain"] = time.perf_counter() - start
+    saved = {"noise_ratio": summary.noise_ratio, "seconds": seconds, "plain": labels}
+    done.write_text(json.dumps(saved))
+    return saved
+
+
 def run_inductive(corpus: Path, valid: Path | None, seed: int, folds: int, out: Path,
                   config: SiDyPConfig, encoder: str | None = None,
-                  embedding_model: str | None = None, plain: bool = True) -> dict:
+                  embedding_model: str | None = None, plain: bool = True,
+                  resume: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     records = list(read_records(corpus))
     texts = [r["text"] for r in records]
@@ -73,6 +109,10 @@ def run_inductive(corpus: Path, valid: Path | None, seed: int, folds: int, out: 
     pretrained = load_pretrained(encoder) if plain else None
     result: dict = {"seed": seed, "folds": folds, "rows": len(records),
                     "config": config.to_dict(), "llm": scored(given, given, gold)}
+    plain_config = SiDyPConfig(**{**config.to_dict(), "seed": seed})
+
+    def plain_labels(predict: np.ndarray) -> list:
+        return _plain_labels(texts, given, predict, labels, plain_config, pretrained)
 
     sidyp_pred: list = [None] * len(records)
     sidyp_conf: list[float] = [0.0] * len(records)
@@ -82,28 +122,16 @@ def run_inductive(corpus: Path, valid: Path | None, seed: int, folds: int, out: 
     for k in range(folds):
         held = np.flatnonzero(fold == k)
         work = out / f"seed{seed}-fold{k}"
-        work.mkdir(exist_ok=True)
-        train_file = _write(work / "train.jsonl", [records[i] for i in np.flatnonzero(fold != k)])
-        held_file = _write(work / "new.jsonl", [records[i] for i in held])
-        start = time.perf_counter()
-        summary = api.train(train_file, work / "bundle", config, overwrite=True,
-                            encoder=encoder, embedding_model=embedding_model)
-        seconds["train"] += time.perf_counter() - start
-        noise.append(summary.noise_ratio)
-        start = time.perf_counter()
-        api.refine(held_file, work / "bundle", work / "refined.jsonl")
-        seconds["refine"] += time.perf_counter() - start
+        saved = _run_fold(work, records, fold, k, config, encoder, embedding_model,
+                          plain_labels if plain else None, resume)
+        noise.append(saved["noise_ratio"])
+        for name, value in saved["seconds"].items():
+            seconds[name] += value
         pred, conf = _refined(work / "refined.jsonl")
         for j, i in enumerate(held):
             sidyp_pred[i], sidyp_conf[i] = pred[j], conf[j]
-        if plain:
-            start = time.perf_counter()
-            labels_k = _plain_labels(texts, given, fold == k, labels,
-                                     SiDyPConfig(**{**config.to_dict(), "seed": seed}),
-                                     pretrained)
-            seconds["plain"] += time.perf_counter() - start
-            for j, i in enumerate(held):
-                plain_pred[i] = labels_k[j]
+            if plain:
+                plain_pred[i] = saved["plain"][j]
         fold_score = scored(pred, [given[i] for i in held], [gold[i] for i in held])
         print(f"seed {seed} fold {k}: sidyp {fold_score}", flush=True)
     result["inductive"] = {"sidyp": scored(sidyp_pred, given, gold, sidyp_conf),
@@ -141,8 +169,7 @@ def run_inductive(corpus: Path, valid: Path | None, seed: int, folds: int, out: 
             both = [r["text"] for r in records] + [r["text"] for r in v_records]
             predict = np.r_[np.zeros(len(records), bool), np.ones(len(v_records), bool)]
             v_plain = _plain_labels(both, given + [None] * len(v_records), predict, labels,
-                                    SiDyPConfig(**{**config.to_dict(), "seed": seed}),
-                                    pretrained)
+                                    plain_config, pretrained)
             seconds["plain_full"] = time.perf_counter() - start
             result["valid"]["plain"] = scored(v_plain, v_given, v_gold)
     result["seconds"] = seconds

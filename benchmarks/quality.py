@@ -312,6 +312,8 @@ def main() -> None:
     parser.add_argument("--inductive-folds", type=int, default=0,
                         help="score every row as a new row by K-fold cross-fitting through "
                         "train and refine, with a plain full fine-tune on the same folds")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --inductive-folds: reuse the folds a crashed run finished")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -322,7 +324,8 @@ def main() -> None:
     if args.inductive_folds:
         runs = [run_inductive(args.corpus, valid, seed, args.inductive_folds, args.out,
                               SiDyPConfig(**{**args.config, "seed": seed}), args.encoder,
-                              args.embedding_model, plain=not args.skip_baselines)
+                              args.embedding_model, plain=not args.skip_baselines,
+                              resume=args.resume)
                 for seed in args.seeds]
         (args.out / "inductive.json").write_text(json.dumps(
             {"machine": machine(), "corpus": str(args.corpus), "config_overrides": args.config,
