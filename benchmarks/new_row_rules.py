@@ -35,8 +35,9 @@ from sidyp_prod.refinement import reported_distribution
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
 
-# (name, distribution source, the third expert: "neighbors", "ensemble" or None)
-SOURCES = [("product, the neighbours' vote third (default)", "product", "neighbors"),
+# (name, distribution source, the third expert: "refine" (as refine makes it: the neighbours'
+# vote where the bundle has held-out folds), "ensemble" or None)
+SOURCES = [("product, the neighbours' vote third (default)", "product", "refine"),
            ("product, the ensemble standing in third", "product", "ensemble"),
            ("product of denoiser and ensemble", "product", None),
            ("ensemble alone", "classifier", None),
@@ -63,7 +64,7 @@ def score_variants(folds: list[dict]) -> dict[str, dict]:
             for f in folds:
                 loaded, given, gold = f["loaded"], f["given"], f["gold"]
                 refinement = replace(f["refinement"], held_out={
-                    "neighbors": f["refinement"].held_out,
+                    "refine": f["refinement"].held_out,
                     "ensemble": f["refinement"].classifier, None: None}[third])
                 decision = DecisionRule(rule, odds, loaded.label_bias, blocked=tuple(
                     loaded.calibration.blocked or ()))
