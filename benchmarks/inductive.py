@@ -67,30 +67,29 @@ def _run_fold(work: Path, records: list[dict], fold: np.ndarray, k: int, config:
               resume: bool) -> dict:
     """Train on the other folds, refine fold k; the plain fine-tune's labels of fold k when
     ``plain_labels`` is given. What a fold gives is kept in ``fold.json`` (its refined rows in
-    ``refined.jsonl``) so that ``resume`` reuses a finished fold after a crash."""
+    ``refined.jsonl``) so that ``resume`` reuses a finished fold after a crash (a fold finished
+    without the plain fine-tune gets only that)."""
     done = work / "fold.json"
     if resume and done.exists() and (work / "refined.jsonl").exists():
+        print(f"fold {k}: reusing {work}", flush=True)
         saved = json.loads(done.read_text())
-        if saved["plain"] is not None or plain_labels is None:
-            print(f"fold {k}: reusing {work}", flush=True)
-            return saved
-    work.mkdir(exist_ok=True)
-    train_file = _write(work / "train.jsonl", [records[i] for i in np.flatnonzero(fold != k)])
-    held_file = _write(work / "new.jsonl", [records[i] for i in np.flatnonzero(fold == k)])
-    seconds = {}
-    start = time.perf_counter()
-    summary = api.train(train_file, work / "bundle", config, overwrite=True,
-                        encoder=encoder, embedding_model=embedding_model)
-    seconds["train"] = time.perf_counter() - start
-    start = time.perf_counter()
-    api.refine(held_file, work / "bundle", work / "refined.jsonl")
-    seconds["refine"] = time.perf_counter() - start
-    labels = None
-    if plain_labels is not None:
+    else:
+        work.mkdir(exist_ok=True)
+        train_file = _write(work / "train.jsonl",
+                            [records[i] for i in np.flatnonzero(fold != k)])
+        held_file = _write(work / "new.jsonl", [records[i] for i in np.flatnonzero(fold == k)])
         start = time.perf_counter()
-        labels = plain_labels(fold == k)
-        seconds["plain"] = time.perf_counter() - start
-    saved = {"noise_ratio": summary.noise_ratio, "seconds": seconds, "plain": labels}
+        summary = api.train(train_file, work / "bundle", config, overwrite=True,
+                            encoder=encoder, embedding_model=embedding_model)
+        seconds = {"train": time.perf_counter() - start}
+        start = time.perf_counter()
+        api.refine(held_file, work / "bundle", work / "refined.jsonl")
+        seconds["refine"] = time.perf_counter() - start
+        saved = {"noise_ratio": summary.noise_ratio, "seconds": seconds, "plain": None}
+    if plain_labels is not None and saved["plain"] is None:
+        start = time.perf_counter()
+        saved["plain"] = plain_labels(fold == k)
+        saved["seconds"]["plain"] = time.perf_counter() - start
     done.write_text(json.dumps(saved))
     return saved
 
