@@ -4,8 +4,8 @@ ONNX Runtime's dynamic quantization scales each MatMul's activations by one rang
 so a row's result moves with the rows batched beside it. Here every weight MatMul of the fp32
 graph is rewritten so that each token row of its input gets its own range:
 
-    X = q * scale + min            q uint8, scale and min per row (the last axis is reduced)
-    X @ W + b ~= (q @ Wq) * scale * w_scale + [x_kept, min, 1] @ [W_kept; colsum(Wq * w_scale); b]
+    X = (q - zero_point) * scale = q * scale + offset     q uint8; scale, zero_point per row
+    X @ W + b ~= (q @ Wq) * w_scale * scale + [x_kept, offset, 1] @ [W_kept; colsum(Wq w_scale); b]
 
 with ``Wq`` int8 per output column, limited to 7 bits so that no CPU's kernel saturates. The
 integer product is exact, so a row's output depends on that row only, on any x86 CPU.
@@ -13,7 +13,10 @@ A few input channels carry most of the range in BERT-like models (a known
 "outlier dimension" effect); those channels, picked from calibration rows, skip the quantization
 and go through a small fp32 MatMul, which halved the error on MiniLM (docs/experiments.md). The
 same small MatMul adds the rows' offsets and the MatMul's bias (its Add folded in): one full-size
-op where there were four (refine 1.06x on an AVX2 CPU, docs/benchmarks.md). Weights are
+op where there were four (refine 1.06x on an AVX2 CPU, docs/benchmarks.md). The rows are
+quantized by one QuantizeLinear and multiplied by ONNX Runtime's MatMulIntegerToFloat, which
+applies the weight scales inside the kernel: the full-size elementwise ops left are the row
+scale's Mul and the side product's Add. Weights are
 rounded with GPTQ on the calibration rows' inputs rather than to the nearest step: 40-50% of
 the labels that differed from fp32 on SemEval no longer do, at no cost when the graph runs.
 Activation-by-activation MatMuls (attention scores) stay fp32.
@@ -181,7 +184,10 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
     targets = {n.output[0] for n in _weight_matmuls(model)}
     inverse_levels = np.array(1 / ACTIVATION_LEVELS, np.float32)
     added = [numpy_helper.from_array(inverse_levels, "int8/inv_levels"),
-             numpy_helper.from_array(np.array(1e-12, np.float32), "int8/tiny")]
+             numpy_helper.from_array(np.array(1e-12, np.float32), "int8/tiny"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "int8/zero"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "int8/unit_scale"),
+             numpy_helper.from_array(np.array([-1], np.int64), "int8/flat")]
     nodes: list[onnx.NodeProto] = []
     quantized: set[str] = set()
 
@@ -189,6 +195,7 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
         p = f"{name}/int8/"
         steps, source = [], name
         kept = channels.get(name, [])
+        added.append(numpy_helper.from_array(np.array([-1, width], np.int64), p + "rows_shape"))
         if kept:
             mask = np.ones(width, np.float32)
             mask[kept] = 0.0
@@ -197,17 +204,35 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
             steps += [helper.make_node("Gather", [name, p + "kept"], [p + "fp32"], axis=-1),
                       helper.make_node("Mul", [name, p + "mask"], [p + "rest"])]
             source = p + "rest"
+        # Zero is in every row's range, so it is exactly representable (the zero point); the
+        # scale and zero point per token row, applied by one QuantizeLinear over the rows
+        # (per-axis on the flattened input): one vectorised op where Sub, Div, Round and Cast
+        # ran over the whole tensor (with MatMulIntegerToFloat below: refine 1.17x on an AVX-512
+        # CPU, docs/experiments.md §28).
         return [
             *steps,
-            helper.make_node("ReduceMin", [source], [p + "min"], axes=[-1], keepdims=1),
-            helper.make_node("ReduceMax", [source], [p + "max"], axes=[-1], keepdims=1),
+            helper.make_node("ReduceMin", [source], [p + "row_min"], axes=[-1], keepdims=1),
+            helper.make_node("ReduceMax", [source], [p + "row_max"], axes=[-1], keepdims=1),
+            helper.make_node("Min", [p + "row_min", "int8/zero"], [p + "min"]),
+            helper.make_node("Max", [p + "row_max", "int8/zero"], [p + "max"]),
             helper.make_node("Sub", [p + "max", p + "min"], [p + "range"]),
             helper.make_node("Mul", [p + "range", "int8/inv_levels"], [p + "raw_scale"]),
             helper.make_node("Max", [p + "raw_scale", "int8/tiny"], [p + "scale"]),
-            helper.make_node("Sub", [source, p + "min"], [p + "shifted"]),
-            helper.make_node("Div", [p + "shifted", p + "scale"], [p + "steps"]),
-            helper.make_node("Round", [p + "steps"], [p + "rounded"]),
-            helper.make_node("Cast", [p + "rounded"], [p + "q"], to=TensorProto.UINT8),
+            helper.make_node("Div", [p + "min", p + "scale"], [p + "min_steps"]),
+            helper.make_node("Round", [p + "min_steps"], [p + "neg_zero_point"]),
+            # X = (q - zero_point) * scale = q * scale + offset
+            helper.make_node("Mul", [p + "neg_zero_point", p + "scale"], [p + "offset"]),
+            helper.make_node("Neg", [p + "neg_zero_point"], [p + "zero_point_float"]),
+            helper.make_node("Cast", [p + "zero_point_float"], [p + "zero_point_rows"],
+                             to=TensorProto.UINT8),
+            helper.make_node("Reshape", [p + "zero_point_rows", "int8/flat"],
+                             [p + "zero_point"]),
+            helper.make_node("Reshape", [p + "scale", "int8/flat"], [p + "row_scales"]),
+            helper.make_node("Shape", [source], [p + "shape"]),
+            helper.make_node("Reshape", [source, p + "rows_shape"], [p + "rows"]),
+            helper.make_node("QuantizeLinear", [p + "rows", p + "row_scales", p + "zero_point"],
+                             [p + "q_rows"], axis=0),
+            helper.make_node("Reshape", [p + "q_rows", p + "shape"], [p + "q"]),
         ]
 
     constants = _constants(graph)
@@ -226,9 +251,9 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
         if x not in quantized:
             nodes += quantize_input(x, weight.shape[0])
             # [x_kept, min, 1]: the side product's input, one per quantized input.
-            side_inputs = ([p + "fp32"] if kept else []) + [p + "min", p + "one"]
-            nodes += [helper.make_node("Shape", [p + "min"], [p + "min_shape"]),
-                      helper.make_node("ConstantOfShape", [p + "min_shape"], [p + "one"],
+            side_inputs = ([p + "fp32"] if kept else []) + [p + "offset", p + "one"]
+            nodes += [helper.make_node("Shape", [p + "offset"], [p + "offset_shape"]),
+                      helper.make_node("ConstantOfShape", [p + "offset_shape"], [p + "one"],
                                        value=numpy_helper.from_array(np.ones(1, np.float32))),
                       helper.make_node("Concat", side_inputs, [p + "side_input"], axis=-1)]
             quantized.add(x)
@@ -249,10 +274,12 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
                   numpy_helper.from_array(w_scale.astype(np.float32), w + "scale"),
                   numpy_helper.from_array(side.astype(np.float32), w + "side")]
         nodes += [
-            helper.make_node("MatMulInteger", [p + "q", w + "q"], [q + "int32"]),
-            helper.make_node("Cast", [q + "int32"], [q + "float"], to=TensorProto.FLOAT),
-            helper.make_node("Mul", [q + "float", p + "scale"], [q + "row_scaled"]),
-            helper.make_node("Mul", [q + "row_scaled", w + "scale"], [q + "scaled"]),
+            # The integer product and its weight scales in one kernel (ONNX Runtime's contrib
+            # op; its A scale is one number, so the row scales follow in a Mul).
+            helper.make_node("MatMulIntegerToFloat",
+                             [p + "q", w + "q", "int8/unit_scale", w + "scale"],
+                             [q + "float"], domain="com.microsoft"),
+            helper.make_node("Mul", [q + "float", p + "scale"], [q + "scaled"]),
             helper.make_node("MatMul", [p + "side_input", w + "side"], [q + "side"]),
             helper.make_node("Add", [q + "scaled", q + "side"],
                              [out if bias_add is None else bias_add.output[0]]),
@@ -267,5 +294,7 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
         if graph.initializer[i].name not in used:  # the fp32 weights now quantized
             del graph.initializer[i]
     graph.initializer.extend(i for i in added if i.name in used)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.checker.check_model(model)
     return model.SerializeToString()

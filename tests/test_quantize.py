@@ -62,7 +62,8 @@ def test_int8_graph_is_close_to_fp32_and_keeps_the_named_channels_in_fp32(traine
     quantized = quantize_per_row(fp32, channels)
     model = onnx.load_from_string(quantized)
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulInteger") >= len(channels)
+    assert ops.count("MatMulIntegerToFloat") >= len(channels)
+    assert "MatMulInteger" not in ops and ops.count("QuantizeLinear") == len(channels)
     # 7-bit weights: no CPU's uint8 x int8 kernel saturates, so the integer products are exact.
     integer_weights = [numpy_helper.to_array(i) for i in model.graph.initializer
                        if i.data_type == onnx.TensorProto.INT8]
