@@ -66,10 +66,11 @@ class OnnxBackend:
         cls, bundle: Bundle, providers: Sequence[str] | None = None, precision: str = "auto",
         threads: int = 0,
     ) -> OnnxBackend:
-        """``precision``: "fp32"; "int8", the quantized encoder (CPU only: MatMulInteger is a CPU
-        kernel); "fp16", the float16 encoder of ``export --fp16`` (for CUDA; CPUs run it slowly);
-        or "auto": int8 on the CPU when the bundle's int8 graph has per-row scales (a row's
-        result then does not depend on its batch, see export/quantize.py), else fp32.
+        """``precision``: "fp32"; "int8", the quantized encoder (CPU only: its integer MatMuls are
+        ONNX Runtime CPU kernels); "fp16", the float16 encoder of ``export --fp16`` (for CUDA;
+        CPUs run it slowly); or "auto": int8 on the CPU when the bundle's int8 graph has per-row
+        scales (a row's result then does not depend on its batch, see export/quantize.py), else
+        fp32.
         ``threads``: the CPU cores to use (0: every core this process may run on); on a CPU
         that many batches run side by side, one thread each."""
         from ..bundle import BundleError
