@@ -250,7 +250,7 @@ def quantize_per_row(fp32_onnx: bytes, channels: Mapping[str, list[int]],
         p, q = f"{x}/int8/", f"{out}/int8/"
         if x not in quantized:
             nodes += quantize_input(x, weight.shape[0])
-            # [x_kept, min, 1]: the side product's input, one per quantized input.
+            # [x_kept, offset, 1]: the side product's input, one per quantized input.
             side_inputs = ([p + "fp32"] if kept else []) + [p + "offset", p + "one"]
             nodes += [helper.make_node("Shape", [p + "offset"], [p + "offset_shape"]),
                       helper.make_node("ConstantOfShape", [p + "offset_shape"], [p + "one"],
