@@ -30,14 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sidyp_prod.bundle import load_bundle
-from sidyp_prod.encoder import (
-    pad_ids,
-    pad_token_id,
-    padded_width,
-    tokenize,
-    unpadded_ids,
-    width_batches,
-)
+from sidyp_prod.encoder import pad_batch, pad_token_id, tokenize, unpadded_ids, width_batches
 from sidyp_prod.model_io import load_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
@@ -51,12 +44,10 @@ def refine_batches(bundle_dir: Path, corpus: Path, rows: int
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()
              if line.strip()][:rows]
     token_ids = unpadded_ids(*tokenize(model.tokenizer, texts))
-    lengths = [len(ids) for ids in token_ids]
     feeds = []
-    for batch in width_batches(lengths, model.config.encode_batch_size):
-        ids, mask = pad_ids([token_ids[i] for i in batch], pad_token_id(model.tokenizer),
-                            padded_width(lengths[batch[0]]))
-        if len(ids) == 1:
+    for batch in width_batches([len(ids) for ids in token_ids], model.config.encode_batch_size):
+        ids, mask = pad_batch(token_ids, batch, pad_token_id(model.tokenizer))
+        if len(ids) == 1:  # as pipeline._paired runs a lone row
             ids, mask = np.repeat(ids, 2, axis=0), np.repeat(mask, 2, axis=0)
         feeds.append({"input_ids": ids, "attention_mask": mask})
     return feeds, len(texts)

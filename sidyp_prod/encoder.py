@@ -86,6 +86,14 @@ def width_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return batches
 
 
+def pad_batch(token_ids: Sequence[np.ndarray], batch: np.ndarray, pad_id: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The rows ``batch`` of ``token_ids`` (one batch of :func:`width_batches`) padded to their
+    :func:`padded_width`: the encoder input that makes a row's output its own."""
+    rows = [token_ids[i] for i in batch]
+    return pad_ids(rows, pad_id, padded_width(len(rows[0])))
+
+
 def pad_token_id(tokenizer: Tokenizer) -> int:
     """The id :func:`configure_tokenizer` pads with."""
     padding = tokenizer.padding

@@ -16,7 +16,7 @@ from .backends.base import EncodedBatch, ModelBackend
 from .corpus import Row
 from .decision import decision_margin
 from .diffusion import text_key
-from .encoder import pad_ids, pad_token_id, padded_width, tokenize, unpadded_ids, width_batches
+from .encoder import pad_batch, pad_token_id, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
 from .neighbors import search_in_one_thread
 from .refinement import (
@@ -71,7 +71,7 @@ def refine_rows(
                   if model.embedding_tokenizer is not None else None)
 
     def refined(batch: np.ndarray, runtime: ModelBackend) -> BatchRefinement:
-        ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
+        ids, mask = pad_batch(token_ids, batch, pad_id)
         encoded = _encode(runtime, ids, mask)
         if embeddings is not None:
             encoded = replace(encoded, embedding=embeddings[batch])
@@ -184,7 +184,7 @@ def sentence_embeddings(model: LoadedModel, backend: ModelBackend, texts: Sequen
     pad_id = pad_token_id(tokenizer)
 
     def embed_one(batch: np.ndarray) -> np.ndarray:
-        ids, mask = pad_ids([token_ids[i] for i in batch], pad_id, padded_width(lengths[batch[0]]))
+        ids, mask = pad_batch(token_ids, batch, pad_id)
         if model.embedding_tokenizer is None:
             return _encode(backend, ids, mask).embedding
         return _paired(backend.embed, ids, mask)[: len(batch)]
