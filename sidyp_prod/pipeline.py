@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .corpus import Row
-from .decision import decision_margin
+from .decision import decide, decision_margin
 from .diffusion import text_key
 from .encoder import pad_batch, pad_token_id, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
@@ -22,6 +22,7 @@ from .neighbors import search_in_one_thread
 from .refinement import (
     BatchRefinement,
     RefineSettings,
+    VoteTrades,
     decided_distribution,
     for_new_rows,
     output_fields,
@@ -33,6 +34,11 @@ from .refinement import (
 # is refined again with the fp32 encoder: 2% of SemEval's rows, and the labels that differ from
 # fp32 fell from 11 to 1-3 of 1,927 (docs/experiments.md §24).
 CLOSE_CALL = 0.05
+# So is a row whose label would change if a neighbour at the edge of its k nearest traded
+# places with the next one out, where their distances are within this fraction of the k-th's:
+# int8 moves the difference of two neighbours' distances by about 0.1% (median; p95 0.6%) and
+# such trades were most of the labels that still differed (docs/experiments.md §29).
+BOUNDARY_BAND = 0.002
 
 
 def given_indices(rows: Sequence[Row], labels: Sequence[str]) -> np.ndarray:
@@ -70,35 +76,47 @@ def refine_rows(
     embeddings = (sentence_embeddings(model, backend, texts)
                   if model.embedding_tokenizer is not None else None)
 
-    def refined(batch: np.ndarray, runtime: ModelBackend) -> BatchRefinement:
+    def refined(batch: np.ndarray, runtime: ModelBackend, boundary_band: float = 0.0
+                ) -> tuple[BatchRefinement, VoteTrades | None]:
+        """The batch's refinement and, with ``boundary_band``, its rows' vote trades."""
         ids, mask = pad_batch(token_ids, batch, pad_id)
         encoded = _encode(runtime, ids, mask)
         if embeddings is not None:
             encoded = replace(encoded, embedding=embeddings[batch])
-        prior = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+        prior = prior_from_neighbors(encoded.embedding, model.indexes, settings, boundary_band)
         # New rows get the iterative refinement of their candidates only where training did.
         refinement = refine_batch(
             runtime, encoded, prior.weights, prior.kind, given[batch],
             [text_key(texts[i]) for i in batch], settings, update_prior=config.dynamic_prior,
             conditional=config.label_source == "given", neighbor_vote=prior.vote,
         )
-        return for_new_rows(refinement, config.held_out_folds)
+        return refinement, prior.trades
 
     def fields(refinement: BatchRefinement, batch: np.ndarray) -> list[dict]:
         return output_fields(
-            refinement, given[batch], model.labels, config.label_source, model.temperature,
-            decision, model.label_shares, model.calibration.confidence_scaling,
-            model.calibration.label_score_scaling,
+            for_new_rows(refinement, config.held_out_folds), given[batch], model.labels,
+            config.label_source, model.temperature, decision, model.label_shares,
+            model.calibration.confidence_scaling, model.calibration.label_score_scaling,
         )
+
+    def decided(refinement: BatchRefinement, rows_given: np.ndarray) -> tuple[np.ndarray, ...]:
+        """A new row's refinement's labels and their decision margins."""
+        dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), rows_given,
+                                    config.label_source, model.temperature, decision,
+                                    model.label_shares)
+        return decide(dist, rows_given, decision), decision_margin(dist, rows_given, decision)
 
     def refine_one(batch: np.ndarray) -> tuple[list[dict], np.ndarray]:
         """The batch's fields, and its rows whose decision is a close call."""
-        refinement = refined(batch, backend)
         if backend.reference is None:
-            return fields(refinement, batch), batch[:0]
-        dist = decided_distribution(refinement, given[batch], config.label_source,
-                                    model.temperature, decision, model.label_shares)
-        close = decision_margin(dist, given[batch], decision) < CLOSE_CALL
+            return fields(refined(batch, backend)[0], batch), batch[:0]
+        refinement, trades = refined(batch, backend, BOUNDARY_BAND)
+        label, margin = decided(refinement, given[batch])
+        close = margin < CLOSE_CALL
+        if trades is not None and len(trades.rows):
+            traded = replace(refinement.take(trades.rows), neighbors=trades.votes)
+            traded_label, _ = decided(traded, given[batch][trades.rows])
+            close[trades.rows[traded_label != label[trades.rows]]] = True
         return fields(refinement, batch), batch[close]
 
     # Outputs keep input order; the batches only decide what is encoded together.
@@ -115,7 +133,7 @@ def refine_rows(
         # does not depend on its batch either, so they get exactly the fp32 reference's fields.
         again = [close[b] for b in width_batches([lengths[i] for i in close], size)]
         again = _spread(again, parallel)
-        exact = _map_batches(backend, lambda b: fields(refined(b, backend.reference), b), again)
+        exact = _map_batches(backend, lambda b: fields(refined(b, backend.reference)[0], b), again)
         for batch, batch_fields in zip(again, exact, strict=True):
             for i, extra in zip(batch, batch_fields, strict=True):
                 extras[i] = extra

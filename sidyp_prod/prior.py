@@ -32,6 +32,31 @@ def knn_vote(distances: np.ndarray, neighbor_labels: np.ndarray, n_classes: int)
     return np.where(total > 0, votes / np.where(total > 0, total, 1.0), uniform)
 
 
+def boundary_swaps(
+    distances: np.ndarray, neighbor_labels: np.ndarray, k: int, band: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The neighbour sets one trade away at the edge of a row's k nearest.
+
+    ``distances`` and ``neighbor_labels`` are (B, K') with K' > k, nearest first. A neighbour
+    among the k nearest within ``band`` x (the k-th's distance) of the (k+1)-th's trades places
+    with one beyond the k within as much of the k-th's, where their labels differ (a trade of
+    equal labels leaves the vote as it is). Returns the rows (n,) and each trade's k distances
+    and labels (n, k), for :func:`knn_vote`.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    labels = np.asarray(neighbor_labels)
+    reach = band * d[:, k - 1 : k]
+    with np.errstate(invalid="ignore"):  # inf - inf where a row has fewer than k neighbours
+        inside = (d[:, :k] >= d[:, k : k + 1] - reach) & (labels[:, :k] >= 0)
+    outside = (d[:, k:] <= d[:, k - 1 : k] + reach) & (labels[:, k:] >= 0)
+    differ = labels[:, :k, None] != labels[:, None, k:]
+    rows, out_of, into = np.nonzero(inside[:, :, None] & outside[:, None, :] & differ)
+    swapped_d, swapped_l = d[rows, :k].copy(), labels[rows, :k].copy()
+    swapped_d[np.arange(len(rows)), out_of] = d[rows, k + into]
+    swapped_l[np.arange(len(rows)), out_of] = labels[rows, k + into]
+    return rows, swapped_d, swapped_l
+
+
 def candidates(
     p: np.ndarray, tau_certain: float, tau_dominant: float
 ) -> tuple[np.ndarray, np.ndarray]:

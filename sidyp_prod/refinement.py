@@ -24,7 +24,7 @@ from .decision import (
 )
 from .diffusion import ReverseSchedule, row_noise, simplex, softmax
 from .neighbors import NeighborIndex
-from .prior import CERTAIN, KIND_NAMES, candidates, knn_vote, refine_weights
+from .prior import CERTAIN, KIND_NAMES, boundary_swaps, candidates, knn_vote, refine_weights
 from .trusted import PlattScaling
 
 
@@ -82,6 +82,16 @@ class BatchRefinement:
         return cls(cat("classifier"), cat("conditional"), cat("marginal"), cat("candidates"),
                    cat("prior_kind", axis=1), cat("held_out"), cat("neighbors"))
 
+    def take(self, rows: np.ndarray) -> BatchRefinement:
+        """The refinement of ``rows`` of this batch (repeats allowed)."""
+        def part(a: np.ndarray | None, axis: int = 0) -> np.ndarray | None:
+            return None if a is None else np.take(a, rows, axis=axis)
+
+        return BatchRefinement(
+            self.classifier[rows], part(self.conditional), self.marginal[rows],
+            self.candidates[rows], np.take(self.prior_kind, rows, axis=1),
+            part(self.held_out), part(self.neighbors))
+
     def distribution(self, source: str) -> np.ndarray:
         if source == "given" and self.conditional is None:
             raise ValueError("p(y | given label, x) was not computed (refine_batch conditional=)")
@@ -112,27 +122,56 @@ def product_of_experts(*dists: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=-1, keepdims=True)
 
 
+class VoteTrades(NamedTuple):
+    """kNN votes a row would get if one neighbour at the edge of its k nearest traded places
+    with the next one out (prior.boundary_swaps), branches averaged as in the vote itself."""
+
+    rows: np.ndarray  # (n,) the batch row of each trade
+    votes: np.ndarray  # (n, C)
+
+
 class NeighborPrior(NamedTuple):
     weights: np.ndarray  # (M, B, C) candidate weights per branch
     kind: np.ndarray  # (M, B) certain / dominant / uncertain per branch
     vote: np.ndarray  # (B, C) the kNN vote, averaged over branches
+    trades: VoteTrades | None = None  # with boundary_band > 0
+
+
+# How many neighbours beyond the k nearest a boundary check looks at.
+BOUNDARY_EXTRA = 4
 
 
 def prior_from_neighbors(
-    embedding: np.ndarray, indexes: Sequence[NeighborIndex], settings: RefineSettings
+    embedding: np.ndarray, indexes: Sequence[NeighborIndex], settings: RefineSettings,
+    boundary_band: float = 0.0,
 ) -> NeighborPrior:
     """Per branch, the kNN vote of that branch's clean-marked reference rows and the candidates
-    it makes."""
-    weights, kinds, votes = [], [], []
+    it makes; with ``boundary_band`` > 0 also the votes one trade at the edge of the k nearest
+    away (:class:`VoteTrades`)."""
+    k = settings.knn_k
+    extra = BOUNDARY_EXTRA if boundary_band > 0 else 0
+    weights, kinds, votes, trade_rows, trade_votes = [], [], [], [], []
     for index in indexes:
-        distances, labels = index.search(embedding, settings.knn_k)
-        p = knn_vote(distances, labels, settings.n_classes)
+        distances, labels = index.search(embedding, k + extra)
+        p = knn_vote(distances[:, :k], labels[:, :k], settings.n_classes)
         w, kind = candidates(p, settings.tau_certain, settings.tau_dominant)
         weights.append(w)
         kinds.append(kind)
         votes.append(p)
-    return NeighborPrior(np.stack(weights), np.stack(kinds),
-                         np.mean(votes, axis=0).astype(np.float32))
+        if extra:
+            rows, traded_d, traded_l = boundary_swaps(distances, labels, k, boundary_band)
+            trade_rows.append(rows)
+            # The other branches' votes stay: the average moves by this branch's change / M.
+            trade_votes.append((knn_vote(traded_d, traded_l, settings.n_classes) - p[rows])
+                               / len(indexes))
+    vote = np.mean(votes, axis=0)
+    trades = None
+    if extra:
+        rows = np.concatenate(trade_rows) if trade_rows else np.empty(0, np.int64)
+        moved = (np.concatenate(trade_votes) if trade_votes
+                 else np.empty((0, settings.n_classes)))
+        trades = VoteTrades(rows, (vote[rows] + moved).astype(np.float32))
+    return NeighborPrior(np.stack(weights), np.stack(kinds), vote.astype(np.float32), trades)
 
 
 def given_label_vectors(given: np.ndarray, n_classes: int, scale: float) -> np.ndarray:

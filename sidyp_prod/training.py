@@ -750,7 +750,8 @@ def train_sidyp(
         clean = np.stack([~mark_noisy(np.nan_to_num(s), ratio, labelled) for s in scores])
         settings = RefineSettings.from_config(config, n_classes)
         indexes = [NeighborIndex(embeddings[c], given[c]) for c in clean]
-        prior_weights, prior_kind, _ = prior_from_neighbors(embeddings, indexes, settings)
+        prior = prior_from_neighbors(embeddings, indexes, settings)
+        prior_weights, prior_kind = prior.weights, prior.kind
         timings["prior"] = time.perf_counter() - start
         if log:
             log(f"noise ratio {ratio:.3f} ({'estimated' if estimated else 'given'})")

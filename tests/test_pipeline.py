@@ -355,7 +355,8 @@ def test_skipping_the_own_label_chains_leaves_the_marginal_unchanged(trained, fr
     ids, mask = tokenize(model.tokenizer, [r.text for r in rows])
     encoded = backend.encode(ids, mask)
     settings = RefineSettings.from_config(model.config, len(model.labels))
-    weights, kind, _ = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+    prior = prior_from_neighbors(encoded.embedding, model.indexes, settings)
+    weights, kind = prior.weights, prior.kind
     given = np.array([model.labels.index(r.label) if r.label else -1 for r in rows])
     keys = [text_key(r.text) for r in rows]
     full = refine_batch(backend, encoded, weights, kind, given, keys, settings,

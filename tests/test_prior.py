@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from sidyp_prod.prior import CERTAIN, DOMINANT, UNCERTAIN, candidates, knn_vote, refine_weights
+from sidyp_prod.prior import (
+    CERTAIN,
+    DOMINANT,
+    UNCERTAIN,
+    boundary_swaps,
+    candidates,
+    knn_vote,
+    refine_weights,
+)
 
 
 def test_knn_vote_weights_neighbours_by_inverse_distance():
@@ -89,3 +97,63 @@ def test_equally_distant_references_are_chosen_by_id_whatever_the_batch():
         d, lab = index.search(queries[i : i + 1], 10)
         np.testing.assert_array_equal(d[0], distances[i])
         np.testing.assert_array_equal(lab[0], found[i])
+
+
+def test_boundary_swaps_trade_the_edge_neighbours_whose_labels_differ():
+    distances = np.array([
+        [1.0, 1.5, 1.999, 2.0, 2.001, 3.0],  # an edge: 1.999 (label 1) against 2.0 and 2.001
+        [1.0, 1.2, 1.4, 2.0, 2.1, 2.2],  # the k-th far from the next: no trade
+        [1.0, 1.5, 1.999, 2.0, np.inf, np.inf],  # same labels across the edge: no trade
+        [1.0, 1.5, np.inf, np.inf, np.inf, np.inf],  # fewer than k neighbours: no trade
+    ])
+    labels = np.array([[0, 0, 1, 2, 1, 0], [0, 1, 2, 0, 1, 2], [0, 1, 2, 2, -1, -1],
+                       [0, 1, -1, -1, -1, -1]])
+    rows, traded_d, traded_l = boundary_swaps(distances, labels, k=3, band=0.01)
+    # Only 1.999 <-> 2.0 differ in label (2.001 has label 1, as the neighbour it would replace).
+    np.testing.assert_array_equal(rows, [0])
+    np.testing.assert_array_equal(traded_d, [[1.0, 1.5, 2.0]])
+    np.testing.assert_array_equal(traded_l, [[0, 0, 2]])
+    assert len(boundary_swaps(distances, labels, k=3, band=0.0001)[0]) == 0
+    wide, _, _ = boundary_swaps(distances, labels, k=3, band=0.5)
+    assert set(wide.tolist()) == {0, 1, 2}
+
+
+def test_prior_vote_trades_move_one_branch_vote_of_the_average():
+    from sidyp_prod.diffusion import ReverseSchedule
+    from sidyp_prod.neighbors import NeighborIndex
+    from sidyp_prod.refinement import BOUNDARY_EXTRA, RefineSettings, prior_from_neighbors
+
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(300, 8)).astype(np.float32)
+    queries = rng.normal(size=(60, 8)).astype(np.float32)
+    indexes = [NeighborIndex(reference[i::2], rng.integers(0, 3, 150), use_gpu=False)
+               for i in range(2)]
+    settings = RefineSettings(3, 5.0, ReverseSchedule.build(10, 3), 2, 5, 0.9, 0.8, 0)
+    plain = prior_from_neighbors(queries, indexes, settings)
+    band = 0.05
+    checked = prior_from_neighbors(queries, indexes, settings, boundary_band=band)
+    assert plain.trades is None
+    np.testing.assert_array_equal(checked.vote, plain.vote)  # the k nearest are the same
+    np.testing.assert_array_equal(checked.weights, plain.weights)
+    searched = [index.search(queries, 5 + BOUNDARY_EXTRA) for index in indexes]
+    votes = [knn_vote(d[:, :5], lab[:, :5], 3) for d, lab in searched]
+    expected_rows, expected_votes = [], []
+    for b, (d, lab) in enumerate(searched):
+        for r in range(len(queries)):
+            for x in range(5):
+                for y in range(5, 5 + BOUNDARY_EXTRA):
+                    if (d[r, x] >= d[r, 5] - band * d[r, 4]
+                            and d[r, y] <= d[r, 4] + band * d[r, 4] and lab[r, x] != lab[r, y]):
+                        sel = [j for j in range(5) if j != x] + [y]
+                        moved = [v[r] for v in votes]
+                        moved[b] = knn_vote(d[r:r + 1, sel], lab[r:r + 1, sel], 3)[0]
+                        expected_rows.append(r)
+                        expected_votes.append(np.mean(moved, axis=0))
+    assert len(expected_rows) > 5
+    got = sorted(zip(checked.trades.rows.tolist(), checked.trades.votes.round(6).tolist(),
+                     strict=True))
+    want = sorted(zip(expected_rows, np.round(expected_votes, 6).tolist(), strict=True))
+    assert len(got) == len(want)
+    for (r1, v1), (r2, v2) in zip(got, want, strict=True):
+        assert r1 == r2
+        np.testing.assert_allclose(v1, v2, atol=1e-5)

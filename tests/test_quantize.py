@@ -131,9 +131,10 @@ def test_default_precision_is_int8_on_cpu_and_chunking_does_not_change_the_outpu
 
 def test_int8_close_calls_are_refined_again_with_the_fp32_encoder(trained, fresh_corpus,
                                                                   tmp_path, monkeypatch):
-    """Rows within CLOSE_CALL of going another way get the fp32 graph's fields exactly: with
-    every row close, the int8 run writes the fp32 run's bytes; with none, int8's own; the
-    re-checked rows are the close ones (at the default threshold) and nothing else."""
+    """Rows within CLOSE_CALL of going another way, or whose label a trade of neighbours at
+    the edge of the k nearest would change (BOUNDARY_BAND), get the fp32 graph's fields
+    exactly: with every row close, the int8 run writes the fp32 run's bytes; with none,
+    int8's own; the re-checked rows are the close ones and nothing else."""
     from sidyp_prod import pipeline
 
     bundle, _, _ = trained
@@ -142,21 +143,26 @@ def test_int8_close_calls_are_refined_again_with_the_fp32_encoder(trained, fresh
     assert load_backend(load_bundle(bundle), "onnx", precision="fp32").reference is None
     api.refine(fresh_corpus, bundle, tmp_path / "fp32.jsonl", precision="fp32")
     outputs = {}
-    for name, threshold in (("all", np.inf), ("none", 0.0), ("default", pipeline.CLOSE_CALL)):
+    settings = {"all": (np.inf, 0.0), "none": (0.0, 0.0), "trades": (0.0, 0.5),
+                "default": (pipeline.CLOSE_CALL, pipeline.BOUNDARY_BAND)}
+    for name, (threshold, band) in settings.items():
         monkeypatch.setattr(pipeline, "CLOSE_CALL", threshold)
+        monkeypatch.setattr(pipeline, "BOUNDARY_BAND", band)
         api.refine(fresh_corpus, bundle, tmp_path / f"{name}.jsonl")
         outputs[name] = [json.loads(line) for line in
                          (tmp_path / f"{name}.jsonl").read_text().splitlines()]
     assert (tmp_path / "all.jsonl").read_bytes() == (tmp_path / "fp32.jsonl").read_bytes()
     fp32 = [json.loads(line) for line in (tmp_path / "fp32.jsonl").read_text().splitlines()]
     assert outputs["none"] != fp32
-    for plain, checked, exact in zip(outputs["none"], outputs["default"], fp32, strict=True):
-        assert checked in (plain, exact)
+    for name in ("trades", "default"):
+        for plain, checked, exact in zip(outputs["none"], outputs[name], fp32, strict=True):
+            assert checked in (plain, exact)
+    assert outputs["trades"] != outputs["none"]  # some trades change a label: re-checked
     labels = {k: [r["predicted_label"] for r in v] for k, v in outputs.items()}
     exact_labels = [r["predicted_label"] for r in fp32]
     agree = {k: sum(a == b for a, b in zip(v, exact_labels, strict=True))
              for k, v in labels.items()}
-    assert agree["default"] >= agree["none"]
+    assert agree["default"] >= agree["none"] and agree["trades"] >= agree["none"]
 
 
 def test_reexport_reuses_the_recorded_fp32_channels(trained, tmp_path):
