@@ -99,7 +99,8 @@ def refine_rows(
             model.calibration.confidence_scaling, model.calibration.label_score_scaling,
         )
 
-    def decided(refinement: BatchRefinement, rows_given: np.ndarray) -> tuple[np.ndarray, ...]:
+    def decided(refinement: BatchRefinement, rows_given: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
         """A new row's refinement's labels and their decision margins."""
         dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), rows_given,
                                     config.label_source, model.temperature, decision,
