@@ -160,6 +160,8 @@ def prior_from_neighbors(
         votes.append(p)
         if extra:
             rows, traded_d, traded_l = boundary_swaps(distances, labels, k, boundary_band)
+            if not len(rows):
+                continue
             trade_rows.append(rows)
             # The other branches' votes stay: the average moves by this branch's change / M.
             trade_votes.append((knn_vote(traded_d, traded_l, settings.n_classes) - p[rows])
