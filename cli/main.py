@@ -659,7 +659,8 @@ def serve(
     Ctrl-C or SIGTERM."""
     import signal
 
-    from sidyp_prod.triton_server import Ports, ServerError, TritonServer
+    from sidyp_prod.backends.onnx_backend import available_cores
+    from sidyp_prod.triton_server import Ports, ServerError, TritonServer, instances_note
 
     server = TritonServer(repository, Ports(http_port, grpc_port, metrics_port), config_name,
                           startup_timeout, host=host)
@@ -670,6 +671,9 @@ def serve(
     signal.signal(signal.SIGTERM, interrupt)
     typer.echo(f"starting tritonserver on {repository} ({host}); not ready yet, loading the "
                f"models (up to {startup_timeout:g} s)", err=True)
+    if repository.is_dir() and (note := instances_note(repository, config_name,
+                                                       available_cores())):
+        typer.echo(note, err=True)
     try:
         server.start()
     except ServerError as exc:

@@ -32,6 +32,40 @@ class ServerError(RuntimeError):
     """The server could not start, or stopped; the message carries its own log."""
 
 
+def single_thread_instances(repository: Path, config_name: str) -> dict[str, int]:
+    """Models whose CPU instances run one ONNX Runtime thread each (``export --cpu-instances``
+    above 1), with their instance count, in the configuration a server started with
+    ``--model-config-name config_name`` loads (``configs/NAME.pbtxt``, else ``config.pbtxt``)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    counts = {}
+    for model in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
+        path = model / "configs" / f"{config_name}.pbtxt"
+        path = path if path.exists() else model / "config.pbtxt"
+        if not path.exists():
+            continue
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        threads = config.parameters.get("intra_op_thread_count")
+        if threads is not None and threads.string_value == "1":
+            counts[model.name] = sum(group.count for group in config.instance_group
+                                     if group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    return counts
+
+
+def instances_note(repository: Path, config_name: str, cores: int) -> str | None:
+    """What to tell a user whose repository's one-thread CPU instances do not match this host's
+    cores (the count defaults to the exporting machine's): None when they match."""
+    counts = single_thread_instances(repository, config_name)
+    mismatched = {name: n for name, n in counts.items() if n != cores}
+    if not mismatched:
+        return None
+    models = ", ".join(f"{name} {n}" for name, n in mismatched.items())
+    return (f"note: the CPU models run one ONNX Runtime thread per instance ({models} "
+            f"instances) on a host with {cores} cores; `sidyp-prod export BUNDLE --no-onnx "
+            f"--triton-repo DIR --cpu-instances {cores}` writes a repository for this host")
+
+
 @dataclass
 class Ports:
     http: int = 8000

@@ -34,7 +34,12 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 
 from servers import free_ports  # noqa: E402
 
-from sidyp_prod.triton_server import SHM_DIR, ServerError, TritonServer  # noqa: E402
+from sidyp_prod.triton_server import (  # noqa: E402
+    SHM_DIR,
+    ServerError,
+    TritonServer,
+    instances_note,
+)
 
 from synthetic import make_rows, write_jsonl  # noqa: E402
 
@@ -278,6 +283,15 @@ def test_cpu_instances_set_the_cpu_configurations_only(trained, tmp_path):
             gpu = parse_config(repo / model / "config.pbtxt")
             assert gpu["instance_group"] == [{"kind": "KIND_GPU", "count": 1}]
             assert "intra_op_thread_count" not in gpu["parameters"]
+        # `serve` says when one-thread instances do not match the host's cores.
+        for name in ("cpu", "python"):
+            note = instances_note(repo, name, cores=8)
+            if count == 1:  # one instance runs every core
+                assert note is None
+            else:
+                assert f"{ENCODER_MODEL} 3" in note and f"{DENOISER_MODEL} 3" in note
+                assert "--cpu-instances 8" in note and instances_note(repo, name, 3) is None
+        assert instances_note(repo, "config", cores=8) is None  # the GPU configuration
     result = CliRunner().invoke(app, ["export", str(bundle), "--no-onnx", "--triton-repo",
                                       str(tmp_path / "bad"), "--cpu-instances", "0"])
     assert result.exit_code == 2 and "--cpu-instances" in result.output
