@@ -70,9 +70,11 @@ def _run_fold(work: Path, records: list[dict], fold: np.ndarray, k: int, config:
     ``refined.jsonl``) so that ``resume`` reuses a finished fold after a crash (a fold finished
     without the plain fine-tune gets only that)."""
     done = work / "fold.json"
+    changed = True
     if resume and done.exists() and (work / "refined.jsonl").exists():
         print(f"fold {k}: reusing {work}", flush=True)
         saved = json.loads(done.read_text())
+        changed = False
     else:
         work.mkdir(exist_ok=True)
         train_file = _write(work / "train.jsonl",
@@ -90,7 +92,9 @@ def _run_fold(work: Path, records: list[dict], fold: np.ndarray, k: int, config:
         start = time.perf_counter()
         saved["plain"] = plain_labels(fold == k)
         saved["seconds"]["plain"] = time.perf_counter() - start
-    done.write_text(json.dumps(saved))
+        changed = True
+    if changed:
+        done.write_text(json.dumps(saved))
     return saved
 
 
