@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sidyp_prod import api, pipeline
 from sidyp_prod.bundle import load_bundle
-from sidyp_prod.decision import decide, decision_margin
 from sidyp_prod.diffusion import text_key
 from sidyp_prod.model_io import load_model
-from sidyp_prod.refinement import (
-    BatchRefinement,
-    RefineSettings,
-    decided_distribution,
-    for_new_rows,
-    prior_from_neighbors,
-)
+from sidyp_prod.refinement import BatchRefinement, RefineSettings, prior_from_neighbors
 
 
 def predicted(path: Path) -> list[str]:
@@ -78,32 +70,21 @@ def main() -> None:
     differs_by_key = {text_key(t): a != b for t, a, b in zip(texts, fp32, int8, strict=True)}
 
     model = load_model(load_bundle(args.model))
-    config = model.config
-    settings = RefineSettings.from_config(config, model.n_classes)
-    rule = model.calibration.decision_rule(config)
-
-    def decided(refinement: BatchRefinement, given: np.ndarray) -> tuple[np.ndarray, ...]:
-        dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), given,
-                                    config.label_source, model.temperature, rule,
-                                    model.label_shares)
-        return decide(dist, given, rule), decision_margin(dist, given, rule)
-
+    settings = RefineSettings.from_config(model.config, model.n_classes)
+    rule = model.calibration.decision_rule(model.config)
     rows = differ = close = margin_left = 0
     flagged = {band: 0 for band in args.bands}
     left = {band: 0 for band in args.bands}
     for keys, embedding, given, refinement in captured:
-        label, margin = decided(refinement, given)
+        label, margin = pipeline.new_row_decisions(model, refinement, given, rule)
         near = margin < pipeline.CLOSE_CALL
         flips = np.array([differs_by_key[k] for k in keys])
         rows, differ, close = rows + len(keys), differ + int(flips.sum()), close + int(near.sum())
         margin_left += int((flips & ~near).sum())
         for band in args.bands:
             trades = prior_from_neighbors(embedding, model.indexes, settings, band).trades
-            checked = near.copy()
-            if trades is not None and len(trades.rows):
-                traded = replace(refinement.take(trades.rows), neighbors=trades.votes)
-                changed = decided(traded, given[trades.rows])[0] != label[trades.rows]
-                checked[trades.rows[changed]] = True
+            checked = near | pipeline.relabelled_by_trades(model, refinement, trades, given,
+                                                           label, rule)
             flagged[band] += int(checked.sum())
             left[band] += int((flips & ~checked).sum())
     result = {

@@ -14,7 +14,7 @@ import numpy as np
 
 from .backends.base import EncodedBatch, ModelBackend
 from .corpus import Row
-from .decision import decide, decision_margin
+from .decision import DecisionRule, decide, decision_margin
 from .diffusion import text_key
 from .encoder import pad_batch, pad_token_id, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
@@ -99,25 +99,14 @@ def refine_rows(
             model.calibration.confidence_scaling, model.calibration.label_score_scaling,
         )
 
-    def decided(refinement: BatchRefinement, rows_given: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """A new row's refinement's labels and their decision margins."""
-        dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), rows_given,
-                                    config.label_source, model.temperature, decision,
-                                    model.label_shares)
-        return decide(dist, rows_given, decision), decision_margin(dist, rows_given, decision)
-
     def refine_one(batch: np.ndarray) -> tuple[list[dict], np.ndarray]:
         """The batch's fields, and its rows whose decision is a close call."""
         if backend.reference is None:
             return fields(refined(batch, backend)[0], batch), batch[:0]
         refinement, trades = refined(batch, backend, BOUNDARY_BAND)
-        label, margin = decided(refinement, given[batch])
-        close = margin < CLOSE_CALL
-        if trades is not None and len(trades.rows):
-            traded = replace(refinement.take(trades.rows), neighbors=trades.votes)
-            traded_label, _ = decided(traded, given[batch][trades.rows])
-            close[trades.rows[traded_label != label[trades.rows]]] = True
+        label, margin = new_row_decisions(model, refinement, given[batch], decision)
+        close = (margin < CLOSE_CALL) | relabelled_by_trades(
+            model, refinement, trades, given[batch], label, decision)
         return fields(refinement, batch), batch[close]
 
     # Outputs keep input order; the batches only decide what is encoded together.
@@ -139,6 +128,31 @@ def refine_rows(
             for i, extra in zip(batch, batch_fields, strict=True):
                 extras[i] = extra
     return [{**row.record, **(extra or {})} for row, extra in zip(rows, extras, strict=True)]
+
+
+def new_row_decisions(model: LoadedModel, refinement: BatchRefinement, given: np.ndarray,
+                      decision: DecisionRule) -> tuple[np.ndarray, np.ndarray]:
+    """New rows' labels under ``decision`` and how far each is from going another way
+    (``decision.decision_margin``)."""
+    config = model.config
+    dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), given,
+                                config.label_source, model.temperature, decision,
+                                model.label_shares)
+    return decide(dist, given, decision), decision_margin(dist, given, decision)
+
+
+def relabelled_by_trades(model: LoadedModel, refinement: BatchRefinement,
+                         trades: VoteTrades | None, given: np.ndarray, labels: np.ndarray,
+                         decision: DecisionRule) -> np.ndarray:
+    """(B,) whether one of a row's vote trades (``prior_from_neighbors(boundary_band=)``)
+    would change its ``labels``."""
+    relabelled = np.zeros(len(given), dtype=bool)
+    if trades is None or not len(trades.rows):
+        return relabelled
+    traded = replace(refinement.take(trades.rows), neighbors=trades.votes)
+    traded_labels, _ = new_row_decisions(model, traded, given[trades.rows], decision)
+    relabelled[trades.rows[traded_labels != labels[trades.rows]]] = True
+    return relabelled
 
 
 def refine_chunk(
