@@ -266,6 +266,20 @@ def strip_line_end(line: bytes) -> bytes:
     return line
 
 
+def _unpaired_surrogate(text: str) -> str | None:
+    """What is wrong with a text that holds half of a UTF-16 surrogate pair, or None.
+
+    JSON's ``\\ud800``-style escapes decode to one when the other half is missing; it is no
+    Unicode character, so no tokenizer encodes it (the text is invalid input, like invalid UTF-8).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"not valid Unicode: unpaired surrogate \\u{ord(text[exc.start]):04x} at "
+                f"character {exc.start + 1}")
+    return None
+
+
 def _field_reject(line_no: int, field: str, problem: str, raw: str) -> Reject:
     return Reject(line_no, f'field "{field}": {problem}', field, raw)
 
@@ -344,6 +358,9 @@ def _check_record(
         )
     if not text.strip():
         return _field_reject(line_no, fields.text, "blank", line)
+    surrogate = _unpaired_surrogate(text)
+    if surrogate is not None:
+        return _field_reject(line_no, fields.text, surrogate, line)
     if len(text) > max_chars:
         text = text[:max_chars]
 

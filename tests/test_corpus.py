@@ -129,6 +129,21 @@ def test_text_blank_rejected(tmp_path: Path, value: str) -> None:
     assert reject.reason == 'field "text": blank'
 
 
+@pytest.mark.parametrize(("escaped", "where"), [("\\ud800", 4), ("x\\udc80", 5)])
+def test_text_with_unpaired_surrogate_rejected(tmp_path: Path, escaped: str, where: int) -> None:
+    # A JSON \\u escape of half a surrogate pair decodes to no Unicode character: the tokenizer
+    # would fail on the whole batch, so the row is a reject naming the field.
+    line = '{"text": "ok ' + escaped + ' rest", "label": "a"}'
+    path = write_lines(tmp_path / "c.jsonl", [line, jl(text="fine \U0001f600", label="a")])
+    reject, row = list(iter_corpus(path))
+    assert isinstance(reject, Reject) and isinstance(row, Row)
+    assert reject.field == "text"
+    assert reject.reason == ('field "text": not valid Unicode: unpaired surrogate '
+                             f'{escaped.lstrip("x")} at character {where}')
+    assert reject.raw == line
+    assert row.text == "fine \U0001f600"  # a pair (an emoji) is fine
+
+
 @pytest.mark.parametrize(
     ("value", "kind"),
     [(True, "boolean"), (False, "boolean"), (1.0, "number"), (0.5, "number"), (["a"], "array")],

@@ -73,12 +73,13 @@ def test_unusable_rows_keep_their_place_with_a_reason(trained):
     texts[1] = "   "
     labels[3] = "astronomy"
     labels[4] = float("nan")  # pandas' missing label: the LLM refused
+    texts[5] = "half a pair \udc00"  # no Unicode character: the tokenizer cannot take it
     result = api.apply_frame(bundle, pd.Series(texts, index=list("abcdef")), labels)
     assert list(result.index) == list("abcdef")
     assert result[REJECT_COLUMN].tolist() == [
         None, 'field "text": blank', None, 'field "label": "astronomy" is not in the label set',
-        None, None]
-    assert result["predicted_label"].isna().tolist() == [False, True, False, True, False, False]
+        None, 'field "text": not valid Unicode: unpaired surrogate \\udc00 at character 13']
+    assert result["predicted_label"].isna().tolist() == [False, True, False, True, False, True]
     assert result.loc["e", "given_label"] is None and pd.isna(result.loc["e", "label_score"])
     with pytest.raises(ValueError, match=r'data\[1\]: field "text": blank'):
         api.apply_frame(bundle, texts, labels, strict=True)
