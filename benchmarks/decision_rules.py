@@ -6,7 +6,13 @@ refinement, so every combination can be scored from those files, exactly as `out
 would apply it (temperature fitted on the training rows, then the per-class bias, then the rule).
 Gold labels are read here, for scoring only.
 
-    python benchmarks/decision_rules.py runs/quality [--odds 1 1.5 2 3 4]
+    python benchmarks/decision_rules.py runs/quality [--odds 1 1.5 2 3 4] [--training-vote mean]
+
+``--training-vote`` gives the training rows' product the kNN vote a new row has as its third
+expert (its neighbours among each branch's clean-marked reference rows, the row itself left
+out; from the run's ``bundle-SEED/reference.safetensors``): ``mean`` averages it with the
+held-out classifier, ``replace`` puts it in the held-out classifier's place. The calibration
+keeps its noise target (the held-out classifier's estimate stays in it).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sidyp_prod.bundle import load_bundle
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.decision import (
     DecisionRule,
     apply_label_bias,
     calibrate,
+    calibration_targets,
     decide,
     label_shares,
 )
@@ -31,6 +39,9 @@ from sidyp_prod.evaluate import (
     expected_calibration_error,
     write_plots,
 )
+from sidyp_prod.model_io import REFERENCE_FILE
+from sidyp_prod.neighbors import NeighborIndex
+from sidyp_prod.prior import knn_vote
 from sidyp_prod.refinement import BatchRefinement, fit_output_calibration, reported_distribution
 
 SOURCES = ("marginal", "product", "classifier", "given", "candidates")
@@ -58,8 +69,31 @@ def _estimated(result: dict) -> bool:
     return result["config"].get("noise_ratio") is None
 
 
+def leave_self_out_vote(bundle: Path, k: int) -> np.ndarray:
+    """Each training row's kNN vote among each branch's clean-marked reference rows other than
+    itself, averaged over branches (refine's vote for a new row, prior_from_neighbors)."""
+    reference = load_bundle(bundle).arrays(REFERENCE_FILE)
+    embeddings, labels, clean = reference["embeddings"], reference["labels"], reference["clean"]
+    n_classes = reference["centroids"].shape[2]
+    rows = np.arange(len(embeddings))
+    votes = []
+    for marks in clean:
+        members = np.flatnonzero(marks)
+        distances, ids = NeighborIndex(embeddings[members], labels[members]).nearest(
+            embeddings, k + 1)
+        itself = members[ids] == rows[:, None]
+        # The row itself moves last (stable: the others keep their order), then k are kept.
+        order = np.argsort(itself, axis=1, kind="stable")[:, :k]
+        d = np.take_along_axis(np.where(itself, np.inf, distances), order, axis=1)
+        neighbor_labels = np.where(np.isinf(d), -1,
+                                   np.take_along_axis(labels[members[ids]], order, axis=1))
+        votes.append(knn_vote(d, neighbor_labels, n_classes))
+    return np.mean(votes, axis=0)
+
+
 def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool,
-             held_out: bool = True, mixture_only: bool = False) -> dict:
+             held_out: bool = True, mixture_only: bool = False,
+             training_vote: str | None = None) -> dict:
     arrays = dict(np.load(run / f"arrays-{seed}.npz"))
     if not held_out:
         arrays = {k: v for k, v in arrays.items() if not k.endswith("held_out")}
@@ -69,11 +103,19 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
     train, valid = refinement(arrays, "train_"), refinement(arrays, "valid_")
     out: dict = {}
     average = _estimated(result) and not mixture_only
+    noise, class_noise = result["noise_ratio"], result["class_noise_ratios"]
+    if training_vote:
+        noise, class_noise = calibration_targets(
+            noise, class_noise, given, train.held_out if average else None)
+        average = False
+        vote = leave_self_out_vote(run / f"bundle-{seed}", result["config"]["knn_k"])
+        third = vote if training_vote == "replace" else (train.held_out + vote) / 2
+        train = BatchRefinement(train.classifier, train.conditional, train.marginal,
+                                train.candidates, train.prior_kind, third)
     for source in SOURCES:
         share = label_shares(given, train.marginal.shape[1]) if shares else None
         temperature, bias, _ = fit_output_calibration(
-            train, given, source, result["noise_ratio"], result["class_noise_ratios"], share,
-            average)
+            train, given, source, noise, class_noise, share, average)
         t_dist = reported_distribution(train, given, source, temperature, share)
         v_dist = reported_distribution(valid, v_given, source, temperature, share)
         if per_class:
@@ -102,10 +144,14 @@ def main() -> None:
     parser.add_argument("--mixture-rho", action="store_true",
                         help="calibrate to the noise marking's rho alone (before the held-out "
                         "classifiers' estimate was averaged in)")
+    parser.add_argument("--training-vote", choices=("mean", "replace"), default=None,
+                        help="the training rows' third expert with the neighbours' vote (a new "
+                        "row's): averaged with the held-out classifier, or in its place")
     args = parser.parse_args()
     seeds = sorted(int(p.stem.split("-")[1]) for p in args.run.glob("arrays-*.npz"))
     per_seed = [one_seed(args.run, s, args.odds, not args.global_only, not args.no_label_shares,
-                         not args.no_held_out, args.mixture_rho) for s in seeds]
+                         not args.no_held_out, args.mixture_rho, args.training_vote)
+                for s in seeds]
 
     def cell(source: str, k: float, split: str, key: str, scale: float = 100.0) -> str:
         values = [scale * r[(source, k)][split][key] for r in per_seed]
@@ -123,7 +169,8 @@ def main() -> None:
     print(f"seeds {seeds}; {'global temperature only' if args.global_only else 'per-class'}; "
           + ("not divided" if args.no_label_shares else "divided") + " by the label shares"
           + ("; two experts" if args.no_held_out else "")
-          + ("; calibrated to the mixture's rho" if args.mixture_rho else ""))
+          + ("; calibrated to the mixture's rho" if args.mixture_rho else "")
+          + (f"; training rows' vote: {args.training_vote}" if args.training_vote else ""))
     print("\n| source | odds | train acc. | train fixed/broken (ratio), all seeds | train ECE "
           "| valid acc. | valid fixed/broken |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
