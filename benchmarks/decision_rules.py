@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,7 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
         average = False
         vote = leave_self_out_vote(run / f"bundle-{seed}", result["config"]["knn_k"])
         third = vote if training_vote == "replace" else (train.held_out + vote) / 2
-        train = BatchRefinement(train.classifier, train.conditional, train.marginal,
-                                train.candidates, train.prior_kind, third)
+        train = replace(train, held_out=third)
     for source in SOURCES:
         share = label_shares(given, train.marginal.shape[1]) if shares else None
         temperature, bias, _ = fit_output_calibration(
