@@ -7,6 +7,9 @@ Copies a bundle, re-exports its graphs with the int8 channels calibrated the way
 default again with other chunk sizes, which must give the same bytes.
 
     python benchmarks/precision.py --model BUNDLE [--work runs/precision]
+
+``--settings '{"new_row_agreement": true}'`` records prediction settings in the copy first (a
+bundle trained before a setting existed reads it as off; no weight depends on them).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import fields
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,10 +27,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from throughput import machine  # benchmarks/ is on sys.path as a script
 
 from sidyp_prod import api
+from sidyp_prod.config import PREDICTION, SiDyPConfig
 from sidyp_prod.export.onnx import export_onnx
 from sidyp_prod.export.quantize import calibration_sample
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
+
+
+def with_prediction_settings(bundle: Path, settings: dict) -> None:
+    """Record ``settings`` (fields of the Prediction panel only) in the bundle's config."""
+    unknown = set(settings) - {f.name for f in fields(SiDyPConfig)
+                               if f.metadata.get("panel") == PREDICTION}
+    if unknown:
+        raise SystemExit(f"--settings: not prediction settings: {sorted(unknown)}")
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["config"].update(settings)
+    path.write_text(json.dumps(manifest, indent=1))
 
 
 def main() -> None:
@@ -35,11 +52,14 @@ def main() -> None:
                         help="a bundle trained on SemEval's train.jsonl")
     parser.add_argument("--work", type=Path, default=Path("runs/precision"))
     parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[1024, 37, 1])
+    parser.add_argument("--settings", type=json.loads, default={},
+                        help="prediction settings to record in the copied bundle, as JSON")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     bundle = args.work / "bundle"
     shutil.rmtree(bundle, ignore_errors=True)
     shutil.copytree(args.model, bundle)
+    with_prediction_settings(bundle, args.settings)
     train = [json.loads(line) for line in (DATA / "train.jsonl").read_text().splitlines()]
     export_onnx(bundle, calibration_texts=calibration_sample([r["text"] for r in train]))
 

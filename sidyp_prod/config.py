@@ -10,6 +10,7 @@ from typing import Any
 SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
     "change_rule": "argmax", "change_odds": 1.0, "class_calibration": False,
     "label_share_correction": False, "held_out_folds": 0, "min_class_rows": 0,
+    "new_row_agreement": False,
 }
 
 
@@ -126,6 +127,11 @@ class SiDyPConfig:
         5, "Folds of classifiers that never saw a training row's label: the product's third "
         "expert for --refined-out; new rows take the neighbours' vote there (0: off).",
         PREDICTION)
+    # A new row's change must also be the classifier ensemble's prediction (decision.py's
+    # agreed_change); a training row's ensemble saw its label, so there it does not apply.
+    new_row_agreement: bool = setting(
+        True, "On a new row, change an LLM label only to the class the classifier ensemble "
+        "predicts too (--refined-out rows: not applied).", PREDICTION)
     # Training sample: at most this many rows, drawn per LLM label (0 or None: every row); the
     # rest of the corpus is refined as new rows.
     max_train_rows: int | None = setting(

@@ -196,44 +196,76 @@ def _targets(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.
     return targets
 
 
-def decide(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
+def decide(
+    dist: np.ndarray, given: np.ndarray, decision: DecisionRule,
+    agree_with: np.ndarray | None = None,
+) -> np.ndarray:
     """Predicted class per row of a calibrated distribution.
 
-    A row without a given label always takes the argmax: there is nothing to keep.
+    A row without a given label always takes the argmax: there is nothing to keep. With
+    ``agree_with`` (N, C), a given label changes only to the class that distribution's argmax
+    is too (:func:`agreed_change`).
     """
     labelled = given >= 0
     best = _targets(dist, given, decision).argmax(axis=1)
     if decision.rule == "argmax":
-        return best
-    if decision.rule == "keep":
+        change = np.ones(len(dist), dtype=bool)
+    elif decision.rule == "keep":
         return np.where(labelled, given, best)
-    if decision.rule != "odds":
+    elif decision.rule == "odds":
+        g = np.where(labelled, given, 0)
+        p_given = dist[np.arange(len(dist)), g]
+        p_best = dist[np.arange(len(dist)), best]
+        # >= so that odds = 1 is exactly the argmax (ties already go to the argmax's first class).
+        change = p_best >= decision.odds * p_given
+    else:
         raise ValueError(f"change rule must be one of {CHANGE_RULES}")
-    g = np.where(labelled, given, 0)
-    p_given = dist[np.arange(len(dist)), g]
-    p_best = dist[np.arange(len(dist)), best]
-    # >= so that odds = 1 is exactly the argmax (ties already go to the argmax's first class).
-    change = p_best >= decision.odds * p_given
+    if agree_with is not None:
+        change &= agreed_change(best, agree_with)
     return np.where(labelled & ~change, given, best)
 
 
-def decision_margin(dist: np.ndarray, given: np.ndarray, decision: DecisionRule) -> np.ndarray:
+def agreed_change(best: np.ndarray, agree_with: np.ndarray) -> np.ndarray:
+    """Whether each row's proposed label is also the argmax of ``agree_with``.
+
+    On a new row refine passes the classifier ensemble's p(y | x): the product proposes a
+    change, and the ensemble alone must predict the same class (cleanlab's check that the
+    predicted label differs from the given one). On SemEval's new rows the changes it vetoes
+    fixed about as many labels as they broke (docs/experiments.md §31).
+    """
+    return np.asarray(agree_with).argmax(axis=1) == best
+
+
+def decision_margin(
+    dist: np.ndarray, given: np.ndarray, decision: DecisionRule,
+    agree_with: np.ndarray | None = None,
+) -> np.ndarray:
     """How far each row's :func:`decide` is from going another way, in log-probability: the
     change rule's threshold (log of p[best] / (odds * p[given])) and, where the row takes its
-    best class, the gap to the runner-up. 0 on a tie; inf where nothing can change it (a
-    given label under ``keep``)."""
+    best class, the gap to the runner-up; with ``agree_with``, where the rule would change the
+    label, also the gap between that distribution's top two. 0 on a tie; inf where nothing can
+    change it (a given label under ``keep``)."""
     rows = np.arange(len(dist))
     targets = _targets(dist, given, decision)
     log = np.log(np.maximum(targets, 1e-30))
     top_two = -np.sort(-log, axis=1)[:, :2]
     runner_up = top_two[:, 0] - top_two[:, 1]
     labelled = given >= 0
-    if decision.rule == "argmax":
-        return runner_up
     if decision.rule == "keep":
         return np.where(labelled, np.inf, runner_up)
-    g = np.where(labelled, given, 0)
-    threshold = top_two[:, 0] - np.log(decision.odds) - log[rows, g]
-    # A kept row stays kept until its threshold is crossed, whichever class would cross it.
-    margin = np.where(threshold < 0, -threshold, np.minimum(threshold, runner_up))
+    if decision.rule == "argmax":
+        would_change = np.ones(len(dist), dtype=bool)
+        margin = runner_up
+    else:
+        g = np.where(labelled, given, 0)
+        threshold = top_two[:, 0] - np.log(decision.odds) - log[rows, g]
+        would_change = threshold >= 0
+        # A kept row stays kept until its threshold is crossed, whichever class would cross it.
+        margin = np.where(would_change, np.minimum(threshold, runner_up), -threshold)
+    if agree_with is not None:
+        # Where the rule would change the label, the agreeing argmax can flip it back.
+        agree_log = np.log(np.maximum(np.asarray(agree_with, dtype=np.float64), 1e-30))
+        agree_top = -np.sort(-agree_log, axis=1)[:, :2]
+        margin = np.where(labelled & would_change,
+                          np.minimum(margin, agree_top[:, 0] - agree_top[:, 1]), margin)
     return np.where(labelled, margin, runner_up)

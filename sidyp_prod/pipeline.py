@@ -25,6 +25,7 @@ from .refinement import (
     VoteTrades,
     decided_distribution,
     for_new_rows,
+    new_row_agreement,
     output_fields,
     prior_from_neighbors,
     refine_batch,
@@ -97,6 +98,7 @@ def refine_rows(
             for_new_rows(refinement, config.held_out_folds), given[batch], model.labels,
             config.label_source, model.temperature, decision, model.label_shares,
             model.calibration.confidence_scaling, model.calibration.label_score_scaling,
+            new_row_agreement(refinement, config),
         )
 
     def refine_one(batch: np.ndarray) -> tuple[list[dict], np.ndarray]:
@@ -138,7 +140,9 @@ def new_row_decisions(model: LoadedModel, refinement: BatchRefinement, given: np
     dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), given,
                                 config.label_source, model.temperature, decision,
                                 model.label_shares)
-    return decide(dist, given, decision), decision_margin(dist, given, decision)
+    agree_with = new_row_agreement(refinement, config)
+    return (decide(dist, given, decision, agree_with),
+            decision_margin(dist, given, decision, agree_with))
 
 
 def relabelled_by_trades(model: LoadedModel, refinement: BatchRefinement,

@@ -295,6 +295,13 @@ def fit_output_calibration(
     return OutputCalibration(*fit_calibration(reported, given, *targets), targets[0])
 
 
+def new_row_agreement(refined: BatchRefinement, config: Any) -> np.ndarray | None:
+    """The distribution a new row's change must agree with (``decide``'s ``agree_with``): the
+    classifier ensemble's, which never saw the row (``new_row_agreement``; None: off). Not for
+    a training row, whose label the ensemble was trained on."""
+    return refined.classifier if getattr(config, "new_row_agreement", False) else None
+
+
 def for_new_rows(refined: BatchRefinement, held_out_folds: int) -> BatchRefinement:
     """A bundle trained with held-out classifiers gives a training row a third expert that never
     saw its label. A new row's is the vote of its neighbours among the reference rows, which
@@ -331,15 +338,17 @@ def output_fields(
     label_shares: np.ndarray | None = None,
     confidence_scaling: PlattScaling | None = None,
     label_score_scaling: PlattScaling | None = None,
+    agree_with: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """The fields each output row gains, in cleanlab's vocabulary.
 
     ``decision`` says when a given label is changed (decision.py); None is the plain argmax.
+    ``agree_with``: a distribution whose argmax a change must also be (``decide``).
     The scalings, fitted on trusted labels (trusted.py), rescale confidence and label_score.
     """
     decision = decision or DecisionRule(rule="argmax")
     dist = decided_distribution(refinement, given, source, temperature, decision, label_shares)
-    predicted = decide(dist, given, decision)
+    predicted = decide(dist, given, decision, agree_with)
     row = np.arange(len(given))
     label_score = dist[row, np.maximum(given, 0)]
     confidence = dist[row, predicted]

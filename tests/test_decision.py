@@ -42,6 +42,30 @@ def test_odds_rule_changes_only_on_strong_evidence():
     np.testing.assert_array_equal(decide(dist, given, DecisionRule("argmax")), dist.argmax(1))
 
 
+def test_a_change_needs_the_agreeing_argmax():
+    dist = np.array(
+        [
+            [0.20, 0.70, 0.10],  # the rule changes 0 -> 1, and the classifier predicts 1: change
+            [0.20, 0.70, 0.10],  # the same, but the classifier predicts 2: keep
+            [0.20, 0.70, 0.10],  # the classifier predicts the given label: keep
+            [0.35, 0.60, 0.05],  # the rule keeps it (1.71x) whatever the classifier says
+            [0.40, 0.50, 0.10],  # no given label: the argmax, whatever the classifier says
+        ]
+    )
+    given = np.array([0, 0, 0, 0, -1])
+    classifier = np.array([[0.1, 0.6, 0.3], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1],
+                           [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    for rule, alone in ((DecisionRule("odds", 2.0), [1, 1, 1, 0, 1]),
+                        (DecisionRule("argmax"), [1, 1, 1, 1, 1])):
+        np.testing.assert_array_equal(decide(dist, given, rule), alone)
+        agreed = np.where(given >= 0, np.where(classifier.argmax(1) == alone, alone, given), alone)
+        np.testing.assert_array_equal(decide(dist, given, rule, classifier), agreed)
+    # A change the classifier vetoes is close when the classifier's top two are.
+    tied = np.array([[0.1, 0.45, 0.45]])
+    margin = decision_margin(dist[1:2], given[1:2], DecisionRule("odds", 2.0), tied)
+    assert margin[0] == pytest.approx(0.0)
+
+
 def test_higher_odds_never_change_more_labels():
     rng = np.random.default_rng(0)
     dist = rng.dirichlet(np.ones(5), size=400)
@@ -60,15 +84,21 @@ def test_a_decision_outside_its_margin_survives_any_smaller_perturbation(rule):
     rng = np.random.default_rng(0)
     dist = rng.dirichlet(np.full(5, 0.7), size=400)
     given = rng.integers(-1, 5, size=400)
-    margin = decision_margin(dist, given, rule)
-    predicted = decide(dist, given, rule)
-    assert (margin >= 0).all()
-    if rule.rule == "keep":
-        assert np.isinf(margin[given >= 0]).all()
-    for _ in range(20):
-        shift = rng.uniform(-1, 1, size=dist.shape) * (0.499 * np.minimum(margin, 5))[:, None]
-        moved = dist * np.exp(shift)
-        assert (decide(moved / moved.sum(1, keepdims=True), given, rule) == predicted).all()
+    # With a classifier whose argmax a change must agree with (refine's new rows), too.
+    classifier = rng.dirichlet(np.full(5, 0.7), size=400)
+    for agree_with in (None, classifier):
+        margin = decision_margin(dist, given, rule, agree_with)
+        predicted = decide(dist, given, rule, agree_with)
+        assert (margin >= 0).all()
+        if rule.rule == "keep":
+            assert np.isinf(margin[given >= 0]).all()
+        for _ in range(20):
+            half = (0.499 * np.minimum(margin, 5))[:, None]
+            moved = dist * np.exp(rng.uniform(-1, 1, size=dist.shape) * half)
+            agree_moved = None if agree_with is None else (
+                agree_with * np.exp(rng.uniform(-1, 1, size=dist.shape) * half))
+            assert (decide(moved / moved.sum(1, keepdims=True), given, rule, agree_moved)
+                    == predicted).all()
     # The kept row of test_odds_rule...: p(best) 0.5 against 2 x p(given) 0.6 -> log(0.6/0.5).
     one = decision_margin(np.array([[0.5, 0.3, 0.2]]), np.array([1]), DecisionRule("odds", 2.0))
     assert one[0] == pytest.approx(np.log(0.6 / 0.5))

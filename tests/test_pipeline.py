@@ -333,6 +333,31 @@ def test_a_new_rows_third_expert_is_its_neighbours_vote(trained, fresh_corpus):
                            for_new_rows(refined, 0).distribution("product"))
 
 
+def test_a_new_rows_change_is_the_ensembles_prediction(trained, fresh_corpus, tmp_path):
+    """refine changes a new row's label only to the class the classifier ensemble predicts
+    (``new_row_agreement``), whatever the product proposes."""
+    import numpy as np
+
+    from sidyp_prod.backends import load_backend
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.encoder import tokenize
+    from sidyp_prod.evaluate import read_records
+    from sidyp_prod.model_io import load_model
+
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    model = load_model(loaded)
+    assert model.config.new_row_agreement
+    api.refine(fresh_corpus, bundle, tmp_path / "out.jsonl", precision="fp32")
+    out = list(read_records(tmp_path / "out.jsonl"))
+    changed = [r for r in out if r["is_label_issue"]]
+    assert changed
+    ids, mask = tokenize(model.tokenizer, [r["text"] for r in changed])
+    probs = load_backend(loaded, "onnx", precision="fp32").encode(ids, mask).probs.mean(axis=0)
+    predicted = [model.labels.index(r["predicted_label"]) for r in changed]
+    np.testing.assert_array_equal(probs.argmax(1), predicted)
+
+
 def test_skipping_the_own_label_chains_leaves_the_marginal_unchanged(trained, fresh_corpus):
     """refine skips the n_s chains conditioned on the row's own label when nothing uses them;
     the other chains keep their noise, so p(y | x) is what it was (to float rounding: the
