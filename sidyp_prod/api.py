@@ -45,7 +45,7 @@ from .formats import converter
 from .frames import FrameInput, frame_input, result_frame
 from .model_io import load_model
 from .pipeline import given_indices, refine_chunk, refine_rows
-from .readers import count_rows, detect_format, file_identity
+from .readers import count_rows, detect_format, file_identity, same_file
 from .report import ReportSummary, build_report
 from .stream import ResumableOutput, StdoutOutput, refine_in_chunks
 from .summaries import CorpusSummary, RefineSummary, TrainSummary
@@ -267,6 +267,12 @@ def refine(
         }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
     notes = [sink.notice] if getattr(sink, "notice", None) else []
+    if known is None and same_file(bundle.manifest.get("training", {}).get("corpus"), corpus):
+        notes.append(
+            f"{corpus} is the corpus this bundle was trained on: its rows were refined as new "
+            "rows, whose labels change only where the ensemble trained on them agrees; "
+            "`train --refined-out` gives them better ones (classifiers that never saw each "
+            "row's label)")
     start, refined_before = time.perf_counter(), sink.progress.refined
     bar = tqdm(total=count_rows(corpus, kind), initial=sink.progress.lines, desc="refine",
                unit="rows", disable=not progress)

@@ -88,6 +88,17 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def same_file(identity: dict[str, Any] | None, path: str | Path) -> bool:
+    """Whether ``path`` is, unchanged, the file ``file_identity`` described (its path compared
+    resolved, so ``a/../b`` and ``b`` are one file)."""
+    if not identity or str(path) == "-" or identity.get("path") in (None, "-"):
+        return False
+    current = file_identity(path)
+    return (Path(identity["path"]).resolve() == Path(current["path"]).resolve()
+            and {k: v for k, v in identity.items() if k != "path"}
+            == {k: v for k, v in current.items() if k != "path"})
+
+
 def iter_rows(
     path: str | Path,
     kind: str,

@@ -46,7 +46,15 @@ def test_train_refine_evaluate(tiny_encoder, tmp_path):
     result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path / "bundle"),
                                  "--out", str(tmp_path / "out.jsonl"), "--quiet", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["refined"] == 120
+    refined = json.loads(result.output)
+    assert refined["refined"] == 120
+    # Its own training corpus: refined as new rows, and told where better labels come from.
+    assert any("trained on" in note and "--refined-out" in note for note in refined["notes"])
+    other = write_jsonl(tmp_path / "other.jsonl", make_rows(30, seed=5))
+    result = runner.invoke(app, ["refine", str(other), "--model", str(tmp_path / "bundle"),
+                                 "--out", str(tmp_path / "other-out.jsonl"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "trained on" not in result.output
 
     result = runner.invoke(app, ["evaluate", str(tmp_path / "out.jsonl"), "--json"])
     assert result.exit_code == 0, result.output

@@ -14,7 +14,7 @@ import pytest
 
 from sidyp_prod import api
 from sidyp_prod.corpus import FieldNames, InputError, Reject, Row, iter_corpus
-from sidyp_prod.readers import count_rows, detect_format
+from sidyp_prod.readers import count_rows, detect_format, file_identity, same_file
 
 from synthetic import CLASSES, kill_when_journal_passes, make_rows
 
@@ -299,3 +299,15 @@ def test_compressed_csv_and_a_bad_input_format_on_the_cli(formats, tmp_path):
     result = CliRunner().invoke(app, ["train", str(packed), "--input-format", "xml", "--out",
                                       str(tmp_path / "b"), "--quiet"])
     assert result.exit_code == 2 and "unknown input format 'xml'" in result.output
+
+
+def test_same_file_follows_the_file_not_the_spelling(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "c.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"text": "a", "label": "x"}\n')
+    identity = file_identity(tmp_path / "sub" / ".." / "sub" / "c.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert same_file(identity, "sub/c.jsonl")
+    assert not same_file(identity, "-") and not same_file(None, path)
+    path.write_text('{"text": "b", "label": "x"}\n{"text": "c", "label": "x"}\n')
+    assert not same_file(identity, path)  # changed since
