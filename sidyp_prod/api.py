@@ -270,9 +270,8 @@ def refine(
     if known is None and same_file(bundle.manifest.get("training", {}).get("corpus"), corpus):
         notes.append(
             f"{corpus} is the corpus this bundle was trained on: its rows were refined as new "
-            "rows, whose labels change only where the ensemble trained on them agrees; "
-            "`train --refined-out` gives them better ones (classifiers that never saw each "
-            "row's label)")
+            "rows; `train --refined-out` gives them better labels (classifiers that never saw "
+            "each row's label)")
     start, refined_before = time.perf_counter(), sink.progress.refined
     bar = tqdm(total=count_rows(corpus, kind), initial=sink.progress.lines, desc="refine",
                unit="rows", disable=not progress)
