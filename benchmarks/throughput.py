@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -31,6 +30,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from hardware import machine
 
 from sidyp_prod import api
 from sidyp_prod.backends.onnx_backend import available_cores
@@ -47,10 +47,6 @@ WORDS = (
     "frog found in the rain forest near the river where officials announced plans for a bridge "
     "to ease traffic during the holiday season after heavy rain flooded several roads"
 ).split()
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def example_bundle(model: Path | None, work: Path, reuse: bool = False) -> Path:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import faiss
 import numpy as np
 
-# Flat search on small query batches is several times slower through faiss' non-BLAS path;
-# a low threshold sends every batch through BLAS.
-faiss.cvar.distance_compute_blas_threshold = 1
+# faiss searches batches of at least this many queries through BLAS. One thread, 1,749-200,000
+# references of 384 dims: BLAS is 2-7x faster from 16 queries up, its speed at about 8, and ~5x
+# slower for a lone query (faiss' default, 20, left 8-19 on the slow path).
+faiss.cvar.distance_compute_blas_threshold = 8
 # Queries whose neighbour distances are recomputed at once: a block's float64 differences stay
 # in cache (256 ran 2.7x slower a row than 32 at batches of 256-1024, same results).
 EXACT_BLOCK = 32
@@ -30,6 +32,20 @@ def search_in_one_thread() -> None:
     core instead of two OpenMP teams waiting on each other's descheduled threads (chunks of 37
     rows on 2 cores: 1.14 -> 0.36 ms a row, docs/experiments.md §21)."""
     faiss.omp_set_num_threads(1)
+
+
+@contextlib.contextmanager
+def one_search_thread() -> Iterator[None]:
+    """:func:`search_in_one_thread` for a block of the calling thread's work, then the thread's
+    own setting back. Batches that side-by-side refining runs in the caller (a chunk's close
+    calls) would otherwise start a two-thread OpenMP team whose idle thread spins on the core
+    the other batches need (3% of refine's CPU at chunks of 37 rows)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class NeighborIndex:

@@ -18,7 +18,7 @@ from .decision import DecisionRule, decide, decision_margin
 from .diffusion import text_key
 from .encoder import pad_batch, pad_token_id, tokenize, unpadded_ids, width_batches
 from .model_io import LoadedModel
-from .neighbors import search_in_one_thread
+from .neighbors import one_search_thread, search_in_one_thread
 from .refinement import (
     BatchRefinement,
     RefineSettings,
@@ -59,8 +59,9 @@ def refine_rows(
     already tokenized them (the Ray engine tokenizes on CPU workers, away from the model
     actors); either way each row is padded to a width of its own (``encoder.width_batches``), so
     its output does not depend on the other rows in ``rows``.
-    A back end with ``parallel_batches`` > 1 (a remote server) gets that many encoder batches in
-    flight at once; results do not depend on it, since each row's noise is seeded by its text.
+    A back end with ``parallel_batches`` > 1 (a remote server, or ONNX Runtime on a multi-core
+    CPU) gets that many encoder batches in flight at once; results do not depend on it, since
+    each row's noise is seeded by its text.
     With an int8 encoder, the rows whose decision is a close call are refined again with
     ``backend.reference``, the fp32 one (CLOSE_CALL).
     """
@@ -207,6 +208,9 @@ def _map_batches(backend: ModelBackend, function: Callable[[np.ndarray], Any],
         with ThreadPoolExecutor(min(parallel, len(batches)),
                                 initializer=search_in_one_thread) as pool:
             return list(pool.map(function, batches))
+    if parallel > 1:  # a lone small batch: its search alone on one core, as in the workers
+        with one_search_thread():
+            return [function(batch) for batch in batches]
     return [function(batch) for batch in batches]
 
 

@@ -155,6 +155,15 @@ def test_batches_side_by_side_search_neighbours_on_one_openmp_thread(trained, mo
                            [np.arange(2), np.arange(2, 4)])
     assert threads == [1, 1]
     assert faiss.omp_get_max_threads() == before  # the caller's own setting is left alone
+    # A lone batch runs in the caller, searching on one thread too (an idle team thread would
+    # spin on the core the other batches need), and the caller's setting comes back.
+    faiss.omp_set_num_threads(2)
+    try:
+        assert _map_batches(backend, lambda _: faiss.omp_get_max_threads(),
+                            [np.arange(2)]) == [1]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def test_same_seed_same_bundle_and_output(trained, tiny_encoder, train_corpus, tmp_path):
