@@ -266,6 +266,11 @@ def train(
     _report(summary, as_json)
 
 
+# refine's options that only its training (no --model) reads.
+TRAINING_ONLY = ("save_model", "max_train_rows", "encoder", "embedding_model", "device",
+                 "trusted_field", "seed", "preset", "overwrite")
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user set option ``name`` (on the command line or from the environment)."""
     source = ctx.get_parameter_source(name)
@@ -285,6 +290,7 @@ def _layers(value: str) -> int | str:
 
 @app.command(cls=Command)
 def refine(
+    ctx: typer.Context,
     corpus: Annotated[
         list[Path],
         typer.Argument(help="Corpus to refine: JSONL ('.jsonl.gz', '.jsonl.zst' too), CSV, TSV, "
@@ -344,7 +350,7 @@ def refine(
     precision: Annotated[
         Literal["auto", "fp32", "int8", "fp16"],
         _option(help="Encoder graph: auto = int8 on CPUs (per-row scales: batch-independent; "
-                "close calls run again in fp32: 99.8-99.95% same labels on SemEval), fp32 on "
+                "close calls run again in fp32: 99.6-100% same labels on SemEval), fp32 on "
                 "GPUs; fp16 (export --fp16) for GPUs.",
                 panel=BACKEND),
     ] = "auto",
@@ -401,6 +407,13 @@ def refine(
     from sidyp_prod.corpus import InputError
     from sidyp_prod.stream import ResumeError, journal_path
 
+    if model is not None:
+        stray = [f"--{name.replace('_', '-')}" for name in TRAINING_ONLY if _given(ctx, name)]
+        if stray:
+            _fail(f"{', '.join(stray)}: used when refine trains a bundle (without --model); "
+                  "with --model they do not apply (train bundles with `sidyp-prod train`)")
+    if "-" in map(str, corpus) and out is None and engine == "local":
+        _fail("the corpus is read from stdin ('-'): give --out (a file, or '-' for stdout)")
     if engine == "ray":
         from sidyp_prod.backends import backend_choice
         from sidyp_prod.readers import detect_format
@@ -426,9 +439,6 @@ def refine(
         return
     if len(corpus) != 1:
         _fail("--engine local refines one corpus; give one file (or use --engine ray)")
-    if model is not None and trusted_field is not None:
-        _fail("--trusted-field is used when a bundle is trained: refine without --model, or "
-              "train --trusted-field")
     if model is None:
         _refine_untrained(corpus[0], out, save_model=save_model, max_train_rows=max_train_rows,
                           preset=preset, encoder=encoder, embedding_model=embedding_model,
@@ -561,7 +571,7 @@ def export(
         typer.Option(help="Also write a Triton model repository here (e.g. triton_models)."),
     ] = None,
     onnx: Annotated[bool, _flag(
-        "--onnx/--no-onnx", help="Export the graphs from PyTorch (needs sidyp-prod[train]); "
+        "--onnx/--no-onnx", help="Export the graphs from PyTorch (needs sidyp-prod\\[train]); "
         "--no-onnx writes the --triton-repo from the graphs the bundle (or --out) already "
         "holds, without torch.")] = True,
     cpu_instances: Annotated[int | None, typer.Option(
@@ -594,6 +604,10 @@ def export(
         graphs = export_onnx(bundle, out, int8=int8, fp16=fp16, calibration_texts=texts)
     except (BundleError, FileNotFoundError, MissingExtraError, InputError) as exc:
         _fail(str(exc))
+    except (ValueError, RuntimeError) as exc:  # the calibration corpus' format or its reader
+        if calibration is None:
+            raise
+        _fail(f"--calibration {calibration}: {exc}")
     files = [graphs[part]["file"] for part in ("encoder", "denoiser", "embedder")
              if part in graphs]
     files += [graphs["encoder"][key] for key in ("int8_file", "fp16_file")

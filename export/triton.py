@@ -1,6 +1,6 @@
 """Write a Triton Inference Server model repository for an exported bundle.
 
-Three models (four with a separate embedding model), each in ``DIR/<name>/`` with
+Five models (six with a separate embedding model), each in ``DIR/<name>/`` with
 ``config.pbtxt`` and a version folder ``1/``:
 
 - ``sidyp_encoder``: ``encoder.onnx`` (token ids -> probs, conditioning, embedding);
@@ -15,7 +15,7 @@ Three models (four with a separate embedding model), each in ``DIR/<name>/`` wit
   it, ``encoder.fp32.onnx``: where its configuration says the server runs the int8 encoder
   (``encoder_precision``), the close calls are encoded again with it, as in-process refine does.
 
-The two ONNX models come in three configurations of the same files, picked per server with
+The ONNX models come in four configurations of the same files, picked per server with
 ``tritonserver --model-config-name NAME`` (a model without ``configs/NAME.pbtxt`` keeps
 ``config.pbtxt``):
 

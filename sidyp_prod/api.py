@@ -127,7 +127,7 @@ def train(
     if rejects:
         check_parent(rejects_path, "--rejects")
     tally = CorpusTally(fields.label)
-    rows, rejected, label_set, usable = read_training_rows(
+    rows, rejected, label_set, usable, positions = read_training_rows(
         corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format,
         trusted_field,
     )
@@ -167,8 +167,8 @@ def train(
         small_classes=[label_set[c] for c in small],
         warnings=warnings,
     )
-    save_model(out, trained, label_set, config, summary.bundle_record(), overwrite=overwrite,
-               export_texts=texts if export else None)
+    save_model(out, trained, label_set, config, summary.bundle_record(), positions,
+               overwrite=overwrite, export_texts=texts if export else None)
     predictions = trained.fit.predictions
     summary.predictions = {row.line_no: extra for row, extra in zip(rows, predictions,
                                                                     strict=True)}
@@ -214,11 +214,11 @@ def refine(
     ``known`` maps input line numbers to refined fields already computed (the training rows'
     own, from classifiers that never saw their labels): those rows take them as they are.
 
-    ``out`` ending in ``.parquet`` writes Parquet, ``-`` writes JSONL to stdout, anything else
-    JSONL. Memory stays bounded by the chunk size. A killed run continues with ``resume=True``
-    (with nothing to resume, it starts from the beginning and says so in ``notes``).
     The corpus is JSONL, CSV, TSV, Parquet or a ``datasets`` directory (``input_format``, else
-    from its name). ``out`` ending in ``.parquet``, ``.csv`` or ``.tsv`` writes that format.
+    from its name); ``out`` ending in ``.parquet``, ``.csv`` or ``.tsv`` writes that format,
+    ``-`` JSONL to stdout, anything else JSONL. Memory stays bounded by the chunk size. A killed
+    run continues with ``resume=True`` (with nothing to resume, it starts from the beginning and
+    says so in ``notes``).
     ``triton_url`` sends the model calls to that Triton server (backend "triton"); the models it
     serves are checked against the bundle before the first row, and ``log`` is told when the
     server does not answer and the retries begin. The summary's ``problems`` say
@@ -356,8 +356,13 @@ def refine_corpus(
     trained: TrainSummary | None = None
     known = _reusable_training(model_dir, corpus, known_path) if resume else None
     if known is None:
-        if model_dir.exists() and not (resume or overwrite):
+        # --resume retrains over a bundle of this corpus path (a training killed before its
+        # rows were kept, or of an older version of the file); never over anything else.
+        if model_dir.exists() and not overwrite and not (
+                resume and _trained_on_path(model_dir, corpus)):
             raise FileExistsError(
+                f"{model_dir} exists and is not a bundle trained on {corpus}: pass "
+                "--overwrite to replace it, or --save-model DIR" if resume else
                 f"{model_dir} exists: pass --resume to reuse a finished training of this "
                 "corpus, --overwrite to replace it, or --save-model DIR"
             )
@@ -378,6 +383,17 @@ def refine_corpus(
                      input_format=input_format)
     known_path.unlink(missing_ok=True)
     return CorpusSummary(str(model_dir), trained, refined)
+
+
+def _trained_on_path(model_dir: Path, corpus: str | Path) -> bool:
+    """Whether ``model_dir`` is a bundle whose manifest names ``corpus``'s path as its training
+    corpus (whatever the file holds now)."""
+    try:
+        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+        trained_on = manifest["training"]["corpus"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return Path(trained_on).resolve() == Path(corpus).resolve()
 
 
 def _reusable_training(

@@ -96,8 +96,15 @@ def check_parent(path: str | Path | None, option: str) -> None:
 
 
 def reject_reason(reject: dict[str, Any]) -> str:
-    """One line of a rejects file as the summary shows it."""
-    return f"line {reject.get('line')}: {reject.get('reason')}"
+    """One line of a rejects file as the summary shows it: where the row is (JSONL's line; the
+    other formats' row, with the line a CSV record starts on) and why."""
+    if "row" in reject:
+        where = f"row {reject['row']}"
+        if "line" in reject:
+            where += f" (line {reject['line']})"
+    else:
+        where = f"line {reject.get('line')}"
+    return f"{where}: {reject.get('reason')}"
 
 
 def first_reject_reasons(path: str | Path | None, limit: int = REASONS_SHOWN) -> list[str]:

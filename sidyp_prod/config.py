@@ -56,7 +56,8 @@ class SiDyPConfig:
         0.1, "Stage I epochs without co-regularisation.", STAGE1)
     grad_clip: float = setting(1.0, "Gradient-norm clip (both stages).", STAGE1)
     snapshots: int = setting(  # epochs whose features condition the denoiser (paper: every one)
-        1, "Recorded training-dynamics snapshots (last epochs).", STAGE1)
+        1, "Recorded training-dynamics snapshots (evenly spaced epochs, ending with the "
+        "last).", STAGE1)
     # Noise marking: rho; None = estimate from the data (paper: 0.5 given).
     noise_ratio: float | None = setting(
         None, "Noise fraction rho (default: estimated from the data).", PRIOR)

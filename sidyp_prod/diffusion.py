@@ -37,11 +37,6 @@ def simplex(labels: np.ndarray, n_classes: int, scale: float) -> np.ndarray:
     return out
 
 
-def weights_to_simplex(weights: np.ndarray, scale: float) -> np.ndarray:
-    """Soft version of :func:`simplex` for a probability vector (used for a missing given label)."""
-    return (2.0 * weights - 1.0).astype(np.float32) * scale
-
-
 def q_sample(
     x0: np.ndarray, t: np.ndarray, alpha_bar: np.ndarray, noise: np.ndarray, scale: float
 ) -> np.ndarray:
@@ -103,7 +98,7 @@ def reverse_process(
 
 
 def text_key(text: str) -> int:
-    """A stable 63-bit key of a text, so a row's random draws do not depend on its batch."""
+    """A stable 64-bit key of a text, so a row's random draws do not depend on its batch."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 

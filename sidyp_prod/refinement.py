@@ -270,7 +270,10 @@ def reported_distribution(
     return temper(dist, temperature) if temperature != 1.0 else dist
 
 
-class OutputCalibration(NamedTuple):
+class FittedCalibration(NamedTuple):
+    """What :func:`fit_output_calibration` fits (``model_io.OutputCalibration`` is the bundle's
+    record of it, with the decision state)."""
+
     temperature: float
     label_bias: np.ndarray
     noise_ratio: float  # the overall noise ratio fitted to
@@ -284,7 +287,7 @@ def fit_output_calibration(
     class_noise: np.ndarray,
     label_shares: np.ndarray | None = None,
     average_held_out: bool = True,
-) -> OutputCalibration:
+) -> FittedCalibration:
     """Temperature and per-class bias fitted gold-free on the training rows' reported
     distribution, to the noise ratios of ``calibration_targets``: with ``average_held_out`` and
     held-out probabilities in ``refinement``, rho is averaged with the held-out estimate (train
@@ -292,7 +295,7 @@ def fit_output_calibration(
     held_out = refinement.held_out if average_held_out else None
     targets = calibration_targets(noise_ratio, class_noise, given, held_out)
     reported = reported_distribution(refinement, given, source, label_shares=label_shares)
-    return OutputCalibration(*fit_calibration(reported, given, *targets), targets[0])
+    return FittedCalibration(*fit_calibration(reported, given, *targets), targets[0])
 
 
 def new_row_agreement(refined: BatchRefinement, config: Any) -> np.ndarray | None:

@@ -309,6 +309,9 @@ class _Bundle:
     class_noise: list[float] | None
     reference_labels: np.ndarray
     reference_clean: np.ndarray  # (M, N) bool
+    # Each reference row's place among the training corpus's usable rows (0-based); bundles
+    # from before it was recorded trained on all of them, in order.
+    reference_rows: np.ndarray
 
     @classmethod
     def load(cls, directory: str | Path) -> _Bundle:
@@ -330,30 +333,40 @@ class _Bundle:
             "noise_ratio_interval": training.get("noise_ratio_interval"),
             "training_seconds": training.get("seconds", {}),
         }
+        labels = np.asarray(reference["labels"])
+        rows = (np.asarray(reference["rows"]) if "rows" in reference
+                else np.arange(len(labels)))
         return cls(bundle.directory, info, list(manifest["labels"]),
-                   training.get("class_noise_ratios"), np.asarray(reference["labels"]),
-                   np.asarray(reference["clean"]).astype(bool))
+                   training.get("class_noise_ratios"), labels,
+                   np.asarray(reference["clean"]).astype(bool), rows)
+
+    def expected_labels(self) -> dict[int, int]:
+        """Place among the training corpus's usable rows -> the label code training read."""
+        return {int(p): int(code) for p, code in zip(self.reference_rows, self.reference_labels,
+                                                     strict=True)}
 
 
 class _TrainingOrder:
-    """Does the refined file hold the bundle's own training rows, in order? Then it is its
-    ``--refined-out`` and the neighbours' texts can be read from it."""
+    """Does the refined file hold the bundle's training rows at their places (its
+    ``--refined-out``, or the whole training corpus refined)? Then the neighbours' texts can
+    be read from it."""
 
     def __init__(self, bundle: _Bundle) -> None:
-        self.labels = bundle.reference_labels
+        self.expected = bundle.expected_labels()
         self.index = {lab: i for i, lab in enumerate(bundle.labels)}
         self.rows = 0
+        self.matched = 0
         self.same = True
 
     def add(self, given: str | None) -> None:
-        if self.same:
-            i = self.rows
-            want = self.index.get(given, -2) if given is not None else -1
-            self.same = i < len(self.labels) and int(self.labels[i]) == want
+        want = self.expected.get(self.rows)
+        if self.same and want is not None:
+            self.same = (self.index.get(given, -2) if given is not None else -1) == want
+            self.matched += 1
         self.rows += 1
 
     def holds(self) -> bool:
-        return self.same and self.rows == len(self.labels)
+        return self.same and self.matched == len(self.expected)
 
 
 def _embed(bundle_dir: Path, texts: list[str]) -> np.ndarray:
@@ -369,27 +382,42 @@ def _embed(bundle_dir: Path, texts: list[str]) -> np.ndarray:
 
 
 def _training_texts(source: Path, wanted: set[int], fields: FieldNames,
-                    labels: Sequence[str], refined: bool, size: int) -> dict[int, str]:
-    """Texts of the training rows numbered in ``wanted`` (0-based, in the bundle's order), read
-    in one streamed pass: from the refined file itself, or from the training corpus (its
-    accepted rows, as training read them)."""
+                    bundle: _Bundle, refined: bool) -> dict[int, str]:
+    """Texts of the training rows at the places in ``wanted`` (0-based, among the training
+    corpus's usable rows), read in one streamed pass: from the refined file itself, or from
+    the training corpus (its usable rows, as training read them, checked against the labels
+    training read at the bundle's places)."""
     texts: dict[int, str] = {}
     if refined:
         for i, (where, rec) in enumerate(read_located_records(source)):
             if i in wanted:
                 texts[i] = _text(rec, fields, where)
         return texts
+    expected = bundle.expected_labels()
+    index = {label: code for code, label in enumerate(bundle.labels)}
     i = 0
-    for item in iter_corpus(source, fields, list(labels)):
+    for item in iter_corpus(source, fields, list(bundle.labels)):
         if isinstance(item, Row):
+            want = expected.pop(i, None)
+            code = index.get(item.label, -2) if item.label is not None else -1
+            if want is not None and code != want:
+                raise ValueError(
+                    f"{source}, line {item.line_no}: label {item.label!r}, but training read "
+                    f"{_label_name(bundle, want)!r} there: --train-corpus must be the corpus "
+                    "the bundle was trained on (and --text-field/--label-field as training "
+                    "read it)")
             if i in wanted:
                 texts[i] = item.text
             i += 1
-    if i != size:
+    if expected:
         raise ValueError(f"{source}: {i} rows with a valid text and label, but the bundle was "
-                         f"trained on {size}: --train-corpus must be the corpus it was trained "
-                         "on (and --text-field/--label-field as training read it)")
+                         f"trained on row {max(expected) + 1}: --train-corpus must be the corpus "
+                         "it was trained on (and --text-field/--label-field as training read it)")
     return texts
+
+
+def _label_name(bundle: _Bundle, code: int) -> str | None:
+    return bundle.labels[code] if code >= 0 else None
 
 
 def _attach_neighbours(issues: list[dict[str, Any]], bundle: _Bundle, k: int,
@@ -408,26 +436,26 @@ def _attach_neighbours(issues: list[dict[str, Any]], bundle: _Bundle, k: int,
     queries = _embed(bundle.directory, [item["text"] for item in issues])
     # The refined file of the training corpus itself: a row's nearest training row is itself.
     distances, ids = index.nearest(queries, k + source_is_refined)
+    places = bundle.reference_rows
     if source_is_refined:
         own = np.array([item["row"] - 1 for item in issues])[:, None]
-        keep = np.argsort(ids == own, axis=1, kind="stable")[:, :k]
+        found = np.where(ids >= 0, places[np.maximum(ids, 0)], -1)
+        keep = np.argsort(found == own, axis=1, kind="stable")[:, :k]
         distances = np.take_along_axis(distances, keep, axis=1)
         ids = np.take_along_axis(ids, keep, axis=1)
-    wanted = {int(i) for i in ids.reshape(-1) if i >= 0}
-    texts = (_training_texts(source, wanted, fields, bundle.labels, source_is_refined,
-                             len(bundle.reference_labels))
+    wanted = {int(places[i]) for i in ids.reshape(-1) if i >= 0}
+    texts = (_training_texts(source, wanted, fields, bundle, source_is_refined)
              if source is not None else {})
     clean_votes = bundle.reference_clean.sum(axis=0)
     branches = len(bundle.reference_clean)
     for item, row_d, row_i in zip(issues, distances, ids, strict=True):
         item["neighbours"] = [
             {
-                "row": int(i) + 1,
-                "label": (bundle.labels[int(bundle.reference_labels[i])]
-                          if bundle.reference_labels[i] >= 0 else None),
+                "row": int(places[i]) + 1,
+                "label": _label_name(bundle, int(bundle.reference_labels[i])),
                 "distance": round(float(d), 4),
                 "clean": f"{int(clean_votes[i])}/{branches}",
-                "text": texts.get(int(i)),
+                "text": texts.get(int(places[i])),
             }
             for d, i in zip(row_d, row_i, strict=True) if i >= 0
         ]

@@ -165,7 +165,7 @@ class RefineSummary:
     notes: list[str] = field(default_factory=list)  # what the user should know, not a failure
     # Why the run failed although every row was written (exit code 3 in the CLI).
     problems: list[str] = field(default_factory=list)
-    precision: str = ""  # the encoder graph that ran: fp32 or int8
+    precision: str = ""  # the encoder graph that ran: fp32, int8 or fp16
 
     @property
     def ok(self) -> bool:

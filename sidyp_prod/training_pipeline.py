@@ -70,16 +70,18 @@ def save_model(
     labels: list[Any],
     config: SiDyPConfig,
     record: dict[str, Any],
+    positions: np.ndarray,
     *,
     overwrite: bool = False,
     export_texts: Sequence[str] | None = None,
 ) -> None:
-    """The bundle at ``out`` (``record``: the manifest's training record) with the fitted
-    calibration as its own file; with ``export_texts`` (the training texts) also its ONNX
-    graphs, the int8 one calibrated on a sample of them."""
+    """The bundle at ``out`` (``record``: the manifest's training record; ``positions``: each
+    training row's place among the corpus's usable rows) with the fitted calibration as its
+    own file; with ``export_texts`` (the training texts) also its ONNX graphs, the int8 one
+    calibrated on a sample of them."""
     save_trained(out, trained.result, labels, config, trained.pretrained,
                  {**record, "history": trained.result.history}, trained.fit.calibration,
-                 overwrite=overwrite, embedder=trained.embedder)
+                 positions, overwrite=overwrite, embedder=trained.embedder)
     if export_texts is not None:
         from .export.onnx import export_onnx
         from .export.quantize import calibration_sample

@@ -28,6 +28,9 @@ class TrainingRows(NamedTuple):
     rejected: list[Reject]
     label_set: list[Any]
     usable: int  # rows of the corpus that could be trained on (more than ``rows`` past the cap)
+    # Each row's place among those usable rows (0-based): the row of the refined file of the
+    # whole corpus, and where the review page finds a neighbour's text past a sample.
+    positions: np.ndarray
 
 
 def split_rows(items: Iterable[Row | Reject]) -> tuple[list[Row], list[Reject]]:
@@ -67,13 +70,16 @@ def read_training_rows(
         )
         label_set = list(labels) if labels else label_set_from_rows(rows)
         usable = len(rows)
+        positions = np.arange(usable, dtype=np.int64)
         if max_rows and usable > max_rows:
             index = {label: i for i, label in enumerate(label_set)}
             codes = np.array([index.get(r.label, -1) if r.label is not None else -1
                               for r in rows], dtype=np.int64)
             chosen = set(stratified_sample(codes, max_rows, seed).tolist())
-            rows = [r for i, r in enumerate(rows) if i in chosen or _trusted(r, trusted_field)]
-        return TrainingRows(rows, rejected, label_set, usable)
+            positions = np.array([i for i, r in enumerate(rows)
+                                  if i in chosen or _trusted(r, trusted_field)], dtype=np.int64)
+            rows = [rows[i] for i in positions]
+        return TrainingRows(rows, rejected, label_set, usable, positions)
     seen: dict[str, int] = {}
     label_codes: list[int] = []
     lines: list[int] = []
@@ -94,13 +100,15 @@ def read_training_rows(
         item for item in iter_corpus(corpus, fields, labels, input_format=input_format)
         if isinstance(item, Row) and item.line_no in wanted
     ]
+    place = {line: i for i, line in enumerate(lines)}
+    positions = np.array([place[row.line_no] for row in rows], dtype=np.int64)
     if labels:
-        return TrainingRows(rows, rejected, list(labels), len(label_codes))
+        return TrainingRows(rows, rejected, list(labels), len(label_codes), positions)
     label_set = label_set_from_labels(list(seen))
     if label_set and isinstance(label_set[0], str):
         for row in rows:  # as label_set_from_rows does: one type for the set and the rows
             row.label = None if row.label is None else str(row.label)
-    return TrainingRows(rows, rejected, label_set, len(label_codes))
+    return TrainingRows(rows, rejected, label_set, len(label_codes), positions)
 
 
 def _trusted(row: Row, field: str | None) -> bool:

@@ -117,11 +117,16 @@ def test_a_trusted_label_outside_the_label_set_exits_2_before_training(tiny_enco
                                  "--trusted-field", "human_label", "--quiet"])
     assert result.exit_code == 2
     assert "c.jsonl, line 3: field 'human_label' is 'weather'" in result.output
-    # With a bundle nothing is trained: the option is refused.
-    result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path),
-                                 "--trusted-field", "human_label", "--quiet"])
-    assert result.exit_code == 2 and "--trusted-field is used when a bundle is trained" in (
-        result.output)
+    # With a bundle nothing is trained: training options are refused, on either engine.
+    for engine in ("local", "ray"):
+        result = runner.invoke(app, ["refine", str(corpus), "--model", str(tmp_path),
+                                     "--trusted-field", "human_label", "--seed", "3",
+                                     "--engine", engine, "--quiet"])
+        assert result.exit_code == 2
+        assert "--trusted-field, --seed: used when refine trains a bundle" in result.output
+    # stdin has no name to put the output beside.
+    result = runner.invoke(app, ["refine", "-", "--model", str(tmp_path)], input="")
+    assert result.exit_code == 2 and "give --out" in result.output
 
 
 def test_missing_bundle_exits_2(tmp_path):

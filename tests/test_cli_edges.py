@@ -246,6 +246,8 @@ def test_help_shows_flags_without_a_value_and_the_choices():
                   "Performance"):
         assert f"─ {panel} ─" in result.output, panel
     assert "<bool>" not in result.output and "<spaced|authors>" in result.output
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "200", "TERM": "dumb"})
+    assert "sidyp-prod[train]" in result.output  # not eaten as markup
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("sidyp-prod ")
 
@@ -311,3 +313,19 @@ def test_serve_binds_to_localhost_by_default(tmp_path):
     assert server.http_url.startswith("http://127.0.0.1:")
     assert "--http-address=0.0.0.0" in TritonServer(tmp_path, free_ports(),
                                                     host="0.0.0.0").command(tmp_path)
+
+
+# 11. Options that cannot apply are refused with exit 2, not run as something else.
+
+
+def test_options_a_back_end_or_export_cannot_honour_exit_2(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    corpus = fresh_corpus
+    result = _refine(corpus, bundle, tmp_path / "o.jsonl", "--backend", "torch",
+                     "--precision", "fp16")
+    assert result.exit_code == 2 and "torch runs fp32" in result.output
+    assert not (tmp_path / "o.jsonl").exists()
+    result = runner.invoke(app, ["export", str(bundle), "--out", str(tmp_path / "g"),
+                                 "--calibration", str(corpus), "--input-format", "bogus"])
+    assert result.exit_code == 2
+    assert "--calibration" in result.output and "unknown input format 'bogus'" in result.output

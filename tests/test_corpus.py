@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from sidyp_prod.checks import reject_reason
 from sidyp_prod.corpus import (
     AtomicWriter,
     FieldNames,
@@ -308,6 +309,16 @@ def test_reject_to_json() -> None:
     reject = Reject(line_no=3, reason="blank line", field=None, raw="  ")
     assert reject.to_json() == {"line": 3, "reason": "blank line", "field": None, "raw": "  "}
     json.dumps(reject.to_json())
+
+
+def test_reject_reason_names_the_row_of_other_formats() -> None:
+    jsonl = Reject(line_no=3, reason="blank line", field=None, raw="  ")
+    parquet = Reject(line_no=7, reason="text is blank", field="text", raw="", unit="row")
+    csv = Reject(line_no=7, reason="text is blank", field="text", raw="", unit="row",
+                 first_line=9)
+    assert reject_reason(jsonl.to_json()) == "line 3: blank line"
+    assert reject_reason(parquet.to_json()) == "row 7: text is blank"
+    assert reject_reason(csv.to_json()) == "row 7 (line 9): text is blank"
 
 
 # --- strict mode -----------------------------------------------------------------------------

@@ -44,6 +44,14 @@ def test_the_literal_command_in_an_empty_directory(tiny_encoder, tmp_path, monke
     again = CliRunner().invoke(app, ["refine", "corpus.jsonl", "--encoder", str(tiny_encoder),
                                      "--quiet", *FAST])
     assert again.exit_code == 2 and "--resume" in again.output  # the bundle is not clobbered
+    # --resume retrains only over a bundle of the same corpus, never another's.
+    write_jsonl(tmp_path / "other.jsonl", make_rows(100, seed=6))
+    stamp = (tmp_path / "corpus.sidyp-model" / "manifest.json").stat().st_mtime_ns
+    other = CliRunner().invoke(app, ["refine", "other.jsonl", "--save-model",
+                                     "corpus.sidyp-model", "--resume", "--encoder",
+                                     str(tiny_encoder), "--quiet", *FAST])
+    assert other.exit_code == 2 and "not a bundle trained on other.jsonl" in other.output
+    assert (tmp_path / "corpus.sidyp-model" / "manifest.json").stat().st_mtime_ns == stamp
 
 
 def test_same_labels_as_train_refined_out(tiny_encoder, tmp_path):

@@ -192,6 +192,40 @@ def test_cli_report_and_refine_report(trained, tmp_path):
     assert data["summary"]["rows"] == 60 and data["summary"]["run"]["backend"] == "onnx"
 
 
+def test_neighbours_of_a_bundle_trained_on_a_sample(tiny_encoder, tmp_path):
+    """Past --max-train-rows the reference rows are a sample: a neighbour is found at its own
+    place, in the whole corpus's refined file or in the training corpus."""
+    from sidyp_prod import api
+
+    from conftest import tiny_config
+    from synthetic import make_rows, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "big.jsonl", make_rows(300, seed=7))
+    corpus.write_text("not json\n" + corpus.read_text())  # usable rows != file lines
+    config = tiny_config(max_train_rows=120, held_out_folds=0, classifier_epochs=3,
+                         diffusion_epochs=4)
+    refined = tmp_path / "refined.jsonl"
+    api.train(corpus, tmp_path / "bundle", config, encoder=str(tiny_encoder),
+              refined_out=refined, export=False)
+    rows = _rows(refined)
+    for train_corpus in (None, corpus):
+        page = tmp_path / "page.html"
+        build_report(refined, page, model=tmp_path / "bundle", train_corpus=train_corpus)
+        data = _page_data(page)
+        assert data["summary"]["neighbours"] == "texts"
+        shown = [(item, n) for item in data["issues"] for n in item["neighbours"]]
+        assert shown and {n["row"] for _, n in shown} - set(range(1, 121))  # past the sample
+        for item, n in shown:
+            assert n["text"] == rows[n["row"] - 1]["text"]
+            assert n["label"] == rows[n["row"] - 1]["given_label"]
+            # The refined file is taken for the training corpus: a row is not its own neighbour.
+            assert n["row"] != item["row"] or train_corpus is not None
+    other = write_jsonl(tmp_path / "other.jsonl", make_rows(300, seed=8))
+    with pytest.raises(ValueError, match="must be the corpus the bundle was trained on"):
+        build_report(refined, tmp_path / "x.html", model=tmp_path / "bundle",
+                     train_corpus=other)
+
+
 def _chromium() -> str:
     path = chromium_path()
     if path is None:

@@ -59,11 +59,20 @@ def test_rows_with_a_trusted_label_always_join_the_training_sample(tmp_path, mon
     for row in rows[::5]:
         row["human_label"] = row["gold_label"]
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    with corpus.open("a") as handle:  # rejected lines shift the usable rows' places
+        handle.write("not json\n")
+    corpus.write_text("\n" + corpus.read_text() + json.dumps(rows[0]) + "\n")
     trusted_ids = {r["id"] for r in rows[::5]}
+    usable = [line_no for line_no, line in enumerate(corpus.read_text().splitlines(), 1)
+              if line.startswith("{")]
 
     def sample(path: object, trusted_field: str | None) -> list:
-        return read_training_rows(path, FieldNames(), None, False, 200, 0, CorpusTally("label"),
-                                  None, trusted_field).rows
+        picked = read_training_rows(path, FieldNames(), None, False, 200, 0,
+                                    CorpusTally("label"), None, trusted_field)
+        assert picked.usable == len(usable)
+        # Each row's place among the usable rows: the row of the whole corpus's refined file.
+        assert [usable[p] for p in picked.positions] == [r.line_no for r in picked.rows]
+        return picked.rows
 
     with corpus.open() as stdin:
         monkeypatch.setattr(sys, "stdin", stdin)

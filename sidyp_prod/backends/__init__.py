@@ -34,7 +34,8 @@ def load_backend(
     """Build the named back end for a loaded bundle.
 
     ``onnx``: ONNX Runtime on the bundle's exported graphs (CUDA provider when available;
-    ``precision`` picks the encoder graph: auto, fp32 or int8, see OnnxBackend.from_bundle);
+    ``precision`` picks the encoder graph: auto, fp32, int8 or fp16, see
+    OnnxBackend.from_bundle);
     ``torch``: the PyTorch reference (CUDA when available). ``device`` forces "cpu" or "cuda";
     ``triton``: the models on the Triton server at ``url`` (grpc://HOST:PORT or
     http://HOST:PORT), checked against the bundle first; ``options`` go to TritonBackend.
@@ -51,8 +52,9 @@ def load_backend(
         from ..checks import require_train_extra
 
         require_train_extra("the PyTorch back end (--backend torch)")
-        if precision == "int8":
-            raise ValueError("--precision int8 is the ONNX back end's; torch runs fp32")
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"--precision {precision} is the ONNX back end's graph; torch "
+                             "runs fp32")
         import torch
 
         from .torch_backend import TorchBackend

@@ -36,9 +36,10 @@ class ModelBackend(Protocol):
     """Runs the models. The refinement core only ever calls these methods; ``embed`` only for
     a bundle with a separate embedding model."""
 
-    precision: str  # the encoder graph's numbers: "fp32", or "int8" (ONNX Runtime on the CPU)
+    precision: str  # the encoder graph's numbers: "fp32", "int8" (ONNX Runtime on the CPU), "fp16"
     # Encoder batches the refinement keeps in flight at once: more than one for a remote
-    # server, whose batcher then has requests to merge; 1 for an in-process runtime.
+    # server, whose batcher then has requests to merge, and for ONNX Runtime on a multi-core
+    # CPU (one batch a core, one thread each); 1 otherwise.
     parallel_batches: int
     # An fp32 back end that refines an int8 encoder's close calls again (pipeline.CLOSE_CALL),
     # so that labels agree with the fp32 graph's; None where the encoder is fp32 already.
