@@ -39,7 +39,7 @@ from throughput import machine
 from sidyp_prod.config import SiDyPConfig
 from sidyp_prod.pretrained import load_pretrained
 from sidyp_prod.prior import knn_vote
-from sidyp_prod.training import sentence_embeddings
+from sidyp_prod.training import pretrained_sentence_embeddings
 
 
 def read(path: Path) -> list[dict]:
@@ -127,8 +127,8 @@ def main() -> None:
 
     config = SiDyPConfig()
     pretrained = load_pretrained(None)
-    emb = sentence_embeddings([r["text"] for r in train], pretrained, config)
-    v_emb = sentence_embeddings([r["text"] for r in valid], pretrained, config)
+    emb = pretrained_sentence_embeddings([r["text"] for r in train], pretrained, config)
+    v_emb = pretrained_sentence_embeddings([r["text"] for r in valid], pretrained, config)
     gold, v_gold = labels(train, "gold_label"), labels(valid, "gold_label")
     report(args.corpus.parent.name, emb, labels(train, "label"), gold, n)
 

@@ -262,7 +262,7 @@ def encoded_trunk(
             cache.close()
 
 
-def sentence_embeddings(
+def pretrained_sentence_embeddings(
     texts: list[str],
     pretrained: PretrainedEncoder,
     config: SiDyPConfig,
