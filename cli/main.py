@@ -713,7 +713,8 @@ def serve(
 @app.command(cls=Command)
 def report(
     refined: Annotated[
-        Path, typer.Argument(help="Refined JSONL or Parquet, or a --engine ray output directory.")
+        Path, typer.Argument(help="Refined JSONL, CSV, TSV or Parquet, or a --engine ray output "
+                             "directory.")
     ],
     out: Annotated[
         Path | None,

@@ -524,7 +524,8 @@ def build_report(
     argilla: str | Path | None = None,
     run: dict[str, Any] | None = None,
 ) -> ReportSummary:
-    """Write the review page of a refined corpus (JSONL, Parquet or a ray output directory).
+    """Write the review page of a refined corpus (JSONL, CSV, TSV, Parquet or a ray output
+    directory).
 
     ``model``: the bundle that refined it (its id, encoder and settings on the page, and each
     shown issue's nearest training rows); ``train_corpus``: the corpus it was trained on, for
