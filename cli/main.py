@@ -410,8 +410,10 @@ def refine(
     if model is not None:
         stray = [f"--{name.replace('_', '-')}" for name in TRAINING_ONLY if _given(ctx, name)]
         if stray:
-            _fail(f"{', '.join(stray)}: used when refine trains a bundle (without --model); "
-                  "with --model they do not apply (train bundles with `sidyp-prod train`)")
+            one = len(stray) == 1
+            _fail(f"{', '.join(stray)} {'applies' if one else 'apply'} only when refine trains "
+                  f"a bundle (without --model): drop {'it' if one else 'them'}, or train with "
+                  "`sidyp-prod train`")
     if "-" in map(str, corpus) and out is None and engine == "local":
         _fail("the corpus is read from stdin ('-'): give --out (a file, or '-' for stdout)")
     if engine == "ray":

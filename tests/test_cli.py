@@ -123,7 +123,7 @@ def test_a_trusted_label_outside_the_label_set_exits_2_before_training(tiny_enco
                                      "--trusted-field", "human_label", "--seed", "3",
                                      "--engine", engine, "--quiet"])
         assert result.exit_code == 2
-        assert "--trusted-field, --seed: used when refine trains a bundle" in result.output
+        assert "--trusted-field, --seed apply only when refine trains a bundle" in result.output
     # stdin has no name to put the output beside.
     result = runner.invoke(app, ["refine", "-", "--model", str(tmp_path)], input="")
     assert result.exit_code == 2 and "give --out" in result.output
