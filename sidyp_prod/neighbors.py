@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 
 # faiss searches batches of at least this many queries through BLAS. One thread, 1,749-200,000
-# references of 384 dims: BLAS is 2-7x faster from 16 queries up, its speed at about 8, and ~5x
-# slower for a lone query (faiss' default, 20, left 8-19 on the slow path).
+# references of 384 dims: BLAS is 2-7x faster from 16 queries up, as fast at 8, and ~5x slower
+# for a lone query (faiss' default, 20, left 8-19 on the slow path; docs/experiments.md §32).
 faiss.cvar.distance_compute_blas_threshold = 8
 # Queries whose neighbour distances are recomputed at once: a block's float64 differences stay
 # in cache (256 ran 2.7x slower a row than 32 at batches of 256-1024, same results).
@@ -37,9 +37,10 @@ def search_in_one_thread() -> None:
 @contextlib.contextmanager
 def one_search_thread() -> Iterator[None]:
     """:func:`search_in_one_thread` for a block of the calling thread's work, then the thread's
-    own setting back. Batches that side-by-side refining runs in the caller (a chunk's close
-    calls) would otherwise start a two-thread OpenMP team whose idle thread spins on the core
-    the other batches need (3% of refine's CPU at chunks of 37 rows)."""
+    own setting back. A lone batch that side-by-side refining runs in the caller (a chunk of a
+    few rows, a chunk's close calls) would otherwise start a two-thread OpenMP team whose idle
+    thread spins on the core the other batches need (42% of refine's CPU at chunks of one row,
+    docs/experiments.md §32)."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
