@@ -45,7 +45,7 @@ from .formats import converter
 from .frames import FrameInput, frame_input, result_frame
 from .model_io import load_model
 from .pipeline import given_indices, refine_chunk, refine_rows
-from .readers import count_rows, detect_format, file_identity, same_file
+from .readers import count_rows, detect_format, file_identity, same_file, same_path
 from .report import ReportSummary, build_report
 from .stream import ResumableOutput, StdoutOutput, refine_in_chunks
 from .summaries import CorpusSummary, RefineSummary, TrainSummary
@@ -387,13 +387,14 @@ def refine_corpus(
 
 def _trained_on_path(model_dir: Path, corpus: str | Path) -> bool:
     """Whether ``model_dir`` is a bundle whose manifest names ``corpus``'s path as its training
-    corpus (whatever the file holds now)."""
+    corpus (whatever the file holds now; the files' hashes are not checked)."""
+    from .bundle import BundleError
+
     try:
-        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
-        trained_on = manifest["training"]["corpus"]["path"]
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = load_bundle(model_dir, verify=False).manifest
+    except BundleError:
         return False
-    return Path(trained_on).resolve() == Path(corpus).resolve()
+    return same_path(manifest.get("training", {}).get("corpus"), corpus)
 
 
 def _reusable_training(

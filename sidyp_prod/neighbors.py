@@ -42,7 +42,7 @@ def one_search_thread() -> Iterator[None]:
     thread spins on the core the other batches need (42% of refine's CPU at chunks of one row,
     docs/experiments.md §32)."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    search_in_one_thread()
     try:
         yield
     finally:

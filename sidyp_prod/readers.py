@@ -88,14 +88,22 @@ def file_identity(path: str | Path) -> dict[str, Any]:
     return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def same_file(identity: dict[str, Any] | None, path: str | Path) -> bool:
-    """Whether ``path`` is, unchanged, the file ``file_identity`` described (its path compared
-    resolved, so ``a/../b`` and ``b`` are one file)."""
+def same_path(identity: dict[str, Any] | None, path: str | Path) -> bool:
+    """Whether ``file_identity`` described the file at ``path``, whatever it holds now (paths
+    compared resolved, so ``a/../b`` and ``b`` are one file; stdin is never the same)."""
     if not identity or str(path) == "-" or identity.get("path") in (None, "-"):
         return False
+    return Path(identity["path"]).resolve() == Path(path).absolute().resolve()
+
+
+def same_file(identity: dict[str, Any] | None, path: str | Path) -> bool:
+    """Whether ``path`` is, unchanged, the file ``file_identity`` described (:func:`same_path`,
+    and its size and modification time, or a directory's files, as they were)."""
+    if not same_path(identity, path):
+        return False
+    assert identity is not None
     current = file_identity(path)
-    return (Path(identity["path"]).resolve() == Path(current["path"]).resolve()
-            and {k: v for k, v in identity.items() if k != "path"}
+    return ({k: v for k, v in identity.items() if k != "path"}
             == {k: v for k, v in current.items() if k != "path"})
 
 

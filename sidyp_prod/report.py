@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -345,6 +346,16 @@ class _Bundle:
         return {int(p): int(code) for p, code in zip(self.reference_rows, self.reference_labels,
                                                      strict=True)}
 
+    @cached_property
+    def _codes(self) -> dict[Any, int]:
+        return {label: code for code, label in enumerate(self.labels)}
+
+    def label_code(self, label: Any) -> int:
+        """A label's code as the reference set stores it: -1 for none, -2 outside the set."""
+        if label is None:
+            return -1
+        return self._codes.get(label, -2)
+
 
 class _TrainingOrder:
     """Does the refined file hold the bundle's training rows at their places (its
@@ -352,8 +363,8 @@ class _TrainingOrder:
     be read from it."""
 
     def __init__(self, bundle: _Bundle) -> None:
+        self.bundle = bundle
         self.expected = bundle.expected_labels()
-        self.index = {lab: i for i, lab in enumerate(bundle.labels)}
         self.rows = 0
         self.matched = 0
         self.same = True
@@ -361,7 +372,7 @@ class _TrainingOrder:
     def add(self, given: str | None) -> None:
         want = self.expected.get(self.rows)
         if self.same and want is not None:
-            self.same = (self.index.get(given, -2) if given is not None else -1) == want
+            self.same = self.bundle.label_code(given) == want
             self.matched += 1
         self.rows += 1
 
@@ -394,26 +405,25 @@ def _training_texts(source: Path, wanted: set[int], fields: FieldNames,
                 texts[i] = _text(rec, fields, where)
         return texts
     expected = bundle.expected_labels()
-    index = {label: code for code, label in enumerate(bundle.labels)}
     i = 0
     for item in iter_corpus(source, fields, list(bundle.labels)):
         if isinstance(item, Row):
             want = expected.pop(i, None)
-            code = index.get(item.label, -2) if item.label is not None else -1
-            if want is not None and code != want:
+            if want is not None and bundle.label_code(item.label) != want:
                 raise ValueError(
                     f"{source}, line {item.line_no}: label {item.label!r}, but training read "
-                    f"{_label_name(bundle, want)!r} there: --train-corpus must be the corpus "
-                    "the bundle was trained on (and --text-field/--label-field as training "
-                    "read it)")
+                    f"{_label_name(bundle, want)!r} there: {NOT_THE_TRAINING_CORPUS}")
             if i in wanted:
                 texts[i] = item.text
             i += 1
     if expected:
         raise ValueError(f"{source}: {i} rows with a valid text and label, but the bundle was "
-                         f"trained on row {max(expected) + 1}: --train-corpus must be the corpus "
-                         "it was trained on (and --text-field/--label-field as training read it)")
+                         f"trained on row {max(expected) + 1}: {NOT_THE_TRAINING_CORPUS}")
     return texts
+
+
+NOT_THE_TRAINING_CORPUS = ("--train-corpus must be the corpus the bundle was trained on (and "
+                           "--text-field/--label-field as training read it)")
 
 
 def _label_name(bundle: _Bundle, code: int) -> str | None:

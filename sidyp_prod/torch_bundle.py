@@ -80,13 +80,12 @@ def save_trained(
     pretrained: PretrainedEncoder,
     summary: dict[str, Any],
     calibration: OutputCalibration,
-    positions: np.ndarray | None = None,
+    positions: np.ndarray,
     overwrite: bool = False,
     embedder: PretrainedEncoder | None = None,
 ) -> Path:
     """The bundle: manifest, weights, reference set (with ``positions``, each reference row's
-    place among the training corpus's usable rows; default: they are those rows), tokenizers
-    and calibration."""
+    place among the training corpus's usable rows), tokenizers and calibration."""
     depth = int(pretrained.config.num_hidden_layers)
     source = embedding_source(config, pretrained, embedder)
     config = replace(config, trainable_layers=config.resolved_trainable_layers(depth))
@@ -110,8 +109,7 @@ def save_trained(
             "labels": result.given.astype(np.int64),
             "clean": result.clean,
             "centroids": result.centroids,
-            "rows": (np.arange(len(result.given)) if positions is None
-                     else np.asarray(positions)).astype(np.int64),
+            "rows": np.asarray(positions, dtype=np.int64),
         },
     }
     files = {TOKENIZER_FILE: _bare_tokenizer(pretrained).to_str().encode("utf-8"),
