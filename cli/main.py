@@ -715,8 +715,8 @@ def serve(
 @app.command(cls=Command)
 def report(
     refined: Annotated[
-        Path, typer.Argument(help="Refined JSONL, CSV, TSV or Parquet, or a --engine ray output "
-                             "directory.")
+        Path, typer.Argument(help="Refined JSONL, CSV, TSV (also .gz or .zst) or Parquet, or a "
+                             "--engine ray output directory.")
     ],
     out: Annotated[
         Path | None,
@@ -775,8 +775,8 @@ def report(
 @app.command(cls=Command)
 def evaluate(
     refined: Annotated[
-        Path, typer.Argument(help="Refined JSONL, CSV, TSV or Parquet, or a --engine ray output "
-                             "directory.")
+        Path, typer.Argument(help="Refined JSONL, CSV, TSV (also .gz or .zst) or Parquet, or a "
+                             "--engine ray output directory.")
     ],
     gold_field: Annotated[
         str, typer.Option(help="JSON field with the human label.")

@@ -10,6 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from .corpus import read_raw_lines
+from .readers import detect_format
+
 __all__ = [
     "EvaluationReport",
     "accuracy",
@@ -303,7 +306,8 @@ def evaluate_records(
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
     """Stream the rows of what refine wrote: a JSONL file (blank lines skipped), a Parquet, CSV
-    or TSV file, or a `--engine ray` output directory (its part-* shards)."""
+    or TSV file (JSONL, CSV and TSV also ``.gz`` or ``.zst``), or a `--engine ray` output
+    directory (its part-* shards)."""
     for _, rec in read_located_records(path):
         yield rec
 
@@ -319,27 +323,28 @@ def read_located_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]
         for shard in shards:
             yield from read_located_records(shard)
         return
-    if path.suffix == ".parquet":
+    kind = detect_format(path)
+    if kind == "parquet":
         from .formats import read_parquet_rows
 
         for row_no, rec in enumerate(read_parquet_rows(path), start=1):
             yield f"{path}: row {row_no}", rec
         return
-    if path.suffix in (".csv", ".tsv"):
+    if kind in ("csv", "tsv"):
         from .formats import read_csv_rows
 
-        rows = read_csv_rows(path, "," if path.suffix == ".csv" else "\t")
+        rows = read_csv_rows(path, "," if kind == "csv" else "\t")
         for row_no, rec in enumerate(rows, start=1):
             yield f"{path}: row {row_no}", rec
         return
-    with path.open("rb") as fh:  # bytes, so that a decoding error names its line
-        for line_no, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not UTF-8 text (is it JSONL?)") from exc
-            if line.strip():
-                yield f"{path}:{line_no}", _record(path, line_no, line)
+    # Bytes, so that a decoding error names its line; .gz and .zst are decompressed.
+    for line_no, raw in enumerate(read_raw_lines(path), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}:{line_no}: not UTF-8 text (is it JSONL?)") from exc
+        if line.strip():
+            yield f"{path}:{line_no}", _record(path, line_no, line)
 
 
 def _record(path: Path, line_no: int, line: str) -> dict[str, Any]:

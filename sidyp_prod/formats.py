@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+
+from .corpus import open_binary
 
 BATCH_ROWS = 8192
 LABEL_FIELDS = ("given_label", "predicted_label")
@@ -205,7 +208,8 @@ def read_csv_rows(path: Path, delimiter: str = ",") -> Iterator[dict]:
     numbers, ``is_label_issue`` as a boolean, ``candidates`` as an object, empty cells as
     null); others stay text."""
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    stream, _ = open_binary(path)  # .gz and .zst are decompressed
+    with io.TextIOWrapper(stream, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         for row_no, row in enumerate(reader, start=1):
             try:

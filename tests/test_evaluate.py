@@ -270,6 +270,25 @@ def test_read_records(tmp_path: Path) -> None:
         list(read_records(path))
 
 
+def test_read_records_reads_compressed_outputs(tmp_path: Path) -> None:
+    # A refined file compressed after the fact (gzip out.jsonl) reads like the plain one.
+    import gzip
+
+    zstandard = pytest.importorskip("zstandard")
+    rows = _rows()
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "out.jsonl.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "out.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(text))
+    (tmp_path / "out.csv.gz").write_bytes(gzip.compress(b"id,given_label\n1,a\n2,\n"))
+    for name in ("out.jsonl.gz", "out.jsonl.zst"):
+        assert list(read_records(tmp_path / name)) == rows, name
+    assert list(read_records(tmp_path / "out.csv.gz")) == [
+        {"id": "1", "given_label": "a"}, {"id": "2", "given_label": None}]
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(text)[:-12])
+    with pytest.raises(ValueError, match=r"cut\.jsonl\.gz.*corrupt gzip"):
+        list(read_records(tmp_path / "cut.jsonl.gz"))
+
+
 def test_read_then_evaluate(tmp_path: Path) -> None:
     path = tmp_path / "refined.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _rows()), encoding="utf-8")
