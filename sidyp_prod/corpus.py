@@ -202,15 +202,56 @@ def parse_label_set(spec: str | None) -> list[str] | None:
     return labels
 
 
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file's frames, decompressed one after another. A stream cut inside a frame or
+    not zstd at all raises OSError: zstandard's own stream reader ends quietly at a cut
+    frame, which would read as the end of the corpus and drop its remaining rows."""
+
+    def __init__(self, path: str | Path, zstandard: Any) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with this reader
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._error = zstandard.ZstdError
+        self._frame: Any = None  # the frame being decompressed (None: between frames)
+        self._pending = b""
+        self._out = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            if not self._pending:
+                self._pending = self._file.read(1 << 16)
+                if not self._pending:
+                    if self._frame is not None:
+                        raise OSError("the stream ends inside a frame (a cut file?)")
+                    return 0
+            if self._frame is None:
+                self._frame = self._decompressor.decompressobj()
+            try:
+                self._out = self._frame.decompress(self._pending)
+            except self._error as exc:
+                raise OSError(str(exc)) from exc
+            self._pending = b""
+            if self._frame.eof:
+                self._pending, self._frame = self._frame.unused_data, None
+        size = min(len(buffer), len(self._out))
+        buffer[:size] = self._out[:size]
+        self._out = self._out[size:]
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _open_zstd(path: str | Path) -> IO[bytes]:
     try:
         import zstandard
     except ImportError as exc:
         raise RuntimeError(f"{path}: reading .zst needs zstandard: "
                            "pip install 'sidyp-prod[zstd]'") from exc
-    raw = open(path, "rb")  # noqa: SIM115 - closed with the reader (closefd)
-    reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-    return io.BufferedReader(reader)  # type: ignore[arg-type]
+    return io.BufferedReader(_ZstdFrames(path, zstandard), 1 << 16)
 
 
 def open_binary(path: str | Path) -> tuple[IO[bytes], bool]:

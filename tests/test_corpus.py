@@ -384,6 +384,24 @@ def test_corrupt_gzip_raises_input_error(tmp_path: Path) -> None:
         list(iter_corpus(path))
 
 
+def test_cut_or_corrupt_zstd_raises_input_error(tmp_path: Path) -> None:
+    # zstandard's stream reader ends quietly at a cut frame: the rows after it would be lost.
+    zstandard = pytest.importorskip("zstandard")
+    lines = [b'{"text": "row %d"}\n' % i for i in range(4000)]
+    compress = zstandard.ZstdCompressor().compress
+    data = compress(b"".join(lines[:3000])) + compress(b"".join(lines[3000:]))
+    path = tmp_path / "c.jsonl.zst"
+    path.write_bytes(data)
+    assert len(list(iter_corpus(path))) == 4000  # two frames, read one after the other
+    path.write_bytes(data[: len(data) * 9 // 10])
+    cut = r"c\.jsonl\.zst:\d+: corrupt zstd stream: .*inside a frame"
+    with pytest.raises(InputError, match=cut):
+        list(iter_corpus(path))
+    path.write_bytes(b"not zstd at all\n" * 10)
+    with pytest.raises(InputError, match="corrupt zstd stream"):
+        list(iter_corpus(path))
+
+
 def test_stdin_input(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = io.TextIOWrapper(io.BytesIO(b'{"text": "a"}\nbad\n'), encoding="utf-8")
     monkeypatch.setattr(sys, "stdin", fake)
