@@ -22,6 +22,7 @@ from .checks import (
     CorpusTally,
     check_bundle_target,
     check_corpus_path,
+    check_distinct,
     check_parent,
     first_reject_reasons,
     refine_problems,
@@ -126,6 +127,7 @@ def train(
     check_parent(refined_out, "--refined-out")
     if rejects:
         check_parent(rejects_path, "--rejects")
+    check_distinct({"the corpus": corpus, "--refined-out": refined_out, "--rejects": rejects_path})
     tally = CorpusTally(fields.label)
     rows, rejected, label_set, usable, positions = read_training_rows(
         corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format,
@@ -133,6 +135,8 @@ def train(
     )
     if rejected:
         write_rejects(rejects_path, rejected)
+    else:
+        rejects_path.unlink(missing_ok=True)  # an earlier run's, which would count rows twice
     if not tally.labelled:
         raise ValueError(tally.no_labels_message(corpus, rejects_path))
     if len(label_set) < 2:
@@ -242,6 +246,7 @@ def refine(
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     check_parent(out, "--out")
     check_parent(rejects_path, "--rejects")
+    check_distinct({"the corpus": corpus, "--out": out, "--rejects": rejects_path})
     bundle = load_bundle(model)
     loaded = load_model(bundle)
     backend, options = backend_choice(backend, triton_url, triton_retry_seconds)
@@ -353,6 +358,7 @@ def refine_corpus(
     rejects_path = Path(rejects) if rejects else default_rejects_path(out)
     # The training rows' fields, kept beside the output until it is finished.
     known_path = out.with_name(out.name + ".training.jsonl")
+    check_distinct({"the corpus": corpus, "--out": out, "--rejects": rejects_path})
     trained: TrainSummary | None = None
     known = _reusable_training(model_dir, corpus, known_path) if resume else None
     if known is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,20 @@ def check_parent(path: str | Path | None, option: str) -> None:
     parent = path.absolute().parent
     if not parent.is_dir():
         raise ValueError(f"{option} {path}: the directory {parent} does not exist")
+
+
+def check_distinct(paths: Mapping[str, str | Path | None]) -> None:
+    """The corpus and each output must be different files (compared resolved): an output
+    written over the corpus, or the rejects over the output, would destroy it."""
+    seen: dict[Path, str] = {}
+    for name, path in paths.items():
+        if path is None or str(path) == STDIO:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise ValueError(f"{name} {path} is the same file as {seen[resolved]}: "
+                             "give each its own path")
+        seen[resolved] = f"{name} {path}"
 
 
 def reject_reason(reject: dict[str, Any]) -> str:

@@ -61,11 +61,13 @@ def _append_chunk(
 
 
 def _place_rejects(partial: Path, final: Path, progress: Progress) -> None:
-    """A finished run keeps its rejects file only when something was rejected."""
+    """A finished run keeps its rejects file only when something was rejected (and removes an
+    earlier run's, which would count rows twice)."""
     if progress.rejected:
         os.replace(partial, final)
     else:
         partial.unlink()
+        final.unlink(missing_ok=True)
 
 
 def journal_path(out: str | Path) -> Path:

@@ -329,3 +329,43 @@ def test_options_a_back_end_or_export_cannot_honour_exit_2(trained, fresh_corpus
                                  "--calibration", str(corpus), "--input-format", "bogus"])
     assert result.exit_code == 2
     assert "--calibration" in result.output and "unknown input format 'bogus'" in result.output
+
+
+# 12. Outputs never overwrite the corpus or each other, and the rejects file is this run's.
+
+
+def test_outputs_that_are_the_corpus_or_each_other_are_refused(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(fresh_corpus.read_bytes())
+    spelled = tmp_path / "sub" / ".." / "c.jsonl"
+    (tmp_path / "sub").mkdir()
+    for out, extra, says in [
+        (spelled, (), "--out"),
+        (tmp_path / "o.jsonl", ("--rejects", str(corpus)), "--rejects"),
+        (tmp_path / "o.jsonl", ("--rejects", str(tmp_path / "o.jsonl")), "--rejects"),
+    ]:
+        result = _refine(corpus, bundle, out, *extra)
+        assert result.exit_code == 2, result.output
+        assert f"{says} " in result.output and "is the same file as" in result.output
+        assert corpus.read_bytes() == fresh_corpus.read_bytes()
+    assert not (tmp_path / "o.jsonl").exists() and _leftovers(tmp_path) == []
+    result = runner.invoke(app, ["train", str(corpus), "--out", str(tmp_path / "b"),
+                                 "--refined-out", str(corpus), *FAST])
+    assert result.exit_code == 2 and "is the same file as the corpus" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_run_without_rejects_removes_an_earlier_runs_rejects(trained, fresh_corpus, tmp_path):
+    bundle, _, _ = trained
+    rows = fresh_corpus.read_text().splitlines(keepends=True)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x", "label": "not a class"}\n' + "".join(rows[:5]))
+    assert _refine(bad, bundle, tmp_path / "o.jsonl").exit_code == 0
+    assert len((tmp_path / "o.rejects.jsonl").read_text().splitlines()) == 1
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(rows[:5]))
+    assert _refine(good, bundle, tmp_path / "o.jsonl").exit_code == 0
+    # Every input row is in the output or the rejects: an old rejects file would add one.
+    assert not (tmp_path / "o.rejects.jsonl").exists()
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 5
