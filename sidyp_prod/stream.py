@@ -188,7 +188,8 @@ def refine_in_chunks(
 ) -> None:
     """Refine ``items`` into ``sink`` ``chunk_size`` rows at a time (rejects pass through in
     input order), skipping the input lines the sink already holds (a resumed run).
-    ``observe`` sees every new item, ``on_chunk`` the number of lines each chunk took."""
+    ``observe`` sees every item, the skipped ones too (a resumed run's warnings and exit code
+    are an uninterrupted run's); ``on_chunk`` the number of lines each chunk took."""
     done = sink.progress.lines
     rows: list[Row] = []
     rejected: list[dict] = []
@@ -201,10 +202,10 @@ def refine_in_chunks(
         rejected.clear()
 
     for item in items:
+        observe(item)
         if item.line_no <= done:
             continue
         line = item.line_no
-        observe(item)
         if isinstance(item, Reject):
             rejected.append(item.to_json())
         else:

@@ -75,6 +75,23 @@ def test_resume_refuses_other_settings_and_starts_over_without_a_journal(
     assert summary.refined == 30
 
 
+def test_a_resumed_run_reports_the_problems_of_the_whole_corpus(trained, tmp_path):
+    # The first chunk holds the only labels of the bundle's set: a resumed run that tallied only
+    # the rows after it would report "no label of the corpus is in the bundle's label set".
+    bundle, _, _ = trained
+    rows = make_rows(30, seed=4)
+    for i, row in enumerate(rows[10:]):
+        row["label"] = None if i % 2 else "not a class"
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    whole = api.refine(corpus, bundle, tmp_path / "whole.jsonl", chunk_size=10)
+    with pytest.raises(KeyboardInterrupt):
+        _interrupt_after_first_chunk(bundle, corpus, tmp_path / "o.jsonl")
+    resumed = api.refine(corpus, bundle, tmp_path / "o.jsonl", chunk_size=10, resume=True)
+    assert whole.problems == resumed.problems == []
+    assert resumed.reject_reasons == whole.reject_reasons and resumed.rejected == 10
+    assert (tmp_path / "o.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+
+
 def _interrupt_after_first_chunk(bundle: Path, corpus: Path, out: Path) -> None:
     """Stop a run in-process right after its first chunk is durable."""
     from sidyp_prod import stream
