@@ -268,7 +268,7 @@ def refine(
             "precision": runtime.precision,
             "chunk_size": chunk_size,
             "fields": asdict(fields),
-            "rejects": str(Path(rejects_path).absolute()),
+            "rejects": str(Path(rejects_path).resolve()),
         }
         sink = ResumableOutput(Path(out), rejects_path, identity, resume)
     notes = [sink.notice] if getattr(sink, "notice", None) else []
@@ -415,7 +415,7 @@ def _reusable_training(
         bundle = load_bundle(model_dir)  # verifies every file's hash
     except BundleError:
         return None
-    if bundle.manifest.get("training", {}).get("corpus") != file_identity(corpus):
+    if not same_file(bundle.manifest.get("training", {}).get("corpus"), corpus):
         return None
     known = {}
     with known_path.open(encoding="utf-8") as handle:

@@ -76,16 +76,17 @@ def detect_format(path: str | Path, input_format: str | None = None) -> str:
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:
-    """What must not change between a run and its resumption."""
+    """What must not change between a run and its resumption (the path resolved, so that
+    ``a/../b`` and ``b`` are one file)."""
     if str(path) == "-":
         return {"path": "-"}
-    path = Path(path)
+    path = Path(path).resolve()
     if path.is_dir():  # a datasets directory: its files
-        return {"path": str(path.absolute()), "files": [
+        return {"path": str(path), "files": [
             [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
             for f in sorted(path.rglob("*")) if f.is_file()]}
     stat = path.stat()
-    return {"path": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def same_path(identity: dict[str, Any] | None, path: str | Path) -> bool:

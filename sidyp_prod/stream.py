@@ -106,10 +106,13 @@ class ResumableOutput:
 
     def _load_journal(self) -> Progress:
         state = json.loads(self.journal.read_text())
-        if state.get("identity") != self.identity:
+        before = state.get("identity") or {}
+        if before != self.identity:
+            differ = sorted(k for k in {*before, *self.identity}
+                            if before.get(k) != self.identity.get(k))
             raise ResumeError(
-                f"{self.out}: the unfinished run used other inputs or settings; "
-                "start again without --resume"
+                f"{self.out}: the unfinished run used other inputs or settings "
+                f"({', '.join(differ)} differ); start again without --resume"
             )
         for path, key in ((self.partial, "output_bytes"), (self.rejects_partial, "rejects_bytes")):
             if not path.is_file() or path.stat().st_size < state["progress"][key]:
