@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
@@ -271,11 +271,28 @@ TRAINING_ONLY = ("save_model", "max_train_rows", "encoder", "embedding_model", "
                  "trusted_field", "seed", "preset", "overwrite")
 
 
+RAY_ONLY = ("address", "workers", "gpus_per_worker", "cpus_per_worker", "output_format")
+ONNX_EXPORT_ONLY = ("int8", "fp16", "atol", "validate", "calibration", "text_field",
+                    "input_format")
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user set option ``name`` (on the command line or from the environment)."""
     source = ctx.get_parameter_source(name)
     # Compared by name: Typer ships its own copy of click's ParameterSource.
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _refuse_unused(ctx: typer.Context, names: Sequence[str], applies: str) -> None:
+    """Exit 2 naming the options the user set that do not apply here (``applies``: when they
+    do), rather than run without them."""
+    params = {param.name: param for param in ctx.command.params}
+    stray = ["/".join([*params[name].opts, *params[name].secondary_opts])
+             for name in names if _given(ctx, name)]
+    if stray:
+        one = len(stray) == 1
+        _fail(f"{', '.join(stray)} {'applies' if one else 'apply'} only {applies}: drop "
+              f"{'it' if one else 'them'}")
 
 
 def _layers(value: str) -> int | str:
@@ -414,6 +431,10 @@ def refine(
             _fail(f"{', '.join(stray)} {'applies' if one else 'apply'} only when refine trains "
                   f"a bundle (without --model): drop {'it' if one else 'them'}, or train with "
                   "`sidyp-prod train`")
+    if engine == "local":
+        _refuse_unused(ctx, RAY_ONLY, "with --engine ray")
+    if triton_url is None:
+        _refuse_unused(ctx, ("triton_retry_seconds",), "with --triton-url")
     if "-" in map(str, corpus) and out is None and engine == "local":
         _fail("the corpus is read from stdin ('-'): give --out (a file, or '-' for stdout)")
     if engine == "ray":
@@ -555,6 +576,7 @@ def _refine_ray(corpus: list[Path], model: Path | None, out: str | None, *, as_j
 
 @app.command(cls=Command)
 def export(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="Model bundle directory.")],
     out: Annotated[
         Path | None,
@@ -595,6 +617,8 @@ def export(
     if not onnx:
         if triton_repo is None:
             _fail("--no-onnx exports nothing by itself: give --triton-repo DIR")
+        _refuse_unused(ctx, ONNX_EXPORT_ONLY, "when export writes the ONNX graphs (without "
+                       "--no-onnx)")
         _write_triton_repo(bundle, triton_repo, out, cpu_instances)
         return
     try:

@@ -329,6 +329,19 @@ def test_options_a_back_end_or_export_cannot_honour_exit_2(trained, fresh_corpus
                                  "--calibration", str(corpus), "--input-format", "bogus"])
     assert result.exit_code == 2
     assert "--calibration" in result.output and "unknown input format 'bogus'" in result.output
+    # Options of another engine, back end or export step are refused, not ignored.
+    result = _refine(corpus, bundle, tmp_path / "o.parquet", "--format", "parquet",
+                     "--workers", "2")
+    assert result.exit_code == 2 and "--workers, --format apply only with --engine ray" in (
+        result.output)
+    result = _refine(corpus, bundle, tmp_path / "o.jsonl", "--triton-retry-seconds", "5")
+    assert result.exit_code == 2 and "only with --triton-url" in result.output
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.parquet").exists()
+    result = runner.invoke(app, ["export", str(bundle), "--no-onnx", "--triton-repo",
+                                 str(tmp_path / "repo"), "--fp16", "--calibration", str(corpus)])
+    assert result.exit_code == 2 and "--fp16/--no-fp16, --calibration apply only when export" in (
+        result.output)
+    assert not (tmp_path / "repo").exists()
 
 
 # 12. Outputs never overwrite the corpus or each other, and the rejects file is this run's.
