@@ -41,7 +41,13 @@ from .corpus import (
     iter_corpus,
 )
 from .decision import small_classes
-from .evaluate import EvaluationReport, evaluate_records, read_records, write_plots
+from .evaluate import (
+    EvaluationReport,
+    evaluate_located,
+    read_located_records,
+    read_records,
+    write_plots,
+)
 from .formats import converter
 from .frames import FrameInput, frame_input, result_frame
 from .model_io import load_model
@@ -442,7 +448,7 @@ def evaluate(
     plot_dir: str | Path | None = None,
 ) -> EvaluationReport:
     """Score a refined corpus against its gold labels; optionally write the two plots."""
-    report = evaluate_records(read_records(refined), gold_field=gold_field)
+    report = evaluate_located(read_located_records(refined), gold_field=gold_field)
     if plot_dir is not None:
         write_plots(report, plot_dir, title=Path(refined).name)
     return report

@@ -17,6 +17,7 @@ __all__ = [
     "EvaluationReport",
     "accuracy",
     "confusion_matrix",
+    "evaluate_located",
     "evaluate_records",
     "expected_calibration_error",
     "per_class_report",
@@ -214,6 +215,19 @@ def _short_headings(labels: Sequence[str], width: int = 7) -> list[str]:
     return heads
 
 
+def _gold_label(value: Any, where: str, name: str) -> str | None:
+    """A gold label as a string; None when missing or blank. Anything but a string or an
+    integer is refused (as the review page refuses it), not scored as a class of its own."""
+    if isinstance(value, str):
+        return value if value.strip() else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: field {name!r}: expected a label (string or int), "
+                         f"got {value!r}")
+    return str(value)
+
+
 def _as_label(value: Any) -> str | None:
     # JSON labels may be numbers; compare everything as strings so 1 and "1" agree.
     if value is None:
@@ -232,24 +246,42 @@ def evaluate_records(
 ) -> EvaluationReport:
     """Score refined rows against gold labels.
 
-    Rows whose gold label is missing, None or "" count in n_rows but are not scored. The given,
-    predicted and confidence fields must exist in every row; given/predicted may be None (wrong).
-    `labels` defaults to the sorted union of gold, given and predicted labels seen.
+    Rows whose gold label is missing, None or blank count in n_rows but are not scored. The
+    given, predicted and confidence fields must exist in every row; given/predicted may be None
+    (wrong). `labels` defaults to the sorted union of gold, given and predicted labels seen.
+    Errors name the row by its place (:func:`evaluate_located` takes the places to name).
     """
+    return evaluate_located(
+        ((f"row {row_no}", rec) for row_no, rec in enumerate(records, start=1)),
+        gold_field, given_field, predicted_field, confidence_field, labels, n_bins)
+
+
+def evaluate_located(
+    located: Iterable[tuple[str, dict[str, Any]]],
+    gold_field: str = "gold_label",
+    given_field: str = "given_label",
+    predicted_field: str = "predicted_label",
+    confidence_field: str = "confidence",
+    labels: Sequence[str] | None = None,
+    n_bins: int = 15,
+) -> EvaluationReport:
+    """:func:`evaluate_records` over (where, row) pairs, as :func:`read_located_records` gives
+    them: an error names the file and line."""
     n_rows = 0
     gold: list[str] = []
     given: list[str | None] = []
     pred: list[str | None] = []
     conf: list[float] = []
     seen: set[str] = set()
-    for row_no, rec in enumerate(records, start=1):
+    for where, rec in located:
         n_rows += 1
         if not isinstance(rec, dict):
-            raise ValueError(f"row {row_no}: expected a dict, got {type(rec).__name__}")
+            raise ValueError(f"{where}: expected a dict, got {type(rec).__name__}")
         for name in (given_field, predicted_field, confidence_field):
             if name not in rec:
-                raise ValueError(f"row {row_no}: required field {name!r} is missing")
-        g_lab = _as_label(rec.get(gold_field))
+                raise ValueError(f"{where}: required field {name!r} is missing "
+                                 "(is this refine's output?)")
+        g_lab = _gold_label(rec.get(gold_field), where, gold_field)
         giv = _as_label(rec[given_field])
         prd = _as_label(rec[predicted_field])
         seen.update(x for x in (g_lab, giv, prd) if x)
@@ -258,7 +290,7 @@ def evaluate_records(
         c = rec[confidence_field]
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c <= 1.0:
             raise ValueError(
-                f"row {row_no}: field {confidence_field!r} must be a number in [0, 1], got {c!r}"
+                f"{where}: field {confidence_field!r} must be a number in [0, 1], got {c!r}"
             )
         gold.append(g_lab)
         given.append(giv)

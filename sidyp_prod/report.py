@@ -555,6 +555,9 @@ def build_report(
         Path(label_studio) if label_studio else None, Path(argilla) if argilla else None, version))
     try:
         _issues(refined, fields, gold_field, tally, gold, top, order, exports)
+        if gold_field and not gold.rows:  # a misspelt field would hide the gold views silently
+            raise ValueError(f"--gold-field {gold_field}: no row of {refined} has a gold label "
+                             "in that field")
     except BaseException as exc:
         for export in exports:
             export.__exit__(type(exc), exc, exc.__traceback__)

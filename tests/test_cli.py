@@ -158,4 +158,4 @@ def test_evaluate_of_a_file_that_is_not_jsonl_exits_2_naming_it(tmp_path):
     path.write_bytes(b"\x1f\x8b\x08\x00\xd8\xff")
     result = runner.invoke(app, ["evaluate", str(path)])
     assert result.exit_code == 2
-    assert "refined.parquet.gz:1: not UTF-8" in result.output
+    assert "refined.parquet.gz: not a readable Parquet file" in result.output

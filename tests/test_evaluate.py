@@ -209,6 +209,28 @@ def test_evaluate_records_bad_confidence() -> None:
         evaluate_records(rows)
 
 
+def test_gold_labels_that_are_not_labels_are_refused_and_blank_ones_not_scored() -> None:
+    rows = _rows()
+    rows[1]["gold_label"] = "   "
+    assert evaluate_records(rows).n_scored == evaluate_records(_rows()).n_scored - 1
+    for bad in (["a"], True, 1.5, {"a": 1}):
+        rows[1]["gold_label"] = bad
+        with pytest.raises(ValueError, match=r"row 2: field 'gold_label': expected a label"):
+            evaluate_records(rows)
+
+
+def test_evaluate_names_the_file_and_line_of_a_bad_row(tmp_path: Path) -> None:
+    from sidyp_prod import api
+
+    rows = _rows()
+    del rows[3]["confidence"]
+    path = tmp_path / "refined.jsonl"
+    path.write_text("\n\n" + "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"refined\.jsonl:6: required field 'confidence' is "
+                       r"missing \(is this refine's output\?\)"):
+        api.evaluate(path)
+
+
 def test_evaluate_records_without_gold_raises() -> None:
     rows = [r for r in _rows() if not r.get("gold_label")]
     with pytest.raises(ValueError, match="no row has a gold label in field 'gold_label'"):

@@ -144,6 +144,10 @@ def test_parquet_and_jsonl_give_the_same_page_data(trained, tmp_path):
     a, b = _page_data(tmp_path / "a.html"), _page_data(tmp_path / "b.html")
     for key in ("flows", "classes", "score_hist", "confidence_hist", "gold", "issues"):
         assert a[key] == b[key], key
+    # A gold field no row has (a misspelt name) is an error, not a page without gold views.
+    with pytest.raises(ValueError, match="--gold-field gold_lable: no row of"):
+        build_report(refined, tmp_path / "c.html", gold_field="gold_lable")
+    assert not (tmp_path / "c.html").exists()
 
 
 def test_a_bad_row_names_file_line_and_field_and_leaves_nothing(trained, tmp_path):
