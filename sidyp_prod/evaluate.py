@@ -235,25 +235,11 @@ def _as_label(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def evaluate_records(
-    records: Iterable[dict[str, Any]],
-    gold_field: str = "gold_label",
-    given_field: str = "given_label",
-    predicted_field: str = "predicted_label",
-    confidence_field: str = "confidence",
-    labels: Sequence[str] | None = None,
-    n_bins: int = 15,
-) -> EvaluationReport:
-    """Score refined rows against gold labels.
-
-    Rows whose gold label is missing, None or blank count in n_rows but are not scored. The
-    given, predicted and confidence fields must exist in every row; given/predicted may be None
-    (wrong). `labels` defaults to the sorted union of gold, given and predicted labels seen.
-    Errors name the row by its place (:func:`evaluate_located` takes the places to name).
-    """
+def evaluate_records(records: Iterable[dict[str, Any]], **options: Any) -> EvaluationReport:
+    """Score refined rows against gold labels (``options``: :func:`evaluate_located`'s); an
+    error names a row by its place in ``records``."""
     return evaluate_located(
-        ((f"row {row_no}", rec) for row_no, rec in enumerate(records, start=1)),
-        gold_field, given_field, predicted_field, confidence_field, labels, n_bins)
+        ((f"row {row_no}", rec) for row_no, rec in enumerate(records, start=1)), **options)
 
 
 def evaluate_located(
@@ -265,8 +251,13 @@ def evaluate_located(
     labels: Sequence[str] | None = None,
     n_bins: int = 15,
 ) -> EvaluationReport:
-    """:func:`evaluate_records` over (where, row) pairs, as :func:`read_located_records` gives
-    them: an error names the file and line."""
+    """Score refined rows, given as (where, row) pairs as :func:`read_located_records` gives
+    them (an error names the file and line), against gold labels.
+
+    Rows whose gold label is missing, None or blank count in n_rows but are not scored. The
+    given, predicted and confidence fields must exist in every row; given/predicted may be None
+    (wrong). `labels` defaults to the sorted union of gold, given and predicted labels seen.
+    """
     n_rows = 0
     gold: list[str] = []
     given: list[str | None] = []
