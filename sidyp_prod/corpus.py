@@ -349,7 +349,7 @@ def parse_line(
     if not line.strip():
         return Reject(line_no, BLANK_LINE, None, line)
     try:
-        record = json.loads(line)
+        record = json.loads(line, parse_constant=_non_finite)
     except json.JSONDecodeError as exc:
         return Reject(line_no, f"invalid JSON: {exc.msg} (col {exc.colno})", None, line)
     except RecursionError:
@@ -527,6 +527,12 @@ def label_set_from_rows(rows: Iterable[Row | Reject]) -> list[str] | list[int]:
     for row in found:
         row.label = str(row.label)
     return sorted({str(label) for label in labels})
+
+
+def _non_finite(name: str) -> None:
+    """NaN and +-Infinity are not JSON, though Python's json writes them: read as null, as a
+    Parquet or pandas NaN is, so that the output stays strict JSON."""
+    return None
 
 
 def json_line(obj: dict[str, Any]) -> str:

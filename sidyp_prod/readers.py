@@ -153,13 +153,13 @@ def count_rows(path: str | Path, input_format: str | None = None) -> int | None:
 
 
 def plain_value(value: Any) -> Any:
-    """A JSON-ready copy of one value from Arrow, pandas or numpy: NaN and missing values
-    become None, dates and times ISO 8601 text, decimals text, bytes base64 text, numpy
-    scalars and arrays Python numbers and lists."""
+    """A JSON-ready copy of one value from Arrow, pandas or numpy: NaN, +-Infinity (not
+    JSON) and missing values become None, dates and times ISO 8601 text, decimals text, bytes
+    base64 text, numpy scalars and arrays Python numbers and lists."""
     if value is None or isinstance(value, str | bool | int):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) else value
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -23,6 +23,7 @@ from sidyp_prod.corpus import (
     count_lines,
     default_rejects_path,
     iter_corpus,
+    json_line,
     label_set_from_rows,
     parse_label_set,
 )
@@ -154,6 +155,19 @@ def test_label_bad_type_rejected(tmp_path: Path, value: Any, kind: str) -> None:
     reject = only_reject(path)
     assert reject.field == "label"
     assert reject.reason == f'field "label": expected a string, integer or null, got {kind}'
+
+
+def test_nan_and_infinity_read_as_null_so_the_output_is_strict_json(tmp_path: Path) -> None:
+    # Python's json writes NaN and Infinity; they are not JSON, and other readers refuse them.
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "hi", "label": NaN, "score": -Infinity, "x": [Infinity]}\n')
+    row = only_row(path)
+    assert row.label is None and row.record["score"] is None and row.record["x"] == [None]
+
+    def strict(name: str) -> None:
+        raise ValueError(name)
+
+    json.loads(json_line(row.record), parse_constant=strict)
 
 
 def test_label_outside_label_set_rejected(tmp_path: Path) -> None:
