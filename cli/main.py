@@ -283,16 +283,17 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _refuse_unused(ctx: typer.Context, names: Sequence[str], applies: str) -> None:
+def _refuse_unused(ctx: typer.Context, names: Sequence[str], applies: str,
+                   otherwise: str = "") -> None:
     """Exit 2 naming the options the user set that do not apply here (``applies``: when they
-    do), rather than run without them."""
+    do; ``otherwise``: what else to do), rather than run without them."""
     params = {param.name: param for param in ctx.command.params}
     stray = ["/".join([*params[name].opts, *params[name].secondary_opts])
              for name in names if _given(ctx, name)]
     if stray:
         one = len(stray) == 1
         _fail(f"{', '.join(stray)} {'applies' if one else 'apply'} only {applies}: drop "
-              f"{'it' if one else 'them'}")
+              f"{'it' if one else 'them'}" + (f", or {otherwise}" if otherwise else ""))
 
 
 def _layers(value: str) -> int | str:
@@ -425,12 +426,8 @@ def refine(
     from sidyp_prod.stream import ResumeError, journal_path
 
     if model is not None:
-        stray = [f"--{name.replace('_', '-')}" for name in TRAINING_ONLY if _given(ctx, name)]
-        if stray:
-            one = len(stray) == 1
-            _fail(f"{', '.join(stray)} {'applies' if one else 'apply'} only when refine trains "
-                  f"a bundle (without --model): drop {'it' if one else 'them'}, or train with "
-                  "`sidyp-prod train`")
+        _refuse_unused(ctx, TRAINING_ONLY, "when refine trains a bundle (without --model)",
+                       "train with `sidyp-prod train`")
     if engine == "local":
         _refuse_unused(ctx, RAY_ONLY, "with --engine ray")
     if triton_url is None:
