@@ -20,6 +20,7 @@ __all__ = [
     "evaluate_located",
     "evaluate_records",
     "expected_calibration_error",
+    "label_text",
     "per_class_report",
     "read_located_records",
     "read_records",
@@ -215,17 +216,22 @@ def _short_headings(labels: Sequence[str], width: int = 7) -> list[str]:
     return heads
 
 
-def _gold_label(value: Any, where: str, name: str) -> str | None:
-    """A gold label as a string; None when missing or blank. Anything but a string or an
-    integer is refused (as the review page refuses it), not scored as a class of its own."""
-    if isinstance(value, str):
-        return value if value.strip() else None
+def label_text(value: Any, where: str, name: str) -> str | None:
+    """A label field's value as text (None stays None). Anything but a string or an integer is
+    refused naming the row and field, not read as a class of its own (``evaluate`` and the
+    review page both read labels this way)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"{where}: field {name!r}: expected a label (string or int), "
                          f"got {value!r}")
     return str(value)
+
+
+def _gold_label(value: Any, where: str, name: str) -> str | None:
+    """A gold label as text; None when missing or blank (not scored)."""
+    text = label_text(value, where, name)
+    return text if text and text.strip() else None
 
 
 def _as_label(value: Any) -> str | None:

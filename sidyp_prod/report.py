@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .corpus import AtomicWriter, FieldNames, Row, iter_corpus
-from .evaluate import read_located_records, reliability_bins
+from .evaluate import label_text, read_located_records, reliability_bins
 from .review_exports import ArgillaWriter, LabelStudioWriter, label_studio_config
 
 __all__ = ["ReportSummary", "build_report", "default_report_path"]
@@ -81,14 +81,10 @@ def _fail(where: str, name: str, problem: str) -> ValueError:
 
 
 def _label(rec: dict[str, Any], name: str, where: str, required: bool) -> str | None:
-    value = rec.get(name)
-    if value is None:
-        if required:
-            raise _fail(where, name, "missing or null (is this refine's output?)")
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _fail(where, name, f"expected a label (string or int), got {value!r}")
-    return str(value)
+    value = label_text(rec.get(name), where, name)
+    if value is None and required:
+        raise _fail(where, name, "missing or null (is this refine's output?)")
+    return value
 
 
 def _probability(rec: dict[str, Any], name: str, where: str) -> float:
