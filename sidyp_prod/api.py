@@ -139,10 +139,7 @@ def train(
         corpus, fields, labels, strict, config.max_train_rows, config.seed, tally, input_format,
         trusted_field,
     )
-    if rejected:
-        write_rejects(rejects_path, rejected)
-    else:
-        rejects_path.unlink(missing_ok=True)  # an earlier run's, which would count rows twice
+    write_rejects(rejects_path, rejected)
     if not tally.labelled:
         raise ValueError(tally.no_labels_message(corpus, rejects_path))
     if len(label_set) < 2:

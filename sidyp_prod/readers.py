@@ -94,7 +94,7 @@ def same_path(identity: dict[str, Any] | None, path: str | Path) -> bool:
     compared resolved, so ``a/../b`` and ``b`` are one file; stdin is never the same)."""
     if not identity or str(path) == "-" or identity.get("path") in (None, "-"):
         return False
-    return Path(identity["path"]).resolve() == Path(path).absolute().resolve()
+    return Path(identity["path"]).resolve() == Path(path).resolve()
 
 
 def same_file(identity: dict[str, Any] | None, path: str | Path) -> bool:

@@ -141,6 +141,10 @@ def trusted_codes(
 
 
 def write_rejects(path: Path, rejects: Sequence[Reject]) -> None:
+    """The rejects file; with no rejects, none (an earlier run's would count rows twice)."""
+    if not rejects:
+        path.unlink(missing_ok=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)  # the bundle's parent, made as save_bundle does
     with AtomicWriter(path) as writer:
         for reject in rejects:
