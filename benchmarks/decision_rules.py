@@ -41,9 +41,12 @@ from sidyp_prod.evaluate import (
     write_plots,
 )
 from sidyp_prod.model_io import REFERENCE_FILE
-from sidyp_prod.neighbors import NeighborIndex
-from sidyp_prod.prior import knn_vote
-from sidyp_prod.refinement import BatchRefinement, fit_output_calibration, reported_distribution
+from sidyp_prod.refinement import (
+    BatchRefinement,
+    fit_output_calibration,
+    leave_self_out_vote,
+    reported_distribution,
+)
 
 SOURCES = ("marginal", "product", "classifier", "given", "candidates")
 
@@ -70,26 +73,12 @@ def _estimated(result: dict) -> bool:
     return result["config"].get("noise_ratio") is None
 
 
-def leave_self_out_vote(bundle: Path, k: int) -> np.ndarray:
+def training_rows_vote(bundle: Path, k: int) -> np.ndarray:
     """Each training row's kNN vote among each branch's clean-marked reference rows other than
     itself, averaged over branches (refine's vote for a new row, prior_from_neighbors)."""
     reference = load_bundle(bundle).arrays(REFERENCE_FILE)
-    embeddings, labels, clean = reference["embeddings"], reference["labels"], reference["clean"]
-    n_classes = reference["centroids"].shape[2]
-    rows = np.arange(len(embeddings))
-    votes = []
-    for marks in clean:
-        members = np.flatnonzero(marks)
-        distances, ids = NeighborIndex(embeddings[members], labels[members]).nearest(
-            embeddings, k + 1)
-        itself = members[ids] == rows[:, None]
-        # The row itself moves last (stable: the others keep their order), then k are kept.
-        order = np.argsort(itself, axis=1, kind="stable")[:, :k]
-        d = np.take_along_axis(np.where(itself, np.inf, distances), order, axis=1)
-        neighbor_labels = np.where(np.isinf(d), -1,
-                                   np.take_along_axis(labels[members[ids]], order, axis=1))
-        votes.append(knn_vote(d, neighbor_labels, n_classes))
-    return np.mean(votes, axis=0)
+    return leave_self_out_vote(reference["embeddings"], reference["labels"],
+                               reference["clean"], k, reference["centroids"].shape[2])
 
 
 def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool,
@@ -109,7 +98,7 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
         noise, class_noise = calibration_targets(
             noise, class_noise, given, train.held_out if average else None)
         average = False
-        vote = leave_self_out_vote(run / f"bundle-{seed}", result["config"]["knn_k"])
+        vote = training_rows_vote(run / f"bundle-{seed}", result["config"]["knn_k"])
         third = vote if training_vote == "replace" else (train.held_out + vote) / 2
         train = replace(train, held_out=third)
     for source in SOURCES:

@@ -47,3 +47,34 @@ def fit_temperature(dist: np.ndarray, given: np.ndarray, target: float,
         else:
             hi = mid
     return float(np.exp((lo + hi) / 2))
+
+
+def likelihood_temperature(dist: np.ndarray, given: np.ndarray, iterations: int = 60) -> float:
+    """The temperature that maximises the mean log probability of the given labels.
+
+    For a distribution of p(given label | x), such as the neighbours' vote, this calibrates it to
+    the labels it predicts. Golden-section search on log T (the log likelihood is unimodal in
+    1/T); 1.0 where no row is labelled.
+    """
+    labelled = given >= 0
+    if not labelled.any():
+        return 1.0
+    dist, rows = dist[labelled], np.arange(int(labelled.sum()))
+
+    def loss(log_t: float) -> float:
+        return float(-np.log(temper(dist, np.exp(log_t))[rows, given[labelled]]).mean())
+
+    lo, hi = np.log(BOUNDS[0]), np.log(BOUNDS[1])
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    loss_a, loss_b = loss(a), loss(b)
+    for _ in range(iterations):
+        if loss_a < loss_b:
+            hi, b, loss_b = b, a, loss_a
+            a = hi - ratio * (hi - lo)
+            loss_a = loss(a)
+        else:
+            lo, a, loss_a = a, b, loss_b
+            b = lo + ratio * (hi - lo)
+            loss_b = loss(b)
+    return float(np.exp((lo + hi) / 2))

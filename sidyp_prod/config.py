@@ -10,7 +10,7 @@ from typing import Any
 SETTINGS_OF_OLDER_BUNDLES: dict[str, Any] = {
     "change_rule": "argmax", "change_odds": 1.0, "class_calibration": False,
     "label_share_correction": False, "held_out_folds": 0, "min_class_rows": 0,
-    "new_row_agreement": False,
+    "new_row_agreement": False, "temper_vote": False,
 }
 
 
@@ -133,6 +133,14 @@ class SiDyPConfig:
     new_row_agreement: bool = setting(
         True, "On a new row, change an LLM label only to the class the classifier ensemble "
         "predicts too (--refined-out rows: not applied).", PREDICTION)
+    # The neighbours' vote is far sharper than its agreement with the labels (temperature 3-5).
+    # Tempering it halved the quality preset's new-row ECE on SemEval, where the LLM's errors
+    # follow the text, but cost where neighbours know better than the LLM (templated news) and
+    # in the defaults, whose flatter output temperature offsets the sharp vote: off
+    # (docs/experiments.md §35).
+    temper_vote: bool = setting(
+        False, "Temper a new row's neighbours' vote (the product's third expert) by the "
+        "temperature that fits the training rows' own votes to their labels.", PREDICTION)
     # Training sample: at most this many rows, drawn per LLM label (0 or None: every row); the
     # rest of the corpus is refined as new rows.
     max_train_rows: int | None = setting(

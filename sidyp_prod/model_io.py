@@ -58,6 +58,16 @@ class OutputCalibration:
     # The outputs' probabilities rescaled on trusted labels (trusted.py); None: as they are.
     confidence_scaling: PlattScaling | None = None
     label_score_scaling: PlattScaling | None = None
+    # The temperature that fits the training rows' leave-self-out neighbour votes to their
+    # labels (None: a bundle without held-out classifiers, or from before).
+    vote_temperature: float | None = None
+
+    def new_row_vote_temperature(self, config: SiDyPConfig) -> float:
+        """The temperature of a new row's neighbours' vote: the fitted one where
+        ``config.temper_vote`` is on, else 1.0."""
+        if self.vote_temperature is None or not getattr(config, "temper_vote", False):
+            return 1.0
+        return self.vote_temperature
 
     def decision_rule(self, config: SiDyPConfig) -> DecisionRule:
         """The rule that turns the calibrated distribution into labels."""
@@ -78,6 +88,8 @@ class OutputCalibration:
         scalings = {"confidence_scaling": self.confidence_scaling,
                     "label_score_scaling": self.label_score_scaling}
         record |= {name: s.to_list() for name, s in scalings.items() if s is not None}
+        if self.vote_temperature is not None:
+            record["vote_temperature"] = float(self.vote_temperature)
         return json.dumps(record, indent=1).encode()
 
     @classmethod
@@ -103,7 +115,8 @@ class OutputCalibration:
                    [int(c) for c in values.get("blocked", [])], values.get("change_rule"),
                    None if odds is None else float(odds),
                    PlattScaling.from_list(values.get("confidence_scaling")),
-                   PlattScaling.from_list(values.get("label_score_scaling")))
+                   PlattScaling.from_list(values.get("label_score_scaling")),
+                   values.get("vote_temperature"))
 
 
 @dataclass

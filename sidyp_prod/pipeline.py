@@ -68,6 +68,7 @@ def refine_rows(
     config = model.config
     settings = RefineSettings.from_config(config, model.n_classes)
     decision = model.calibration.decision_rule(config)
+    vote_temperature = model.calibration.new_row_vote_temperature(config)
     given = given_indices(rows, model.labels)
     texts = [r.text for r in rows]
     if token_ids is None:
@@ -96,8 +97,8 @@ def refine_rows(
 
     def fields(refinement: BatchRefinement, batch: np.ndarray) -> list[dict]:
         return output_fields(
-            for_new_rows(refinement, config.held_out_folds), given[batch], model.labels,
-            config.label_source, model.temperature, decision, model.label_shares,
+            for_new_rows(refinement, config.held_out_folds, vote_temperature), given[batch],
+            model.labels, config.label_source, model.temperature, decision, model.label_shares,
             model.calibration.confidence_scaling, model.calibration.label_score_scaling,
             new_row_agreement(refinement, config),
         )
@@ -138,9 +139,10 @@ def new_row_decisions(model: LoadedModel, refinement: BatchRefinement, given: np
     """New rows' labels under ``decision`` and how far each is from going another way
     (``decision.decision_margin``)."""
     config = model.config
-    dist = decided_distribution(for_new_rows(refinement, config.held_out_folds), given,
-                                config.label_source, model.temperature, decision,
-                                model.label_shares)
+    vote_temperature = model.calibration.new_row_vote_temperature(config)
+    dist = decided_distribution(
+        for_new_rows(refinement, config.held_out_folds, vote_temperature), given,
+        config.label_source, model.temperature, decision, model.label_shares)
     agree_with = new_row_agreement(refinement, config)
     return (decide(dist, given, decision, agree_with),
             decision_margin(dist, given, decision, agree_with))

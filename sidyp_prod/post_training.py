@@ -17,6 +17,7 @@ import torch
 
 from .backends.base import EncodedBatch
 from .backends.torch_backend import TorchBackend
+from .calibration import likelihood_temperature
 from .config import SiDyPConfig
 from .decision import calibrate, class_noise_ratios, label_shares
 from .diffusion import text_key
@@ -26,6 +27,7 @@ from .refinement import (
     BatchRefinement,
     RefineSettings,
     fit_output_calibration,
+    leave_self_out_vote,
     output_fields,
     refine_batch,
     reported_distribution,
@@ -115,7 +117,15 @@ def fit_training_rows(
         refinement, given, config.label_source, noise_target, class_targets, shares,
         average_held_out=average_held_out,
     )
-    calibration = OutputCalibration(temperature, label_bias, shares, blocked)
+    vote_temperature = None
+    if refinement.held_out is not None:
+        # A new row's third expert is its neighbours' vote: tempered to the labels on the
+        # training rows' own votes, each row left out of its own.
+        vote = leave_self_out_vote(result.embeddings, result.given, result.clean, config.knn_k,
+                                   n_classes)
+        vote_temperature = likelihood_temperature(vote, result.given)
+    calibration = OutputCalibration(temperature, label_bias, shares, blocked,
+                                    vote_temperature=vote_temperature)
     decision = calibration.decision_rule(config)
     check = None
     if has_trusted:

@@ -176,6 +176,31 @@ def prior_from_neighbors(
     return NeighborPrior(np.stack(weights), np.stack(kinds), vote.astype(np.float32), trades)
 
 
+def leave_self_out_vote(embeddings: np.ndarray, labels: np.ndarray, clean: np.ndarray, k: int,
+                        n_classes: int) -> np.ndarray:
+    """(N, C) each reference row's kNN vote among each branch's clean-marked reference rows
+    other than itself, averaged over branches: what ``prior_from_neighbors`` gives a new row,
+    for a row whose own label must not vote (``clean``: (M, N) marks; ``labels``: given
+    labels)."""
+    rows = np.arange(len(embeddings))
+    votes = []
+    for marks in clean:
+        members = np.flatnonzero(marks)
+        if not len(members):
+            votes.append(np.full((len(rows), n_classes), 1.0 / n_classes))
+            continue
+        distances, ids = NeighborIndex(embeddings[members], labels[members]).nearest(
+            embeddings, k + 1)
+        found = ids >= 0
+        itself = found & (members[np.maximum(ids, 0)] == rows[:, None])
+        # The row itself moves last (stable: the others keep their order), then k are kept.
+        order = np.argsort(itself, axis=1, kind="stable")[:, :k]
+        d = np.take_along_axis(np.where(itself | ~found, np.inf, distances), order, axis=1)
+        neighbor_labels = np.take_along_axis(labels[members[np.maximum(ids, 0)]], order, axis=1)
+        votes.append(knn_vote(d, np.where(np.isinf(d), -1, neighbor_labels), n_classes))
+    return np.mean(votes, axis=0)
+
+
 def given_label_vectors(given: np.ndarray, n_classes: int, scale: float) -> np.ndarray:
     """The denoiser's label input: the simplex of the given label, zeros where there is none."""
     return simplex(given, n_classes, scale)
@@ -305,17 +330,21 @@ def new_row_agreement(refined: BatchRefinement, config: Any) -> np.ndarray | Non
     return refined.classifier if getattr(config, "new_row_agreement", False) else None
 
 
-def for_new_rows(refined: BatchRefinement, held_out_folds: int) -> BatchRefinement:
+def for_new_rows(refined: BatchRefinement, held_out_folds: int, vote_temperature: float = 1.0
+                 ) -> BatchRefinement:
     """A bundle trained with held-out classifiers gives a training row a third expert that never
     saw its label. A new row's is the vote of its neighbours among the reference rows, which
     never saw it either: a kNN classifier over other embeddings than the ensemble's (on
     SemEval's new rows +0.8-1.1 points and fewer broken per fixed than the ensemble standing in
-    for it, docs/experiments.md §25)."""
+    for it, docs/experiments.md §25), tempered by ``vote_temperature``
+    (``model_io.NewRowCalibration``)."""
     if not held_out_folds:
         return refined
     if refined.neighbors is None:
         raise ValueError("a new row's neighbour vote was not kept (refine_batch neighbor_vote=)")
-    return replace(refined, held_out=refined.neighbors)
+    vote = refined.neighbors
+    return replace(refined, held_out=vote if vote_temperature == 1.0
+                   else temper(vote, vote_temperature))
 
 
 def decided_distribution(

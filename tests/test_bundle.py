@@ -307,13 +307,14 @@ def test_an_older_bundle_keeps_its_decision_rule():
 
     recorded = SiDyPConfig().to_dict()
     added = ("change_rule", "change_odds", "class_calibration", "label_share_correction",
-             "held_out_folds", "new_row_agreement")
+             "held_out_folds", "new_row_agreement", "temper_vote")
     for name in added:
         del recorded[name]
     old = SiDyPConfig.from_bundle(recorded)
     assert (old.change_rule, old.change_odds, old.class_calibration) == ("argmax", 1.0, False)
     assert not old.label_share_correction and old.held_out_folds == 0
     assert not old.new_row_agreement and SiDyPConfig().new_row_agreement
+    assert not old.temper_vote
     new = SiDyPConfig.from_bundle(SiDyPConfig().to_dict())
     assert new == SiDyPConfig()
 

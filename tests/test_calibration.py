@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from sidyp_prod.calibration import fit_temperature, mean_given_probability, temper
+from sidyp_prod.calibration import (
+    fit_temperature,
+    likelihood_temperature,
+    mean_given_probability,
+    temper,
+)
 
 
 def test_temper_keeps_the_argmax_and_flattens_or_sharpens():
@@ -19,3 +24,14 @@ def test_fit_temperature_hits_the_target_mean_label_score():
     t = fit_temperature(dist, given, target=0.4)
     assert t > 1.0  # overconfident: flattened
     assert mean_given_probability(dist, given, t) == pytest.approx(0.4, abs=1e-3)
+
+
+def test_likelihood_temperature_undoes_a_sharpening():
+    """Labels drawn from q, reported as q sharpened (q^3, normalised): the fit finds T = 3."""
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.full(5, 1.0), size=4000)
+    given = np.array([rng.choice(5, p=row) for row in q])
+    sharp = temper(q, 1 / 3)
+    assert likelihood_temperature(sharp, given) == pytest.approx(3.0, rel=0.08)
+    assert likelihood_temperature(q, given) == pytest.approx(1.0, rel=0.08)
+    assert likelihood_temperature(q, np.full(len(q), -1)) == 1.0  # nothing labelled

@@ -367,6 +367,45 @@ def test_a_new_rows_change_is_the_ensembles_prediction(trained, fresh_corpus, tm
     np.testing.assert_array_equal(probs.argmax(1), predicted)
 
 
+def test_a_new_rows_vote_is_tempered_as_the_training_rows_votes_fit_their_labels(
+        trained, fresh_corpus, tmp_path):
+    """The bundle records the temperature that fits the training rows' own neighbour votes
+    (each row left out of its own) to their labels; refine tempers a new row's vote by it only
+    where ``temper_vote`` is on."""
+    import shutil
+
+    from sidyp_prod.bundle import load_bundle
+    from sidyp_prod.calibration import likelihood_temperature
+    from sidyp_prod.config import SiDyPConfig
+    from sidyp_prod.model_io import REFERENCE_FILE, load_model
+    from sidyp_prod.refinement import leave_self_out_vote
+
+    bundle, _, _ = trained
+    loaded = load_bundle(bundle)
+    model = load_model(loaded)
+    reference = loaded.arrays(REFERENCE_FILE)
+    vote = leave_self_out_vote(reference["embeddings"], reference["labels"], reference["clean"],
+                               model.config.knn_k, len(model.labels))
+    fitted = model.calibration.vote_temperature
+    assert fitted == pytest.approx(likelihood_temperature(vote, reference["labels"]), rel=1e-6)
+    assert fitted != pytest.approx(1.0, abs=0.05)
+    assert not model.config.temper_vote
+    assert model.calibration.new_row_vote_temperature(model.config) == 1.0
+    on = SiDyPConfig.from_dict({**model.config.to_dict(), "temper_vote": True})
+    assert model.calibration.new_row_vote_temperature(on) == fitted
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["config"]["temper_vote"] = True
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    api.refine(fresh_corpus, bundle, tmp_path / "off.jsonl", precision="fp32")
+    api.refine(fresh_corpus, copy, tmp_path / "on.jsonl", precision="fp32")
+    off, on_rows = read(tmp_path / "off.jsonl"), read(tmp_path / "on.jsonl")
+    assert [r["id"] for r in off] == [r["id"] for r in on_rows]
+    assert [r["confidence"] for r in off] != [r["confidence"] for r in on_rows]
+
+
 def test_skipping_the_own_label_chains_leaves_the_marginal_unchanged(trained, fresh_corpus):
     """refine skips the n_s chains conditioned on the row's own label when nothing uses them;
     the other chains keep their noise, so p(y | x) is what it was (to float rounding: the

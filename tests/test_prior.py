@@ -157,3 +157,24 @@ def test_prior_vote_trades_move_one_branch_vote_of_the_average():
     for (r1, v1), (r2, v2) in zip(got, want, strict=True):
         assert r1 == r2
         np.testing.assert_allclose(v1, v2, atol=1e-5)
+
+
+def test_the_leave_self_out_vote_is_each_rows_vote_among_the_other_clean_rows():
+    """Brute force: per branch, the k nearest clean-marked rows other than the row itself vote
+    (knn_vote), and the branches' votes are averaged."""
+    from sidyp_prod.refinement import leave_self_out_vote
+
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(60, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, 60)
+    clean = rng.random((2, 60)) < 0.7
+    k = 5
+    got = leave_self_out_vote(embeddings, labels, clean, k, 4)
+    expected = np.zeros((60, 4))
+    for marks in clean:
+        for row in range(60):
+            others = np.flatnonzero(marks & (np.arange(60) != row))
+            d = np.sqrt(((embeddings[others] - embeddings[row]) ** 2).sum(1))
+            nearest = np.argsort(d, kind="stable")[:k]
+            expected[row] += knn_vote(d[nearest][None], labels[others][nearest][None], 4)[0]
+    np.testing.assert_allclose(got, expected / 2, atol=1e-5)
