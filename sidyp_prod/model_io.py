@@ -116,7 +116,8 @@ class OutputCalibration:
                    None if odds is None else float(odds),
                    PlattScaling.from_list(values.get("confidence_scaling")),
                    PlattScaling.from_list(values.get("label_score_scaling")),
-                   values.get("vote_temperature"))
+                   None if values.get("vote_temperature") is None
+                   else float(values["vote_temperature"]))
 
 
 @dataclass
