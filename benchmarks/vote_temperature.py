@@ -9,6 +9,7 @@ copy's config, and the fold's new rows refined with both; gold labels are read f
 
     python benchmarks/quality.py --inductive-folds 5 --seeds 0 --out runs/inductive
     python benchmarks/vote_temperature.py runs/inductive --seed 0 [--settings '{"...": ...}']
+    python benchmarks/vote_temperature.py runs/quality/bundle-0 --rows valid.jsonl   # one bundle
 """
 
 from __future__ import annotations
@@ -57,25 +58,40 @@ def with_vote_temperature(source: Path, copy: Path, temper_vote: bool,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="an inductive run (seedS-foldK/ directories)")
+    parser.add_argument("run", type=Path,
+                        help="an inductive run (seedS-foldK/ directories), or with --rows a "
+                        "bundle trained on --corpus")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--corpus", type=Path, default=SHARED / "train.jsonl")
+    parser.add_argument("--corpus", type=Path, default=SHARED / "train.jsonl",
+                        help="where the folds' rows (and their gold labels) come from")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="refine these rows (with gold_label) with the bundle RUN instead, "
+                        "e.g. SemEval's valid.jsonl")
     parser.add_argument("--settings", type=json.loads, default={},
                         help="other prediction settings to record in both copies, as JSON")
     args = parser.parse_args()
-    gold = {r["id"]: r["gold_label"] for r in read_records(args.corpus)}
-    folds = sorted(d for d in args.run.glob(f"seed{args.seed}-fold*") if (d / "bundle").exists())
+    if args.rows is not None:
+        # (bundle, its new rows, where its outputs go)
+        jobs = [(args.run, args.rows, args.run.parent / f"{args.run.name}-vote")]
+        gold_file = args.rows
+    else:
+        folds = sorted(d for d in args.run.glob(f"seed{args.seed}-fold*")
+                       if (d / "bundle").exists())
+        jobs = [(fold / "bundle", fold / "new.jsonl", fold / "refined-vote") for fold in folds]
+        gold_file = args.corpus
+    gold = {r["id"]: r["gold_label"] for r in read_records(gold_file)}
     outputs: dict[bool, list[Path]] = {False: [], True: []}
-    for fold in folds:
+    for bundle, new_rows, stem in jobs:
         for on in (False, True):
-            copy = fold / f"bundle-vote-{'on' if on else 'off'}"
-            temperature = with_vote_temperature(fold / "bundle", copy, on, args.settings)
-            out = fold / f"refined-vote-{'on' if on else 'off'}.jsonl"
-            api.refine(fold / "new.jsonl", copy, out)
+            suffix = "on" if on else "off"
+            copy = stem.parent / f"{stem.name}-bundle-{suffix}"
+            temperature = with_vote_temperature(bundle, copy, on, args.settings)
+            out = stem.parent / f"{stem.name}-{suffix}.jsonl"
+            api.refine(new_rows, copy, out)
             shutil.rmtree(copy)
             outputs[on].append(out)
-        print(f"{fold.name}: vote temperature {temperature:.2f}", flush=True)
-    rows = [r for fold in folds for r in read_records(fold / "new.jsonl")]
+        print(f"{bundle}: vote temperature {temperature:.2f}", flush=True)
+    rows = [r for _, new_rows, _ in jobs for r in read_records(new_rows)]
     for on, paths in outputs.items():
         pred, conf = [], []
         for path in paths:

@@ -134,10 +134,9 @@ class SiDyPConfig:
         True, "On a new row, change an LLM label only to the class the classifier ensemble "
         "predicts too (--refined-out rows: not applied).", PREDICTION)
     # The neighbours' vote is far sharper than its agreement with the labels (temperature 3-5).
-    # Tempering it halved the quality preset's new-row ECE on SemEval, where the LLM's errors
-    # follow the text, but cost where neighbours know better than the LLM (templated news) and
-    # in the defaults, whose flatter output temperature offsets the sharp vote: off
-    # (docs/experiments.md §35).
+    # Tempering it halved the quality preset's new-row ECE on SemEval's folds, but not on valid,
+    # nor in the defaults (a flatter output temperature already offsets the sharp vote), and it
+    # cost where neighbours know better than the LLM (templated news): off (experiments §35).
     temper_vote: bool = setting(
         False, "Temper a new row's neighbours' vote (the product's third expert) by the "
         "temperature that fits the training rows' own votes to their labels.", PREDICTION)
