@@ -223,7 +223,8 @@ def _refine_valid(texts: list[str], given: np.ndarray, loaded: LoadedModel,
                                given[start : start + len(batch)], [text_key(t) for t in batch],
                                settings, update_prior=loaded.config.dynamic_prior,
                                neighbor_vote=prior.vote)
-        parts.append(for_new_rows(refined, loaded.config.held_out_folds))
+        parts.append(for_new_rows(refined, loaded.config.held_out_folds,
+                                  loaded.calibration.new_row_vote_temperature(loaded.config)))
         priors.append(prior.weights.mean(axis=0))
     return BatchRefinement.concatenate(parts), np.concatenate(priors)
 

@@ -337,7 +337,7 @@ def for_new_rows(refined: BatchRefinement, held_out_folds: int, vote_temperature
     never saw it either: a kNN classifier over other embeddings than the ensemble's (on
     SemEval's new rows +0.8-1.1 points and fewer broken per fixed than the ensemble standing in
     for it, docs/experiments.md §25), tempered by ``vote_temperature``
-    (``model_io.NewRowCalibration``)."""
+    (``model_io.OutputCalibration.new_row_vote_temperature``)."""
     if not held_out_folds:
         return refined
     if refined.neighbors is None:

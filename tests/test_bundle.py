@@ -314,7 +314,6 @@ def test_an_older_bundle_keeps_its_decision_rule():
     assert (old.change_rule, old.change_odds, old.class_calibration) == ("argmax", 1.0, False)
     assert not old.label_share_correction and old.held_out_folds == 0
     assert not old.new_row_agreement and SiDyPConfig().new_row_agreement
-    assert not old.temper_vote
     new = SiDyPConfig.from_bundle(SiDyPConfig().to_dict())
     assert new == SiDyPConfig()
 

@@ -166,8 +166,11 @@ def test_the_leave_self_out_vote_is_each_rows_vote_among_the_other_clean_rows():
 
     rng = np.random.default_rng(3)
     embeddings = rng.normal(size=(60, 8)).astype(np.float32)
+    embeddings[10:13] = embeddings[5]  # exact duplicates vote for each other, not for themselves
     labels = rng.integers(0, 4, 60)
-    clean = rng.random((2, 60)) < 0.7
+    clean = rng.random((3, 60)) < 0.7
+    clean[2] = False
+    clean[2, [5, 11, 40]] = True  # a branch with fewer clean rows than k + 1
     k = 5
     got = leave_self_out_vote(embeddings, labels, clean, k, 4)
     expected = np.zeros((60, 4))
@@ -177,4 +180,4 @@ def test_the_leave_self_out_vote_is_each_rows_vote_among_the_other_clean_rows():
             d = np.sqrt(((embeddings[others] - embeddings[row]) ** 2).sum(1))
             nearest = np.argsort(d, kind="stable")[:k]
             expected[row] += knn_vote(d[nearest][None], labels[others][nearest][None], 4)[0]
-    np.testing.assert_allclose(got, expected / 2, atol=1e-5)
+    np.testing.assert_allclose(got, expected / 3, atol=1e-5)
