@@ -7,6 +7,7 @@ would apply it (temperature fitted on the training rows, then the per-class bias
 Gold labels are read here, for scoring only.
 
     python benchmarks/decision_rules.py runs/quality [--odds 1 1.5 2 3 4] [--training-vote mean]
+                                        [--rho 0.555]
 
 ``--training-vote`` gives the training rows' product the kNN vote a new row has as its third
 expert (its neighbours among each branch's clean-marked reference rows, the row itself left
@@ -83,7 +84,7 @@ def training_rows_vote(bundle: Path, k: int) -> np.ndarray:
 
 def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: bool,
              held_out: bool = True, mixture_only: bool = False,
-             training_vote: str | None = None) -> dict:
+             training_vote: str | None = None, rho: float | None = None) -> dict:
     arrays = dict(np.load(run / f"arrays-{seed}.npz"))
     if not held_out:
         arrays = {k: v for k, v in arrays.items() if not k.endswith("held_out")}
@@ -94,6 +95,12 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
     out: dict = {}
     average = _estimated(result) and not mixture_only
     noise, class_noise = result["noise_ratio"], result["class_noise_ratios"]
+    if rho is not None:
+        # The calibration fitted to a given rho, each class's target scaled alike.
+        noise, class_noise = calibration_targets(
+            noise, class_noise, given, train.held_out if average else None)
+        noise, class_noise = rho, np.clip(np.asarray(class_noise) * rho / noise, 0.0, 1.0)
+        average = False
     if training_vote:
         noise, class_noise = calibration_targets(
             noise, class_noise, given, train.held_out if average else None)
@@ -133,13 +140,16 @@ def main() -> None:
     parser.add_argument("--mixture-rho", action="store_true",
                         help="calibrate to the noise marking's rho alone (before the held-out "
                         "classifiers' estimate was averaged in)")
+    parser.add_argument("--rho", type=float, default=None,
+                        help="calibrate to this noise ratio instead of the estimate (e.g. the "
+                        "true one: how much of the ECE is the estimate's miss)")
     parser.add_argument("--training-vote", choices=("mean", "replace"), default=None,
                         help="the training rows' third expert with the neighbours' vote (a new "
                         "row's): averaged with the held-out classifier, or in its place")
     args = parser.parse_args()
     seeds = sorted(int(p.stem.split("-")[1]) for p in args.run.glob("arrays-*.npz"))
     per_seed = [one_seed(args.run, s, args.odds, not args.global_only, not args.no_label_shares,
-                         not args.no_held_out, args.mixture_rho, args.training_vote)
+                         not args.no_held_out, args.mixture_rho, args.training_vote, args.rho)
                 for s in seeds]
 
     def cell(source: str, k: float, split: str, key: str, scale: float = 100.0) -> str:
@@ -159,6 +169,7 @@ def main() -> None:
           + ("not divided" if args.no_label_shares else "divided") + " by the label shares"
           + ("; two experts" if args.no_held_out else "")
           + ("; calibrated to the mixture's rho" if args.mixture_rho else "")
+          + (f"; calibrated to rho {args.rho:g}" if args.rho is not None else "")
           + (f"; training rows' vote: {args.training_vote}" if args.training_vote else ""))
     print("\n| source | odds | train acc. | train fixed/broken (ratio), all seeds | train ECE "
           "| valid acc. | valid fixed/broken |")
