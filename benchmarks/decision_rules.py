@@ -95,16 +95,15 @@ def one_seed(run: Path, seed: int, odds: list[float], per_class: bool, shares: b
     out: dict = {}
     average = _estimated(result) and not mixture_only
     noise, class_noise = result["noise_ratio"], result["class_noise_ratios"]
+    if rho is not None or training_vote:
+        # The targets fixed before the training rows' product changes: the estimate's (the
+        # held-out classifiers' averaged in), or ``rho`` with each class's target scaled alike.
+        noise, class_noise = calibration_targets(
+            noise, class_noise, given, train.held_out if average else None)
+        average = False
     if rho is not None:
-        # The calibration fitted to a given rho, each class's target scaled alike.
-        noise, class_noise = calibration_targets(
-            noise, class_noise, given, train.held_out if average else None)
         noise, class_noise = rho, np.clip(np.asarray(class_noise) * rho / noise, 0.0, 1.0)
-        average = False
     if training_vote:
-        noise, class_noise = calibration_targets(
-            noise, class_noise, given, train.held_out if average else None)
-        average = False
         vote = training_rows_vote(run / f"bundle-{seed}", result["config"]["knn_k"])
         third = vote if training_vote == "replace" else (train.held_out + vote) / 2
         train = replace(train, held_out=third)

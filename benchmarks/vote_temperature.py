@@ -24,14 +24,14 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from inductive import _refined, scored  # benchmarks/ is on sys.path as a script
+from decision_rules import training_rows_vote  # benchmarks/ is on sys.path as a script
+from inductive import _refined, scored
 
 from sidyp_prod import api
 from sidyp_prod.bundle import add_to_bundle, load_bundle
 from sidyp_prod.calibration import likelihood_temperature
 from sidyp_prod.evaluate import read_records
 from sidyp_prod.model_io import CALIBRATION_FILE, REFERENCE_FILE
-from sidyp_prod.refinement import leave_self_out_vote
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "semeval-fewshot-mixtral"
 
@@ -44,11 +44,8 @@ def with_vote_temperature(source: Path, copy: Path, temper_vote: bool,
     shutil.copytree(source, copy)
     bundle = load_bundle(copy)
     config = bundle.manifest["config"]
-    reference = bundle.arrays(REFERENCE_FILE)
-    labels = reference["labels"]
-    vote = leave_self_out_vote(reference["embeddings"], labels, reference["clean"],
-                               config["knn_k"], len(bundle.manifest["labels"]))
-    temperature = likelihood_temperature(vote, labels)
+    labels = bundle.arrays(REFERENCE_FILE)["labels"]
+    temperature = likelihood_temperature(training_rows_vote(copy, config["knn_k"]), labels)
     calibration = json.loads(bundle.path(CALIBRATION_FILE).read_text())
     calibration["vote_temperature"] = temperature
     add_to_bundle(bundle, {CALIBRATION_FILE: json.dumps(calibration, indent=1).encode()},

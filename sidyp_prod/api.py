@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backends import backend_choice, load_backend
-from .bundle import file_digest, load_bundle
+from .bundle import BundleError, file_digest, load_bundle
 from .checks import (
     DEFAULT_MAX_REJECT_FRACTION,
     CorpusTally,
@@ -397,8 +397,6 @@ def refine_corpus(
 def _trained_on_path(model_dir: Path, corpus: str | Path) -> bool:
     """Whether ``model_dir`` is a bundle whose manifest names ``corpus``'s path as its training
     corpus (whatever the file holds now; the files' hashes are not checked)."""
-    from .bundle import BundleError
-
     try:
         manifest = load_bundle(model_dir, verify=False).manifest
     except BundleError:
@@ -410,8 +408,6 @@ def _reusable_training(
     model_dir: Path, corpus: str | Path, known_path: Path
 ) -> dict[int, dict] | None:
     """The training rows' fields of a finished training of this very corpus file, or None."""
-    from .bundle import BundleError
-
     if not (model_dir / "manifest.json").is_file() or not known_path.is_file():
         return None
     try:

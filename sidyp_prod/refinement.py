@@ -189,14 +189,14 @@ def leave_self_out_vote(embeddings: np.ndarray, labels: np.ndarray, clean: np.nd
         if not len(members):
             votes.append(np.full((len(rows), n_classes), 1.0 / n_classes))
             continue
+        # ``nearest`` returns found references only (at most len(members) of them).
         distances, ids = NeighborIndex(embeddings[members], labels[members]).nearest(
             embeddings, k + 1)
-        found = ids >= 0
-        itself = found & (members[np.maximum(ids, 0)] == rows[:, None])
+        itself = members[ids] == rows[:, None]
         # The row itself moves last (stable: the others keep their order), then k are kept.
         order = np.argsort(itself, axis=1, kind="stable")[:, :k]
-        d = np.take_along_axis(np.where(itself | ~found, np.inf, distances), order, axis=1)
-        neighbor_labels = np.take_along_axis(labels[members[np.maximum(ids, 0)]], order, axis=1)
+        d = np.take_along_axis(np.where(itself, np.inf, distances), order, axis=1)
+        neighbor_labels = np.take_along_axis(labels[members[ids]], order, axis=1)
         votes.append(knn_vote(d, np.where(np.isinf(d), -1, neighbor_labels), n_classes))
     return np.mean(votes, axis=0)
 
